@@ -1,0 +1,338 @@
+"""Markdown report and PNG plots for a finished pruning run.
+
+The report follows the analyses of Li et al. (ICLR 2017): the sorted filter norms of each layer
+(Fig. 2a), the sensitivity of each layer pruned alone without retraining (Fig. 2b), and the
+accuracy of the one-shot pruned models before and after retraining against their cost.
+
+Cost is counted in MACs (multiply-accumulates of the conv and linear layers), which is what the
+paper calls "FLOP"; FLOPs are 2 x MACs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from filterprune._io import atomic_write, atomic_write_text
+
+REPORT_NAME = "report.md"
+SENSITIVITY_PNG = "sensitivity.png"
+FILTER_NORMS_PNG = "filter_norms.png"
+ACCURACY_VS_MACS_PNG = "accuracy_vs_macs.png"
+ACCURACY_VS_PARAMS_PNG = "accuracy_vs_params.png"
+
+_DPI = 120
+_MISSING = "–"
+
+
+def write_report(results: dict, out_dir: str | Path) -> list[Path]:
+    """Writes report.md and the PNG plots into out_dir; returns the paths written.
+
+    Everything is rendered before anything is written. Every file is written to a temporary file
+    in ``out_dir`` and then moved into place, so an interrupted run never leaves a half-written
+    file; the plots are written before report.md, which links them. When
+    ``results["sensitivity"]`` is None no sensitivity plot is drawn, and once report.md is in
+    place a stale ``sensitivity.png`` left in ``out_dir`` by an earlier run is removed, so the
+    directory never shows a plot that does not belong to its report.
+
+    Args:
+        results: The results of a pipeline run, as produced by the pipeline: model, dataset,
+            criterion, strategy, environment, baseline, sensitivity (may be None),
+            filter_norms, pruning (one entry per ratio) and wall_time_s.
+        out_dir: The directory to write into; created if missing.
+
+    Returns:
+        The paths written, plots first and report.md last.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pruning = sorted(results["pruning"], key=lambda row: row["ratio"])
+    sensitivity = results.get("sensitivity")
+    baseline = results["baseline"]
+
+    figures = {
+        FILTER_NORMS_PNG: _filter_norms_figure(results["filter_norms"]),
+        ACCURACY_VS_MACS_PNG: _accuracy_vs_cost_figure(pruning, baseline, "macs", "MACs"),
+        ACCURACY_VS_PARAMS_PNG: _accuracy_vs_cost_figure(pruning, baseline, "params", "parameters"),
+    }
+    if sensitivity is not None:
+        figures = {SENSITIVITY_PNG: _sensitivity_figure(sensitivity, baseline["top1"]), **figures}
+    text = _render_markdown(results, pruning, list(figures))
+
+    written = []
+    for name, fig in figures.items():
+        path = out / name
+        written.append(
+            atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=_DPI))
+        )
+    written.append(atomic_write_text(out / REPORT_NAME, text))
+    if sensitivity is None:
+        (out / SENSITIVITY_PNG).unlink(missing_ok=True)
+    return written
+
+
+# --- formatting -------------------------------------------------------------------------------
+
+
+def _human(count: float) -> str:
+    """Formats a count with a K/M/G/T suffix and two decimals, e.g. 7_900_000 -> "7.90M"."""
+    if abs(count) < 1000:
+        return f"{count:g}"
+    suffixes = "KMGT"
+    value, exponent = float(count), 0
+    while abs(round(value, 2)) >= 1000 and exponent < len(suffixes):
+        value /= 1000
+        exponent += 1
+    return f"{value:.2f}{suffixes[exponent - 1]}"
+
+
+def _pct(fraction: float) -> str:
+    """Formats a fraction in [0, 1] as a percentage with one decimal, e.g. 0.62 -> "62.0%"."""
+    return f"{fraction * 100:.1f}%"
+
+
+def _acc(value: float | None) -> str:
+    """Formats an accuracy in % with two decimals, or a dash when missing."""
+    return _MISSING if value is None else f"{value:.2f}"
+
+
+def _drop(baseline: float | None, value: float | None) -> str:
+    """Formats baseline minus value in points with two decimals (positive = accuracy lost)."""
+    if baseline is None or value is None:
+        return _MISSING
+    text = f"{baseline - value:.2f}"
+    return "0.00" if text == "-0.00" else text
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Renders a Markdown table: the first column left-aligned, the others right-aligned."""
+    lines = ["| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join([":--"] + ["--:"] * (len(header) - 1)) + "|")
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+# --- markdown ---------------------------------------------------------------------------------
+
+
+def _render_markdown(results: dict, pruning: list[dict], plots: list[str]) -> str:
+    """Renders report.md.
+
+    Args:
+        results: The results dict (see write_report).
+        pruning: The pruning rows sorted by ratio.
+        plots: The file names of the plots written, in the order to embed them.
+
+    Returns:
+        The Markdown text.
+    """
+    dataset = results["dataset"]
+    baseline = results["baseline"]
+    env = results["environment"]
+    lines = [
+        f"# Filter pruning report: {results['model']} on {dataset['name']}",
+        "",
+        f"Criterion `{results['criterion']}`, strategy `{results['strategy']}`; dataset "
+        f"{dataset['name']} ({dataset['train_size']} train / {dataset['test_size']} test images, "
+        f"{dataset['num_classes']} classes).",
+        "",
+        "Environment: " + ", ".join(f"{key} {value}" for key, value in env.items()) + ".",
+        "",
+        'MACs are the multiply-accumulates of the conv and linear layers (the paper\'s "FLOP"; '
+        "FLOPs = 2 x MACs). `ratio` is the fraction of filters removed from every pruned layer.",
+        "",
+        "## Baseline",
+        "",
+    ]
+    top5 = "" if baseline.get("top5") is None else f", top-5 {baseline['top5']:.2f}%"
+    lines += [
+        f"Top-1 {baseline['top1']:.2f}%{top5}, {_human(baseline['macs'])} MACs, "
+        f"{_human(baseline['params'])} params; trained {baseline['epochs']} epochs in "
+        f"{baseline['train_time_s']:.1f} s.",
+        "",
+        "## One-shot pruning of all layers",
+        "",
+    ]
+    lines += _pruning_table(pruning, baseline)
+    epochs = sorted({row["retrain_epochs"] for row in pruning})
+    if epochs:
+        lines += ["", f"Retraining epochs per pruned model: {', '.join(map(str, epochs))}."]
+
+    sensitivity = results.get("sensitivity")
+    if sensitivity is not None:
+        lines += ["", "## Sensitivity of each layer pruned alone (no retraining)", ""]
+        lines += _sensitivity_section(sensitivity, baseline["top1"])
+
+    titles = {
+        SENSITIVITY_PNG: "Sensitivity to pruning",
+        FILTER_NORMS_PNG: "Sorted filter L1 norms",
+        ACCURACY_VS_MACS_PNG: "Top-1 accuracy vs MACs",
+        ACCURACY_VS_PARAMS_PNG: "Top-1 accuracy vs parameters",
+    }
+    lines += ["", "## Plots"]
+    for name in plots:
+        lines += ["", f"![{titles[name]}]({name})"]
+    lines += ["", f"Wall time: {results['wall_time_s']:.1f} s.", ""]
+    return "\n".join(lines)
+
+
+def _pruning_table(pruning: list[dict], baseline: dict) -> list[str]:
+    """Renders the main table, one row per ratio; top-5 columns only when any top-5 is known."""
+    with_top5 = baseline.get("top5") is not None or any(
+        row.get(key) is not None for row in pruning for key in ("top5_before", "top5_after")
+    )
+    header = [
+        "ratio",
+        "MACs",
+        "MACs reduction",
+        "params",
+        "params reduction",
+        "top-1 before retraining",
+        "top-1 after retraining",
+        "drop vs baseline (after)",
+    ]
+    if with_top5:
+        header += ["top-5 before retraining", "top-5 after retraining", "top-5 drop (after)"]
+    rows = []
+    for row in pruning:
+        cells = [
+            f"{row['ratio']:g}",
+            _human(row["macs"]),
+            _pct(row["macs_reduction"]),
+            _human(row["params"]),
+            _pct(row["params_reduction"]),
+            _acc(row["top1_before"]),
+            _acc(row["top1_after"]),
+            _drop(baseline["top1"], row["top1_after"]),
+        ]
+        if with_top5:
+            cells += [
+                _acc(row.get("top5_before")),
+                _acc(row.get("top5_after")),
+                _drop(baseline.get("top5"), row.get("top5_after")),
+            ]
+        rows.append(cells)
+    return _table(header, rows)
+
+
+def _sensitivity_section(sensitivity: dict, baseline_top1: float) -> list[str]:
+    """Renders the sensitivity table (layers x ratios, top-1 %) and names the most sensitive layer.
+
+    The most sensitive layer is the one with the largest accuracy drop at the highest ratio.
+    """
+    ratios = list(sensitivity["ratios"])
+    layers = sensitivity["layers"]
+    header = ["layer"] + [_pct(r) for r in ratios]
+    rows = [[f"`{name}`"] + [_acc(v) for v in accs] for name, accs in layers.items()]
+    lines = ["Top-1 (%) with the given fraction of the layer's filters removed.", ""]
+    lines += _table(header, rows)
+    if layers and ratios:
+        last = int(np.argmax(ratios))
+        name = min(layers, key=lambda layer: layers[layer][last])
+        top1 = layers[name][last]
+        lines += [
+            "",
+            f"Most sensitive layer: `{name}` (top-1 {top1:.2f}% with {_pct(ratios[last])} of its "
+            f"filters removed, a drop of {_drop(baseline_top1, top1)} points vs baseline).",
+        ]
+    return lines
+
+
+# --- plots ------------------------------------------------------------------------------------
+
+
+def _layer_colors(n: int) -> list:
+    """Returns n distinct colours: tab10 up to 10 layers, then samples of viridis."""
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    return list(colormaps["viridis"](np.linspace(0, 0.95, n)))
+
+
+def _legend(ax, n: int) -> None:
+    """Adds a legend sized for n entries."""
+    ax.legend(fontsize=8 if n <= 8 else 7, ncol=1 if n <= 8 else 2)
+
+
+def _sensitivity_figure(sensitivity: dict, baseline_top1: float) -> Figure:
+    """Top-1 vs % of filters removed, one curve per layer pruned alone (Li et al. Fig. 2b)."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    x = np.asarray(sensitivity["ratios"], dtype=float) * 100
+    layers = sensitivity["layers"]
+    for (name, accs), color in zip(layers.items(), _layer_colors(len(layers)), strict=True):
+        ax.plot(x, accs, marker="o", markersize=3, color=color, label=name)
+    ax.axhline(baseline_top1, color="black", linestyle="--", linewidth=1, label="baseline")
+    ax.set_xlabel("filters pruned away (%)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title("Sensitivity to pruning (each layer alone, no retraining)")
+    ax.grid(alpha=0.3)
+    _legend(ax, len(layers) + 1)
+    fig.tight_layout()
+    return fig
+
+
+def _filter_norms_figure(filter_norms: dict) -> Figure:
+    """Sorted normalised filter L1 norms vs filter index as a fraction (Li et al. Fig. 2a)."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for (name, norms), color in zip(
+        filter_norms.items(), _layer_colors(len(filter_norms)), strict=True
+    ):
+        ax.plot(np.linspace(0, 1, len(norms)), norms, color=color, label=f"{name} ({len(norms)})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("filter index / number of filters (sorted by L1 norm)")
+    ax.set_ylabel("L1 norm / max L1 norm")
+    ax.set_title("Sorted filter L1 norms per layer")
+    ax.grid(alpha=0.3)
+    _legend(ax, len(filter_norms))
+    fig.tight_layout()
+    return fig
+
+
+def _accuracy_vs_cost_figure(pruning: list[dict], baseline: dict, key: str, label: str) -> Figure:
+    """Top-1 before and after retraining vs the cost of the pruned models, baseline marked.
+
+    Args:
+        pruning: The pruning rows sorted by ratio.
+        baseline: The baseline entry of the results.
+        key: The cost key of the rows and the baseline: "macs" or "params".
+        label: The cost name for the axis label.
+
+    Returns:
+        The figure.
+    """
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    x = [row[key] / 1e6 for row in pruning]
+    ax.plot(x, [row["top1_before"] for row in pruning], marker="o", label="before retraining")
+    ax.plot(x, [row["top1_after"] for row in pruning], marker="s", label="after retraining")
+    for xi, row in zip(x, pruning, strict=True):
+        ax.annotate(
+            f"{row['ratio']:g}",
+            (xi, row["top1_after"]),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=7,
+        )
+    ax.plot(
+        baseline[key] / 1e6,
+        baseline["top1"],
+        marker="*",
+        markersize=14,
+        color="black",
+        linestyle="none",
+        label="baseline",
+    )
+    ax.set_xlabel(f"{label} (millions)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"Top-1 accuracy vs {label} (labels: ratio of filters removed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

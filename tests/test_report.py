@@ -1,0 +1,210 @@
+"""Tests for the Markdown report and PNG plots of a pruning run."""
+
+import copy
+import re
+
+import pytest
+from matplotlib.figure import Figure
+
+from filterprune.pipeline.report import write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+BASE_TOP1 = 91.23
+BASE_MACS = 7_900_000
+BASE_PARAMS = 4_100_000
+PLOTS = {"sensitivity.png", "filter_norms.png", "accuracy_vs_macs.png", "accuracy_vs_params.png"}
+
+
+def _row(ratio, macs, params, before, after, top5=None):
+    return {
+        "ratio": ratio,
+        "macs": macs,
+        "params": params,
+        "macs_reduction": 1 - macs / BASE_MACS,
+        "params_reduction": 1 - params / BASE_PARAMS,
+        "top1_before": before,
+        "top1_after": after,
+        "top5_before": None if top5 is None else top5[0],
+        "top5_after": None if top5 is None else top5[1],
+        "retrain_epochs": 2,
+        "kept": {"features.0": 16, "features.4": 32},
+    }
+
+
+@pytest.fixture
+def results():
+    """A hand-written results dict: 2 layers, 3 ratios (given out of order)."""
+    return {
+        "model": "scnnb",
+        "dataset": {
+            "name": "fashion-mnist",
+            "train_size": 60000,
+            "test_size": 10000,
+            "num_classes": 10,
+        },
+        "criterion": "l1",
+        "strategy": "independent",
+        "environment": {"filterprune": "0.1.0", "torch": "2.13.0", "device": "cpu", "seed": 0},
+        "baseline": {
+            "top1": BASE_TOP1,
+            "top5": None,
+            "macs": BASE_MACS,
+            "params": BASE_PARAMS,
+            "epochs": 10,
+            "train_time_s": 120.5,
+        },
+        "sensitivity": {
+            "ratios": [0.3, 0.6, 0.9],
+            # features.0 is worse at 0.6 but features.4 at the highest ratio, 0.9.
+            "layers": {"features.0": [90.5, 80.0, 70.1], "features.4": [91.0, 85.2, 60.3]},
+        },
+        "filter_norms": {
+            "features.0": [1.0, 0.9, 0.7, 0.4],
+            "features.4": [1.0, 0.95, 0.8, 0.6, 0.5, 0.3, 0.2, 0.1],
+        },
+        "pruning": [
+            _row(0.5, 3_002_000, 2_009_000, 70.20, 90.80),
+            _row(0.25, 6_320_000, 3_280_000, 85.10, 91.35),
+            _row(0.75, 1_186_000, 1_025_000, 31.50, 87.64),
+        ],
+        "wall_time_s": 170.2,
+    }
+
+
+def _section(text, heading):
+    """Returns the text from a '## heading' line up to the next '## ' heading."""
+    start = text.index(f"## {heading}")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def _table(section):
+    """Returns (header, rows) of the Markdown table in a section, checking it is well formed."""
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    assert re.fullmatch(r"\|(:?-+:?\|)+", lines[1]), lines[1]
+    assert len({line.count("|") for line in lines}) == 1  # every row has the same columns
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return cells[0], cells[2:]
+
+
+def test_writes_all_files(results, tmp_path):
+    out = tmp_path / "run"  # created by write_report
+    paths = write_report(results, out)
+    assert {p.name for p in paths} == PLOTS | {"report.md"}
+    assert all(p.is_file() and p.parent == out for p in paths)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths)  # no temp files
+
+
+def test_pngs_are_valid(results, tmp_path):
+    for path in write_report(results, tmp_path):
+        if path.suffix == ".png":
+            data = path.read_bytes()
+            assert data.startswith(PNG_MAGIC)
+            width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+            assert width > 100 and height > 100
+
+
+def test_main_table(results, tmp_path):
+    write_report(results, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert text.startswith("# ") and "scnnb" in text.splitlines()[0]
+    assert "fashion-mnist" in text.splitlines()[0]
+    assert "torch 2.13.0" in text and "seed 0" in text
+    assert "91.23" in _section(text, "Baseline") and "7.90M" in text and "4.10M" in text
+
+    header, rows = _table(_section(text, "One-shot"))
+    assert header[:8] == [
+        "ratio",
+        "MACs",
+        "MACs reduction",
+        "params",
+        "params reduction",
+        "top-1 before retraining",
+        "top-1 after retraining",
+        "drop vs baseline (after)",
+    ]
+    assert not any("top-5" in h for h in header)
+    expected_rows = sorted(results["pruning"], key=lambda r: r["ratio"])
+    assert len(rows) == len(expected_rows) == 3
+    for cells, row in zip(rows, expected_rows, strict=True):
+        assert cells == [
+            f"{row['ratio']:g}",
+            f"{row['macs'] / 1e6:.2f}M",
+            f"{(1 - row['macs'] / BASE_MACS) * 100:.1f}%",
+            f"{row['params'] / 1e6:.2f}M",
+            f"{(1 - row['params'] / BASE_PARAMS) * 100:.1f}%",
+            f"{row['top1_before']:.2f}",
+            f"{row['top1_after']:.2f}",
+            f"{BASE_TOP1 - row['top1_after']:.2f}",
+        ]
+    # Spelled out: 91.23 - 90.80 = 0.43 lost; 91.23 - 91.35 = -0.12 (a gain); 1 - 3.002 / 7.9.
+    by_ratio = {cells[0]: cells for cells in rows}
+    assert by_ratio["0.5"][2] == "62.0%" and by_ratio["0.5"][7] == "0.43"
+    assert by_ratio["0.25"][7] == "-0.12"
+    assert by_ratio["0.75"][1] == "1.19M"
+    assert "Wall time: 170.2 s" in text
+
+
+def test_sensitivity_table_and_most_sensitive_layer(results, tmp_path):
+    write_report(results, tmp_path)
+    section = _section((tmp_path / "report.md").read_text(), "Sensitivity")
+    header, rows = _table(section)
+    assert header == ["layer", "30.0%", "60.0%", "90.0%"]
+    assert [cells[0] for cells in rows] == ["`features.0`", "`features.4`"]
+    assert rows[1][1:] == ["91.00", "85.20", "60.30"]
+    note = next(line for line in section.splitlines() if line.startswith("Most sensitive"))
+    assert "`features.4`" in note and "features.0" not in note
+    assert f"{BASE_TOP1 - 60.3:.2f}" in note
+
+
+def test_plots_embedded_with_relative_links(results, tmp_path):
+    write_report(results, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    for name in PLOTS:
+        assert f"]({name})" in text
+
+
+def test_without_sensitivity(results, tmp_path):
+    (tmp_path / "sensitivity.png").write_bytes(PNG_MAGIC)  # stale, from an earlier run
+    results["sensitivity"] = None
+    paths = write_report(results, tmp_path)
+    assert {p.name for p in paths} == PLOTS - {"sensitivity.png"} | {"report.md"}
+    assert not (tmp_path / "sensitivity.png").exists()
+    text = (tmp_path / "report.md").read_text()
+    assert "sensitivity.png" not in text and "Most sensitive" not in text
+    assert "## Sensitivity" not in text
+    _, rows = _table(_section(text, "One-shot"))
+    assert len(rows) == 3
+
+
+def test_top5_columns_only_when_present(results, tmp_path):
+    with_top5 = copy.deepcopy(results)
+    with_top5["dataset"]["num_classes"] = 100
+    with_top5["baseline"]["top5"] = 95.5
+    with_top5["pruning"] = [
+        _row(0.25, 6_320_000, 3_280_000, 60.0, 70.1, top5=(85.0, 95.1)),
+        _row(0.5, 3_002_000, 2_009_000, 40.0, 68.0, top5=(70.0, 93.25)),
+    ]
+    write_report(with_top5, tmp_path)
+    header, rows = _table(_section((tmp_path / "report.md").read_text(), "One-shot"))
+    assert header[8:] == ["top-5 before retraining", "top-5 after retraining", "top-5 drop (after)"]
+    assert rows[1][8:] == ["70.00", "93.25", f"{95.5 - 93.25:.2f}"]
+    assert "top-5 95.50%" in (tmp_path / "report.md").read_text()
+
+    write_report(results, tmp_path / "no_top5")
+    text = (tmp_path / "no_top5" / "report.md").read_text()
+    assert "top-5" not in text
+
+
+def test_interrupted_write_keeps_previous_files(results, tmp_path, monkeypatch):
+    write_report(results, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def broken_savefig(self, path, **kwargs):
+        path.write_bytes(b"partial")
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(Figure, "savefig", broken_savefig)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        write_report(results, tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temp files left
