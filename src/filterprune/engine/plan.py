@@ -1,0 +1,248 @@
+"""Pruning plans: which filters each layer keeps.
+
+A plan is plain data (layer qualified name -> sorted kept output-channel indices). It is decided
+here from scores and ratios, printed and reviewed, saved as JSON, and executed by
+filterprune.engine.surgery. ``ratio`` always means the fraction of filters removed, in [0, 1).
+
+Rounding rule (paper.md): a layer of n filters pruned at ratio r keeps
+``max(1, floor(n * (1 - r)))`` filters, as the public reproductions of Li et al. 2017 do
+(ratio 0.1 of 64 filters keeps 57). With ``round_to=m`` the kept count is then rounded to the
+nearest multiple of m (at least m, at most n), which can make kernels faster.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from filterprune.engine.criteria import Criterion, get_criterion
+from filterprune.engine.graph import DependencyGraph
+from filterprune.errors import FilterpruneError
+
+STRATEGIES = ("independent", "greedy")
+RatioSpec = float | Mapping[str, float]
+
+
+@dataclass
+class PruningPlan:
+    """Kept filters per layer; layers that keep all their filters are left out.
+
+    Attributes:
+        kept: layer qualified name -> sorted kept output-channel indices.
+        widths: layer qualified name -> original number of filters, for every layer in ``kept``.
+        criterion: name of the criterion that scored the filters.
+        strategy: ``"independent"`` or ``"greedy"`` (Li et al. 2017, §3.3).
+    """
+
+    kept: dict[str, list[int]] = field(default_factory=dict)
+    widths: dict[str, int] = field(default_factory=dict)
+    criterion: str = "l1"
+    strategy: str = "independent"
+
+    def to_dict(self) -> dict:
+        return {
+            "criterion": self.criterion,
+            "strategy": self.strategy,
+            "layers": {
+                name: {"width": self.widths[name], "kept": kept} for name, kept in self.kept.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> PruningPlan:
+        """Builds a plan from ``to_dict`` output.
+
+        Raises:
+            FilterpruneError: if the data is not a valid plan (indices unsorted, repeated, out of
+                range or empty).
+        """
+        try:
+            layers = data["layers"]
+            plan = cls(
+                kept={name: [int(i) for i in v["kept"]] for name, v in layers.items()},
+                widths={name: int(v["width"]) for name, v in layers.items()},
+                criterion=str(data.get("criterion", "l1")),
+                strategy=str(data.get("strategy", "independent")),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise FilterpruneError(f"malformed pruning plan: {e!r}") from e
+        for name, kept in plan.kept.items():
+            width = plan.widths[name]
+            if not kept or kept != sorted(set(kept)) or kept[0] < 0 or kept[-1] >= width:
+                raise FilterpruneError(
+                    f"malformed pruning plan: kept indices of '{name}' must be sorted, unique, "
+                    f"non-empty and in [0, {width})"
+                )
+        return plan
+
+    def then(self, later: PruningPlan) -> PruningPlan:
+        """The plan equal to applying ``self``, then ``later`` to the model ``self`` produced.
+
+        ``later``'s indices refer to the already pruned layers; the result's refer to the original.
+        """
+        kept = {name: list(indices) for name, indices in self.kept.items()}
+        widths = dict(self.widths)
+        for name, indices in later.kept.items():
+            if name in kept:
+                kept[name] = [kept[name][i] for i in indices]
+            else:
+                kept[name], widths[name] = list(indices), later.widths[name]
+        return PruningPlan(kept, widths, later.criterion, later.strategy)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> PruningPlan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise FilterpruneError(f"malformed pruning plan JSON: {e}") from e
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> PruningPlan:
+        path = Path(path)
+        if not path.is_file():
+            raise FilterpruneError(f"pruning plan not found: {path}")
+        return cls.from_json(path.read_text())
+
+    def __str__(self) -> str:
+        lines = [f"PruningPlan(criterion={self.criterion}, strategy={self.strategy})"]
+        width = max((len(n) for n in self.kept), default=5)
+        lines.append(f"  {'layer':<{width}}  kept / filters  ratio")
+        for name, kept in self.kept.items():
+            n = self.widths[name]
+            lines.append(f"  {name:<{width}}  {len(kept):>4} / {n:<7}  {1 - len(kept) / n:.2f}")
+        return "\n".join(lines)
+
+
+def kept_count(n: int, ratio: float, round_to: int = 1) -> int:
+    """Number of filters a layer of ``n`` filters keeps at ``ratio`` (see the module docstring)."""
+    keep = max(1, math.floor(n * (1 - ratio) + 1e-9))
+    if round_to > 1:
+        keep = min(n, max(round_to, round_to * round(keep / round_to)))
+    return keep
+
+
+def check_ratio(ratio: object, where: str) -> float:
+    """Returns ``ratio`` as a float, or raises ValueError naming it if it is not in [0, 1)."""
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio < 1:
+        raise FilterpruneError(f"ratio {ratio!r} for {where} is not a number in [0, 1)")
+    return float(ratio)
+
+
+def _match(graph: DependencyGraph, key: str) -> list[str]:
+    """Prunable layers named or matched by ``key``; raises if it names nothing prunable."""
+    if key in graph.layers:
+        return [key]
+    if key in graph.not_prunable:
+        graph.check_prunable(key)
+    matched = [name for name in graph.layers if fnmatch.fnmatchcase(name, key)]
+    if not matched:
+        blocked = [n for n in graph.not_prunable if fnmatch.fnmatchcase(n, key)]
+        if blocked:
+            graph.check_prunable(blocked[0])
+        raise FilterpruneError(f"unknown layer or pattern '{key}': it matches no conv layer")
+    return matched
+
+
+def resolve_ratios(
+    graph: DependencyGraph, ratio: RatioSpec, skip: Sequence[str] = ()
+) -> dict[str, float]:
+    """Ratio of every prunable layer, in forward order.
+
+    Args:
+        graph: the model's dependency graph.
+        ratio: one value for every prunable layer, or a mapping from layer names or glob patterns
+            (``layer1.*.conv1``) to ratios. An exact name wins over patterns; among patterns the
+            last one that matches wins. Layers matched by nothing are not pruned.
+        skip: names or patterns of layers left unpruned.
+
+    Returns:
+        Layer name -> ratio, for the layers with a ratio > 0.
+
+    Raises:
+        ValueError (FilterpruneError): a ratio outside [0, 1), or a name/pattern that matches no
+            prunable layer (the message says why, e.g. a conv whose output is added to a shortcut).
+    """
+    if isinstance(ratio, Mapping):
+        ratios: dict[str, float] = {}
+        exact: set[str] = set()
+        for key, value in ratio.items():
+            value = check_ratio(value, f"'{key}'")
+            for name in _match(graph, key):
+                if name not in exact:
+                    ratios[name] = value
+            if key in graph.layers:
+                exact.add(key)
+    else:
+        value = check_ratio(ratio, "all layers")
+        ratios = dict.fromkeys(graph.layers, value)
+    skipped = {name for key in skip for name in _match(graph, key)}
+    return {
+        name: ratios[name]
+        for name in graph.layers
+        if ratios.get(name, 0) > 0 and name not in skipped
+    }
+
+
+def select_filters(
+    model: nn.Module,
+    graph: DependencyGraph,
+    ratios: Mapping[str, float],
+    criterion: str | Criterion = "l1",
+    strategy: str = "independent",
+    round_to: int = 1,
+) -> PruningPlan:
+    """Decides which filters each layer keeps: the highest-scoring ones.
+
+    Args:
+        model: the network whose weights are scored (not modified).
+        graph: its dependency graph (``filterprune.engine.graph.trace``).
+        ratios: layer name -> ratio, as returned by ``resolve_ratios``.
+        criterion: ``"l1"``, ``"l2"`` or a callable weight (C_out, C_in, kH, kW) -> scores (C_out,).
+        strategy: ``"independent"`` scores each layer's full weight; ``"greedy"`` leaves out the
+            kernels that read feature maps already removed from the producing layer, deciding
+            layers in forward order (Li et al. 2017, §3.3, Fig. 3).
+        round_to: round kept counts to a multiple of this (1 = the paper's rule).
+
+    Returns:
+        The plan. Ties between equal scores keep the lower index.
+
+    Raises:
+        FilterpruneError: unknown criterion or strategy, or round_to < 1.
+    """
+    if strategy not in STRATEGIES:
+        raise FilterpruneError(f"unknown strategy '{strategy}' (known: {', '.join(STRATEGIES)})")
+    if round_to < 1:
+        raise FilterpruneError(f"round_to must be >= 1, got {round_to}")
+    score = get_criterion(criterion)
+    modules = dict(model.named_modules())
+    plan = PruningPlan(
+        criterion=getattr(criterion, "__name__", "custom") if callable(criterion) else criterion,
+        strategy=strategy,
+    )
+    for name, layer in graph.layers.items():
+        ratio = ratios.get(name, 0.0)
+        keep = kept_count(layer.out_channels, ratio, round_to)
+        if keep == layer.out_channels:
+            continue
+        weight = modules[name].weight
+        if strategy == "greedy" and layer.producer in plan.kept:
+            weight = weight[:, plan.kept[layer.producer]]
+        scores = score(weight)
+        order = torch.sort(scores, descending=True, stable=True).indices
+        plan.kept[name] = sorted(order[:keep].tolist())
+        plan.widths[name] = layer.out_channels
+    return plan

@@ -1,0 +1,94 @@
+"""High-level pruning: trace, resolve ratios, score, plan and cut in one call."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from filterprune.engine.criteria import Criterion
+from filterprune.engine.graph import DependencyGraph, trace
+from filterprune.engine.plan import PruningPlan, RatioSpec, resolve_ratios, select_filters
+from filterprune.engine.surgery import apply_plan
+
+
+@dataclass
+class PruneResult:
+    """What ``prune`` returns.
+
+    Attributes:
+        model: the pruned network (a new module; the input model is unchanged).
+        plan: kept output-channel indices of every layer whose output channels changed.
+        graph: the dependency graph of the unpruned model.
+    """
+
+    model: nn.Module
+    plan: PruningPlan
+    graph: DependencyGraph
+
+
+def plan_pruning(
+    model: nn.Module,
+    example_inputs: torch.Tensor | tuple,
+    *,
+    ratio: RatioSpec,
+    criterion: str | Criterion = "l1",
+    strategy: str = "independent",
+    skip: Sequence[str] = (),
+    round_to: int = 1,
+) -> tuple[PruningPlan, DependencyGraph]:
+    """Decides which filters to remove without touching the model (review the plan, then apply).
+
+    Arguments are those of ``prune``. Returns the plan and the model's dependency graph.
+    """
+    graph = trace(model, example_inputs)
+    ratios = resolve_ratios(graph, ratio, skip)
+    return select_filters(model, graph, ratios, criterion, strategy, round_to), graph
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: torch.Tensor | tuple,
+    *,
+    ratio: RatioSpec,
+    criterion: str | Criterion = "l1",
+    strategy: str = "independent",
+    skip: Sequence[str] = (),
+    round_to: int = 1,
+) -> PruneResult:
+    """Removes the lowest-scoring filters of every prunable conv (Li et al. 2017, §3).
+
+    Args:
+        model: the trained network; left unchanged.
+        example_inputs: a tensor such as ``torch.zeros(1, 3, 32, 32)`` (or a tuple of inputs) that
+            ``model`` accepts; it fixes the feature-map sizes at flatten points.
+        ratio: fraction of filters removed, in [0, 1): one float for all prunable convs, or a dict
+            from layer names or glob patterns (``"layer1.*.conv1"``) to ratios.
+        criterion: ``"l1"`` (§3.1), ``"l2"`` (Appendix 6.1) or a callable
+            weight (C_out, C_in, kH, kW) -> scores (C_out,).
+        strategy: ``"independent"`` or ``"greedy"`` (§3.3).
+        skip: names or patterns of layers to leave unpruned.
+        round_to: round kept filter counts to a multiple of this (1 = floor(n * (1 - ratio))).
+
+    Returns:
+        A PruneResult with ``.model`` (smaller and dense) and ``.plan``.
+
+    Raises:
+        ValueError (FilterpruneError): a ratio outside [0, 1) (the message names it), an unknown
+            layer name or pattern, a layer that cannot be pruned, an unknown criterion or strategy,
+            or a model torch.fx cannot trace.
+
+    Example:
+        >>> from filterprune.models import create_model
+        >>> net = create_model("scnnb", in_channels=1)
+        >>> result = prune(net, torch.zeros(1, 1, 28, 28), ratio=0.5)
+        >>> result.model.features[0].out_channels
+        16
+    """
+    plan, graph = plan_pruning(
+        model, example_inputs, ratio=ratio, criterion=criterion, strategy=strategy, skip=skip,
+        round_to=round_to,
+    )
+    return PruneResult(apply_plan(model, plan, graph), plan, graph)
