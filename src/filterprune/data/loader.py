@@ -1,0 +1,211 @@
+"""Batch iteration over uint8 image tensors held in memory, with vectorised augmentation.
+
+Every step works on a whole batch at once: the uint8 images of a batch are gathered by index,
+optionally augmented (random crop with zero padding, random horizontal flip), converted to float
+once and normalised per channel. Random draws come from a ``torch.Generator`` on the CPU (small
+index tensors, then moved to the data's device), so a seed gives the same batches everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from filterprune.data.datasets import ImageDataset
+from filterprune.errors import FilterpruneError
+
+__all__ = ["BatchLoader", "make_loaders"]
+
+
+class BatchLoader:
+    """Iterates (images float32 (B, C, H, W) normalised, labels int64 (B,)) over uint8 tensors.
+
+    Each pass (epoch) visits every sample once, in order or in a fresh random permutation.
+    Images are normalised as ``(x / 255 - mean) / std`` per channel. With ``augment``, each
+    image is first randomly cropped back to (H, W) from its zero-padded version (a shift of
+    up to ``pad`` pixels in each direction) and, if ``flip``, mirrored left-right with
+    probability 1/2.
+
+    Args:
+        images: uint8 tensor (N, C, H, W), pixel values 0..255.
+        labels: int64 tensor (N,).
+        batch_size: Samples per batch, >= 1.
+        mean: Per-channel mean in [0, 1] pixel units, length C.
+        std: Per-channel standard deviation in [0, 1] pixel units, length C, all > 0.
+        shuffle: Draw a new random order every epoch.
+        augment: Apply random crop and (if ``flip``) random horizontal flip.
+        pad: Zero padding in pixels for the random crop, >= 0.
+        flip: With ``augment``, flip each image horizontally with probability 1/2.
+        drop_last: Drop the final batch if it holds fewer than ``batch_size`` samples.
+        generator: CPU generator for shuffling and augmentation; None uses torch's global RNG.
+        device: Device the data is moved to and batches are produced on.
+
+    Raises:
+        FilterpruneError: Wrong dtypes or shapes, mismatched lengths, ``batch_size`` < 1,
+            ``pad`` < 0, or ``mean`` / ``std`` not of length C or ``std`` not positive.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        shuffle: bool = False,
+        augment: bool = False,
+        pad: int = 4,
+        flip: bool = True,
+        drop_last: bool = False,
+        generator: torch.Generator | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise FilterpruneError(
+                f"images must be a uint8 tensor (N, C, H, W), got {images.dtype} "
+                f"{tuple(images.shape)}"
+            )
+        if labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
+            raise FilterpruneError(
+                f"labels must be an int64 tensor ({images.shape[0]},), got {labels.dtype} "
+                f"{tuple(labels.shape)}"
+            )
+        if batch_size < 1:
+            raise FilterpruneError(f"batch size must be >= 1, got {batch_size}")
+        if pad < 0:
+            raise FilterpruneError(f"crop padding must be >= 0, got {pad}")
+        channels = images.shape[1]
+        if len(mean) != channels or len(std) != channels or min(std) <= 0:
+            raise FilterpruneError(
+                f"mean and std need {channels} values (std > 0), got {tuple(mean)} / {tuple(std)}"
+            )
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.pad = pad
+        self.flip = flip
+        self.drop_last = drop_last
+        self.generator = generator
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        # (x / 255 - mean) / std == x * scale - shift
+        self._scale = 1.0 / (255.0 * std_t)
+        self._shift = mean_t / std_t
+
+    @property
+    def num_samples(self) -> int:
+        """Number of samples N the loader iterates over."""
+        return self.labels.shape[0]
+
+    def __len__(self) -> int:
+        """Number of batches per epoch."""
+        n = self.num_samples
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield one epoch of (images float32 (B, C, H, W), labels int64 (B,)) on ``device``."""
+        n = self.num_samples
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator).to(self.device)
+        else:
+            order = torch.arange(n, device=self.device)
+        for i in range(len(self)):
+            index = order[i * self.batch_size : (i + 1) * self.batch_size]
+            images = self.images[index]
+            if self.augment:
+                images = self._augment(images)
+            yield images.float().mul_(self._scale).sub_(self._shift), self.labels[index]
+
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        """Random crop from the zero-padded batch and random horizontal flip, vectorised.
+
+        Args:
+            images: uint8 tensor (B, C, H, W).
+
+        Returns:
+            uint8 tensor (B, C, H, W).
+        """
+        b, c, h, w = images.shape
+        if self.pad:
+            p = self.pad
+            padded = F.pad(images, (p, p, p, p))
+            # Top-left corner of each crop in the padded image: shift in [-pad, pad] + pad.
+            offsets = torch.randint(0, 2 * p + 1, (2, b), generator=self.generator)
+            offsets = offsets.to(self.device)
+            rows = offsets[0, :, None] + torch.arange(h, device=self.device)  # (B, H)
+            cols = offsets[1, :, None] + torch.arange(w, device=self.device)  # (B, W)
+            padded = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * p))
+            images = padded.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+        if self.flip:
+            flipped = torch.rand(b, generator=self.generator).to(self.device) < 0.5
+            images = torch.where(flipped[:, None, None, None], images.flip(3), images)
+        return images
+
+
+def make_loaders(
+    dataset: ImageDataset,
+    batch_size: int,
+    eval_batch_size: int,
+    *,
+    seed: int,
+    device: str | torch.device = "cpu",
+    train_subset: int | None = None,
+) -> tuple[BatchLoader, BatchLoader]:
+    """Build the training and test loaders of a dataset.
+
+    The training loader shuffles every epoch and augments if ``dataset.augment`` (crop with
+    zero padding 4, horizontal flip); its last batch is dropped only when it would hold a single
+    sample, which BatchNorm cannot normalise in training mode. The test loader keeps the file
+    order, does not augment and keeps every sample.
+
+    Args:
+        dataset: The dataset.
+        batch_size: Training batch size, >= 1.
+        eval_batch_size: Test batch size, >= 1.
+        seed: Seeds the generator used for the subset draw, shuffling and augmentation.
+        device: Device the data is moved to and batches are produced on.
+        train_subset: If given, train on this many training samples drawn at random (seeded).
+
+    Returns:
+        (train loader, test loader).
+
+    Raises:
+        FilterpruneError: ``train_subset`` not in [1, N], or invalid batch sizes.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    images, labels = dataset.train_images, dataset.train_labels
+    if train_subset is not None:
+        n = labels.shape[0]
+        if not 1 <= train_subset <= n:
+            raise FilterpruneError(
+                f"train subset must be in [1, {n}] for {dataset.name}, got {train_subset}"
+            )
+        keep = torch.randperm(n, generator=generator)[:train_subset].sort().values
+        images, labels = images[keep], labels[keep]
+    train = BatchLoader(
+        images,
+        labels,
+        batch_size,
+        mean=dataset.mean,
+        std=dataset.std,
+        shuffle=True,
+        augment=dataset.augment,
+        drop_last=labels.shape[0] > batch_size > 1 and labels.shape[0] % batch_size == 1,
+        generator=generator,
+        device=device,
+    )
+    test = BatchLoader(
+        dataset.test_images,
+        dataset.test_labels,
+        eval_batch_size,
+        mean=dataset.mean,
+        std=dataset.std,
+        device=device,
+    )
+    return train, test
