@@ -109,6 +109,8 @@ def profile(model: nn.Module, example_inputs: torch.Tensor | tuple) -> Profile:
     return Profile(
         macs=sum(layer.macs for layer in layers),
         params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        params_conv_linear=sum(p.numel() for m in counted.values() for p in m.parameters(recurse=False)),
+        params_conv_linear=sum(
+            p.numel() for m in counted.values() for p in m.parameters(recurse=False)
+        ),
         layers=tuple(layers),
     )

@@ -1,0 +1,39 @@
+"""``filterprune finetune CONFIG --checkpoint M``: retrain a (pruned) model."""
+
+from __future__ import annotations
+
+import argparse
+
+from filterprune.checkpoint import save_model
+from filterprune.cli._common import (
+    add_config_arguments,
+    add_output_arguments,
+    config_from_args,
+    output_dir,
+    render_fields,
+)
+from filterprune.pipeline.run import load_checkpoint, prepare
+
+
+def add_parser(commands, common: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser(
+        "finetune", parents=[common], help="retrain a pruned model",
+        description="Retrain a model file with the config's `retrain` settings and save "
+        "OUT/finetuned.safetensors (Li et al. 2017, §3.4).",
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--checkpoint", required=True, help="model to retrain (.safetensors)")
+    add_output_arguments(parser, "output directory (default: runs/<config name>)")
+    parser.set_defaults(run=run, render=render_fields)
+
+
+def run(args: argparse.Namespace) -> dict:
+    config = config_from_args(args)
+    out = output_dir(args, args.config)
+    session = prepare(config, progress=not args.json)
+    model = load_checkpoint(session, args.checkpoint)
+    before = session.evaluate(model)["top1"]
+    session.train(model, config.retrain, "finetune")
+    path = save_model(out / "finetuned.safetensors", model, session.spec)
+    return {"checkpoint": str(path), "top1_before": before,
+            "top1_after": session.evaluate(model)["top1"], "epochs": config.retrain.epochs}

@@ -1,0 +1,109 @@
+"""``filterprune prune --checkpoint M --ratio R``: remove filters from a model file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from filterprune.checkpoint import load_model, save_model
+from filterprune.engine import (
+    PruningPlan,
+    apply_plan,
+    profile,
+    resolve_ratios,
+    select_filters,
+    trace,
+)
+from filterprune.engine.criteria import CRITERIA
+from filterprune.engine.plan import STRATEGIES, RatioSpec
+from filterprune.errors import FilterpruneError
+
+
+def add_parser(commands, common: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser(
+        "prune", parents=[common], help="prune the filters of a model file",
+        description="Score filters, keep the best ones at the given ratios and save the smaller "
+        "model with its plan (OUT and OUT's .plan.json). Li et al. 2017, §3.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="model to prune (.safetensors)")
+    parser.add_argument(
+        "--ratio", action="append", default=[], metavar="R | NAME=R",
+        help="fraction of filters removed, in [0, 1): one value for all prunable convs, or "
+        "NAME=R per layer name or glob pattern (repeatable, e.g. 'layer1.*.conv1=0.3')",
+    )
+    parser.add_argument("--skip", action="append", default=[], metavar="NAME",
+                        help="layer name or pattern left unpruned (repeatable)")
+    parser.add_argument("--criterion", default="l1", choices=sorted(CRITERIA))
+    parser.add_argument("--strategy", default="independent", choices=STRATEGIES)
+    parser.add_argument("--round-to", type=int, default=1,
+                        help="round kept filter counts to a multiple of this")
+    parser.add_argument("--plan", help="apply this plan (JSON) instead of choosing filters")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan and the resulting costs; write nothing")
+    parser.add_argument("--out",
+                        help="pruned model file (default: <checkpoint>-pruned.safetensors)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.set_defaults(run=run, render=render)
+
+
+def parse_ratio(values: list[str]) -> RatioSpec:
+    """``["0.5"]`` -> 0.5; ``["a=0.3", "b.*=0.5"]`` -> {"a": 0.3, "b.*": 0.5}.
+
+    Raises:
+        FilterpruneError: a value that is not a number.
+    """
+    def number(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise FilterpruneError(f"ratio '{text}' is not a number") from None
+
+    if len(values) == 1 and "=" not in values[0]:
+        return number(values[0])
+    pairs = [value.rpartition("=") for value in values]
+    if any(not sep or not name for name, sep, _ in pairs):
+        raise FilterpruneError("with several --ratio values, each must be NAME=R")
+    return {name: number(ratio) for name, _, ratio in pairs}
+
+
+def run(args: argparse.Namespace) -> dict:
+    if not args.ratio and not args.plan:
+        raise FilterpruneError("give --ratio or --plan")
+    checkpoint = Path(args.checkpoint)
+    out = Path(args.out or checkpoint.with_name(f"{checkpoint.stem}-pruned.safetensors"))
+    if out.exists() and not args.overwrite and not args.dry_run:
+        raise FilterpruneError(f"{out} exists (use --overwrite)")
+    model, spec = load_model(checkpoint)
+    example = spec.example_input()
+    graph = trace(model, example)
+    if args.plan:
+        plan = PruningPlan.load(args.plan)
+    else:
+        ratios = resolve_ratios(graph, parse_ratio(args.ratio), args.skip)
+        plan = select_filters(model, graph, ratios, args.criterion, args.strategy, args.round_to)
+    pruned = apply_plan(model, plan, graph)
+    before, after = profile(model, example), profile(pruned, example)
+    result = {
+        "plan": plan.to_dict(), "plan_text": str(plan),
+        "macs_before": before.macs, "macs_after": after.macs,
+        "params_before": before.params, "params_after": after.params,
+        "macs_reduction": 1 - after.macs / before.macs,
+        "params_reduction": 1 - after.params / before.params,
+    }
+    if not args.dry_run:
+        spec.plan = plan if spec.plan is None else spec.plan.then(plan)
+        save_model(out, pruned, spec)
+        plan.save(out.with_suffix(".plan.json"))
+        result["checkpoint"] = str(out)
+    return result
+
+
+def render(result: dict) -> str:
+    lines = [result["plan_text"],
+             f"MACs   {result['macs_before']:,} -> {result['macs_after']:,} "
+             f"(-{result['macs_reduction']:.1%})",
+             f"params {result['params_before']:,} -> {result['params_after']:,} "
+             f"(-{result['params_reduction']:.1%})"]
+    if "checkpoint" in result:
+        lines.append(f"saved {result['checkpoint']}")
+    return "\n".join(lines)

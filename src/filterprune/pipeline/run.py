@@ -1,0 +1,267 @@
+"""The main job: train (or load) a baseline, analyse sensitivity, prune one-shot at each ratio,
+retrain, and report (Li et al. 2017, §3.2-§4).
+
+Stages write their model files into the output directory as they finish (``baseline.safetensors``,
+``pruned-50.safetensors``, ...); the report comes last.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+import filterprune
+from filterprune._io import atomic_write_text
+from filterprune.checkpoint import ModelSpec, load_model, save_model
+from filterprune.data import BatchLoader, ImageDataset, load_dataset, make_loaders
+from filterprune.engine import (
+    DependencyGraph,
+    apply_plan,
+    l1_norm,
+    profile,
+    resolve_ratios,
+    select_filters,
+    trace,
+)
+from filterprune.errors import FilterpruneError
+from filterprune.models import model_arguments
+from filterprune.pipeline.config import RunConfig
+from filterprune.pipeline.report import write_report
+from filterprune.training import TrainSettings, evaluate, train
+from filterprune.training.loop import console
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Session:
+    """Data, loaders and device of a run, prepared once from its config."""
+
+    config: RunConfig
+    dataset: ImageDataset
+    train_batches: BatchLoader
+    test_batches: BatchLoader
+    device: torch.device
+    spec: ModelSpec
+    progress: bool = True
+
+    def evaluate(self, model: nn.Module) -> dict:
+        return evaluate(model, self.test_batches, self.device)
+
+    def train(self, model: nn.Module, settings: TrainSettings, description: str) -> list[dict]:
+        loader = self.train_batches
+        if settings.batch_size != loader.batch_size:
+            loader = _loaders(self.config, self.dataset, self.device, settings.batch_size)[0]
+        return train(model, loader, settings, self.device, description=description,
+                     progress=self.progress)
+
+
+def _loaders(
+    config: RunConfig, dataset: ImageDataset, device: torch.device, batch_size: int
+) -> tuple[BatchLoader, BatchLoader]:
+    return make_loaders(dataset, batch_size, config.data.eval_batch_size, seed=config.seed,
+                        device=device, train_subset=config.data.train_subset)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else is checked to exist.
+
+    Raises:
+        FilterpruneError: an unknown device name or an unavailable CUDA device.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise FilterpruneError(f"unknown device '{name}'") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FilterpruneError(f"device '{name}' requested but CUDA is not available")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare(config: RunConfig, *, progress: bool = True) -> Session:
+    """Loads the dataset, builds loaders and the model spec (dataset-dependent arguments filled)."""
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    dataset = load_dataset(config.data.name, config.data.data_dir, download=config.data.download)
+    train_batches, test_batches = _loaders(config, dataset, device, config.train.batch_size)
+    accepted = model_arguments(config.model.name)
+    derived = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels,
+               "input_size": dataset.image_size}
+    kwargs = {k: v for k, v in derived.items() if k in accepted} | config.model.kwargs
+    shape = (1, dataset.in_channels, dataset.image_size, dataset.image_size)
+    spec = ModelSpec(config.model.name, kwargs, shape)
+    return Session(config, dataset, train_batches, test_batches, device, spec, progress)
+
+
+def environment(session: Session) -> dict:
+    """Package and torch versions, device and seed, written next to every result."""
+    return {
+        "filterprune": filterprune.__version__, "torch": torch.__version__,
+        "python": platform.python_version(), "device": str(session.device),
+        "seed": session.config.seed,
+    }
+
+
+def load_checkpoint(session: Session, path: str | Path) -> nn.Module:
+    """Loads a model file and makes it the session's model spec.
+
+    Raises:
+        FilterpruneError: the file is unreadable or its input shape does not fit the dataset.
+    """
+    model, spec = load_model(path)
+    if tuple(spec.input_shape[1:]) != tuple(session.spec.input_shape[1:]):
+        raise FilterpruneError(
+            f"{path} takes inputs of shape {tuple(spec.input_shape[1:])}, but "
+            f"{session.dataset.name} images are {tuple(session.spec.input_shape[1:])}"
+        )
+    session.spec = spec
+    return model
+
+
+def baseline_model(session: Session, out_dir: Path, log: Log) -> tuple[nn.Module, dict]:
+    """Trains the baseline, or loads ``config.baseline``; saves it as ``baseline.safetensors``."""
+    config = session.config
+    if config.baseline is not None:
+        model = load_checkpoint(session, config.baseline)
+        log(f"loaded baseline {config.baseline}")
+        history: list[dict] = []
+    else:
+        torch.manual_seed(config.seed)
+        model = session.spec.build()
+        log(f"training {config.model.name} on {session.dataset.name} for "
+            f"{config.train.epochs} epochs")
+        history = session.train(model, config.train, "baseline")
+    save_model(out_dir / "baseline.safetensors", model, session.spec)
+    cost = profile(model, session.spec.example_input())
+    metrics = session.evaluate(model)
+    log(f"baseline top-1 {metrics['top1']:.2f}%, {cost.macs / 1e6:.2f}M MACs, "
+        f"{cost.params / 1e6:.3f}M params")
+    return model, {
+        **metrics, "macs": cost.macs, "params": cost.params,
+        "params_conv_linear": cost.params_conv_linear,
+        "epochs": len(history), "train_time_s": sum(h["time_s"] for h in history),
+        "history": history,
+    }
+
+
+def filter_norms(model: nn.Module, graph: DependencyGraph) -> dict[str, list[float]]:
+    """Per prunable layer, filter L1 norms sorted descending, divided by the largest (Fig. 2a)."""
+    modules = dict(model.named_modules())
+    norms = {}
+    for name in graph.layers:
+        scores = l1_norm(modules[name].weight).sort(descending=True).values
+        norms[name] = (scores / scores[0].clamp_min(1e-12)).tolist()
+    return norms
+
+
+def sensitivity(
+    session: Session, model: nn.Module, graph: DependencyGraph, ratios: list[float], log: Log
+) -> dict:
+    """Each prunable layer pruned alone at each ratio, evaluated without retraining (Fig. 2b).
+
+    Returns:
+        ``{"ratios": [...], "layers": {name: [top-1 % per ratio]}}``.
+    """
+    criterion = session.config.prune.criterion
+    layers: dict[str, list[float]] = {}
+    for name in graph.layers:
+        accuracies = []
+        for ratio in ratios:
+            plan = select_filters(model, graph, {name: ratio}, criterion)
+            accuracies.append(session.evaluate(apply_plan(model, plan, graph))["top1"])
+        layers[name] = accuracies
+        log(f"sensitivity {name}: " + " ".join(f"{a:.1f}" for a in accuracies))
+    return {"ratios": list(ratios), "layers": layers}
+
+
+def prune_and_retrain(
+    session: Session, model: nn.Module, graph: DependencyGraph, ratio: float, baseline: dict,
+    out_dir: Path, log: Log,
+) -> dict:
+    """One-shot pruning of every prunable layer at ``ratio``, then retraining (§3.4)."""
+    cfg = session.config.prune
+    plan = select_filters(model, graph, resolve_ratios(graph, ratio, cfg.skip), cfg.criterion,
+                          cfg.strategy, cfg.round_to)
+    pruned = apply_plan(model, plan, graph)
+    cost = profile(pruned, session.spec.example_input())
+    before = session.evaluate(pruned)
+    session.train(pruned, session.config.retrain, f"retrain {ratio:.0%}")
+    after = session.evaluate(pruned)
+    spec = copy.copy(session.spec)
+    spec.plan = plan if spec.plan is None else spec.plan.then(plan)
+    save_model(out_dir / f"pruned-{round(ratio * 100):02d}.safetensors", pruned, spec)
+    log(f"ratio {ratio:.0%}: {cost.macs / 1e6:.2f}M MACs, top-1 {before['top1']:.2f}% -> "
+        f"{after['top1']:.2f}% after retraining")
+    return {
+        "ratio": ratio, "macs": cost.macs, "params": cost.params,
+        "params_conv_linear": cost.params_conv_linear,
+        "macs_reduction": 1 - cost.macs / baseline["macs"],
+        "params_reduction": 1 - cost.params / baseline["params"],
+        "top1_before": before["top1"], "top1_after": after["top1"],
+        "top5_before": before["top5"], "top5_after": after["top5"],
+        "retrain_epochs": session.config.retrain.epochs,
+        "kept": {name: len(kept) for name, kept in plan.kept.items()},
+    }
+
+
+def run_pipeline(
+    config: RunConfig, out_dir: str | Path, *, progress: bool = True, log: Log = console.print
+) -> dict:
+    """Runs the main job and writes ``report.md``, ``results.json``, ``config.yaml``, the plots and
+    one model file per stage into ``out_dir``.
+
+    Returns:
+        The results dict (as in ``results.json``).
+
+    Raises:
+        FilterpruneError: bad data location, model name, layer name/pattern or device.
+    """
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
+    session = prepare(config, progress=progress)
+    model, baseline = baseline_model(session, out_dir, log)
+    example = session.spec.example_input()
+    graph = trace(model, example)
+    resolve_ratios(graph, {}, config.prune.skip)  # fail early on an unknown skip entry
+    results = {
+        "model": session.spec.name,
+        "dataset": {"name": session.dataset.name,
+                    "train_size": len(session.dataset.train_labels),
+                    "test_size": len(session.dataset.test_labels),
+                    "num_classes": session.dataset.num_classes},
+        "criterion": config.prune.criterion,
+        "strategy": config.prune.strategy,
+        "environment": environment(session),
+        "baseline": baseline,
+        "filter_norms": filter_norms(model, graph),
+        "sensitivity": (sensitivity(session, model, graph, config.sensitivity.ratios, log)
+                        if config.sensitivity.enabled else None),
+        "pruning": [prune_and_retrain(session, model, graph, r, baseline, out_dir, log)
+                    for r in config.prune.ratios],
+    }
+    results["wall_time_s"] = time.perf_counter() - start
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
+    write_report(results, out_dir)
+    log(f"report written to {out_dir / 'report.md'} ({results['wall_time_s']:.0f} s)")
+    return results

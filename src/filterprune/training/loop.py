@@ -1,0 +1,171 @@
+"""Training and evaluation: SGD with momentum and weight decay, step/cosine/constant schedules.
+
+Used for the baseline (He et al. 2016 hyperparameters in the CIFAR configs) and for retraining
+after pruning (Li et al. 2017, §4: a constant small learning rate).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+from filterprune.errors import FilterpruneError
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+# Progress bars and log lines share one stderr console, so they do not interleave; stdout is
+# left to results (``--json``).
+console = Console(stderr=True)
+
+
+class TrainSettings(BaseModel):
+    """Optimiser and schedule of one training stage.
+
+    Attributes:
+        epochs: passes over the training set (0 = no training).
+        batch_size: training images per step.
+        lr: initial learning rate.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty.
+        schedule: ``step`` (lr x gamma at each milestone), ``cosine`` (to 0 over the epochs) or
+            ``constant``.
+        milestones: for ``step``, fractions of the epochs at which lr is multiplied by gamma.
+        gamma: step factor.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["step", "cosine", "constant"] = "step"
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = Field(0.1, gt=0)
+
+    def lr_factor(self, epoch: int) -> float:
+        """Multiplier of ``lr`` during ``epoch`` (0-based)."""
+        if self.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * epoch / max(1, self.epochs)))
+        if self.schedule == "step":
+            return self.gamma ** sum(epoch >= m * self.epochs for m in self.milestones)
+        return 1.0
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, disable=not enabled, transient=True,
+    )
+
+
+def train(
+    model: nn.Module,
+    batches: Batches,
+    settings: TrainSettings,
+    device: torch.device | str = "cpu",
+    *,
+    description: str = "train",
+    progress: bool = True,
+) -> list[dict]:
+    """Trains ``model`` in place with cross-entropy.
+
+    Args:
+        model: the network (moved to ``device``).
+        batches: re-iterable source of (images float (B, C, H, W), labels int64 (B,)), one pass
+            per epoch (e.g. ``filterprune.data.BatchLoader``), already on ``device``.
+        settings: optimiser and schedule.
+        device: where to train.
+        description: label of the progress bar.
+        progress: show a progress bar.
+
+    Returns:
+        One dict per epoch: ``epoch``, ``lr``, ``loss`` (mean), ``top1`` (training, %), ``time_s``.
+
+    Raises:
+        FilterpruneError: if the loss becomes NaN or infinite.
+    """
+    model.to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=settings.lr, momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+    )
+    history = []
+    with _progress(progress) as bar:
+        for epoch in range(settings.epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = settings.lr * settings.lr_factor(epoch)
+            task = bar.add_task(f"{description} {epoch + 1}/{settings.epochs}", total=len(batches),
+                                info="")
+            model.train()
+            start, total_loss, correct, seen = time.perf_counter(), 0.0, 0, 0
+            for images, labels in batches:
+                logits = model(images)
+                loss = F.cross_entropy(logits, labels)
+                if not torch.isfinite(loss):
+                    raise FilterpruneError(
+                        f"training diverged: loss is {loss.item()} in epoch {epoch + 1}; "
+                        "lower the learning rate"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.item() * len(labels)
+                correct += (logits.argmax(1) == labels).sum().item()
+                seen += len(labels)
+                bar.update(task, advance=1, info=f"loss {total_loss / seen:.3f}")
+            bar.remove_task(task)
+            history.append({
+                "epoch": epoch + 1,
+                "lr": optimizer.param_groups[0]["lr"],
+                "loss": total_loss / max(1, seen),
+                "top1": 100.0 * correct / max(1, seen),
+                "time_s": time.perf_counter() - start,
+            })
+    return history
+
+
+def evaluate(model: nn.Module, batches: Batches, device: torch.device | str = "cpu") -> dict:
+    """Top-1 (and, for >= 100 classes, top-5) accuracy in % and mean cross-entropy.
+
+    Args:
+        model: the network (moved to ``device``; its train/eval mode is restored afterwards).
+        batches: (images, labels) on ``device``.
+        device: where to evaluate.
+
+    Returns:
+        ``{"top1": float, "top5": float | None, "loss": float}``.
+    """
+    model.to(device)
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = seen = 0
+    total_loss = 0.0
+    top5 = None
+    with torch.inference_mode():
+        for images, labels in batches:
+            logits = model(images)
+            total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            hits = top == labels[:, None]
+            correct1 += hits[:, 0].sum().item()
+            correct5 += hits.any(dim=1).sum().item()
+            seen += len(labels)
+            top5 = logits.shape[1] >= 100
+    model.train(was_training)
+    seen = max(1, seen)
+    return {
+        "top1": 100.0 * correct1 / seen,
+        "top5": 100.0 * correct5 / seen if top5 else None,
+        "loss": total_loss / seen,
+    }
