@@ -8,13 +8,13 @@ import hashlib
 import io
 import os
 import pickle
-import struct
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _idx import write_idx
 
 from filterprune.data import (
     DATASETS,
@@ -42,14 +42,6 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def _write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
-    """Write ``array`` (uint8) in idx format, independently of the library's reader."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
-    header += struct.pack(f">{array.ndim}I", *array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(data) if compress else data)
-
-
 def _make_idx_dir(root: Path, compress: bool = True) -> dict[str, np.ndarray]:
     """Write the four (Fashion-)MNIST idx files with 7 train and 5 test 28x28 images."""
     rng = np.random.default_rng(0)
@@ -61,7 +53,7 @@ def _make_idx_dir(root: Path, compress: bool = True) -> dict[str, np.ndarray]:
     }
     root.mkdir(parents=True, exist_ok=True)
     for key, base in IDX_NAMES.items():
-        _write_idx(root / (base + ".gz" if compress else base), arrays[key], compress)
+        write_idx(root / (base + ".gz" if compress else base), arrays[key], compress)
     return arrays
 
 
@@ -281,7 +273,7 @@ def test_malformed_idx_file_raises(tmp_path):
 
 def test_image_label_count_mismatch_raises(tmp_path):
     _make_idx_dir(tmp_path)
-    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(3, np.uint8), compress=True)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(3, np.uint8), compress=True)
     with pytest.raises(FilterpruneError, match="5 images"):
         load_dataset("mnist", tmp_path)
 

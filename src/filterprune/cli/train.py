@@ -14,7 +14,7 @@ from filterprune.cli._common import (
     output_dir,
     render_fields,
 )
-from filterprune.pipeline.run import baseline_model, prepare
+from filterprune.pipeline.run import initial_model, prepare, train_baseline
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
     session = prepare(config, progress=not args.json)
-    _, metrics = baseline_model(session, out, log=lambda _: None)
+    quiet = lambda _: None  # noqa: E731 - the result is the output
+    metrics = train_baseline(session, initial_model(session, quiet), out, quiet)
     metrics.pop("history")
     return {"checkpoint": str(out / "baseline.safetensors"), **metrics}

@@ -137,16 +137,21 @@ def load_checkpoint(session: Session, path: str | Path) -> nn.Module:
     return model
 
 
-def baseline_model(session: Session, out_dir: Path, log: Log) -> tuple[nn.Module, dict]:
-    """Trains the baseline, or loads ``config.baseline``; saves it as ``baseline.safetensors``."""
+def initial_model(session: Session, log: Log) -> nn.Module:
+    """The model to start from: ``config.baseline`` loaded, or a freshly initialised one."""
     config = session.config
     if config.baseline is not None:
-        model = load_checkpoint(session, config.baseline)
         log(f"loaded baseline {config.baseline}")
-        history: list[dict] = []
-    else:
-        torch.manual_seed(config.seed)
-        model = session.spec.build()
+        return load_checkpoint(session, config.baseline)
+    torch.manual_seed(config.seed)
+    return session.spec.build()
+
+
+def train_baseline(session: Session, model: nn.Module, out_dir: Path, log: Log) -> dict:
+    """Trains ``model`` unless it was loaded, saves ``baseline.safetensors``, returns metrics."""
+    config = session.config
+    history: list[dict] = []
+    if config.baseline is None:
         log(f"training {config.model.name} on {session.dataset.name} for "
             f"{config.train.epochs} epochs")
         history = session.train(model, config.train, "baseline")
@@ -155,7 +160,7 @@ def baseline_model(session: Session, out_dir: Path, log: Log) -> tuple[nn.Module
     metrics = session.evaluate(model)
     log(f"baseline top-1 {metrics['top1']:.2f}%, {cost.macs / 1e6:.2f}M MACs, "
         f"{cost.params / 1e6:.3f}M params")
-    return model, {
+    return {
         **metrics, "macs": cost.macs, "params": cost.params,
         "params_conv_linear": cost.params_conv_linear,
         "epochs": len(history), "train_time_s": sum(h["time_s"] for h in history),
@@ -240,10 +245,10 @@ def run_pipeline(
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
     session = prepare(config, progress=progress)
-    model, baseline = baseline_model(session, out_dir, log)
-    example = session.spec.example_input()
-    graph = trace(model, example)
-    resolve_ratios(graph, {}, config.prune.skip)  # fail early on an unknown skip entry
+    model = initial_model(session, log)
+    graph = trace(model, session.spec.example_input())
+    resolve_ratios(graph, {}, config.prune.skip)  # an unknown skip entry fails before training
+    baseline = train_baseline(session, model, out_dir, log)
     results = {
         "model": session.spec.name,
         "dataset": {"name": session.dataset.name,

@@ -1,0 +1,216 @@
+"""The command line, run in-process on a small synthetic dataset in the official idx format."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from _idx import write_idx
+
+from filterprune.checkpoint import ModelSpec, load_model, save_model
+from filterprune.cli import main
+from filterprune.engine import PruningPlan
+from filterprune.errors import FilterpruneError
+from filterprune.pipeline.config import load_config, parse_config
+
+FILES = {
+    "train-images-idx3-ubyte.gz": "train_images", "train-labels-idx1-ubyte.gz": "train_labels",
+    "t10k-images-idx3-ubyte.gz": "test_images", "t10k-labels-idx1-ubyte.gz": "test_labels",
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """10 classes of 28x28 images, each class a bright 7x7 square at its own place, plus noise."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 200), ("test", 100)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 60, (n, 28, 28))
+        for i, label in enumerate(labels):
+            r, c = 7 * (label // 4), 7 * (label % 4)
+            images[i, r : r + 7, c : c + 7] += 180
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+    root = tmp_path_factory.mktemp("fashion")
+    for name, key in FILES.items():
+        write_idx(root / name, arrays[key])
+    return root
+
+
+@pytest.fixture
+def config(tmp_path, data_dir):
+    data = {
+        "model": {"name": "scnnb"},
+        "data": {"name": "fashion-mnist", "data_dir": str(data_dir), "eval_batch_size": 50},
+        "train": {"epochs": 2, "batch_size": 32, "lr": 0.05},
+        "retrain": {"epochs": 1, "batch_size": 32, "lr": 0.01, "schedule": "constant"},
+        "prune": {"ratios": [0.3, 0.6]},
+        "sensitivity": {"ratios": [0.5]},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_run_writes_the_report_and_every_stage(tmp_path, config, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(capsys, "run", config, "--out", out, "--json")
+    assert code == 0
+    for name in ["report.md", "results.json", "config.yaml", "sensitivity.png", "filter_norms.png",
+                 "accuracy_vs_macs.png", "accuracy_vs_params.png", "baseline.safetensors",
+                 "pruned-30.safetensors", "pruned-60.safetensors"]:
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    assert json.loads(stdout)["pruning"] == results["pruning"]
+    assert results["baseline"]["top1"] > 50  # the synthetic classes are easy
+    assert [r["ratio"] for r in results["pruning"]] == [0.3, 0.6]
+    macs = [results["baseline"]["macs"]] + [r["macs"] for r in results["pruning"]]
+    assert macs == sorted(macs, reverse=True) and len(set(macs)) == 3
+    assert results["pruning"][1]["kept"] == {"features.0": 12, "features.4": 25}  # floor(n * 0.4)
+    assert list(results["sensitivity"]["layers"]) == ["features.0", "features.4"]
+    assert load_config(out / "config.yaml") == load_config(config)
+    model, spec = load_model(out / "pruned-60.safetensors")
+    assert model.features[0].out_channels == 12
+    assert spec.plan.widths == {"features.0": 32, "features.4": 64}
+
+
+def test_train_prune_finetune_evaluate_summary(tmp_path, config, capsys):
+    out = tmp_path / "steps"
+    code, stdout, _ = run_cli(capsys, "train", config, "--out", out, "--json",
+                              "--set", "train.epochs=1")
+    assert code == 0
+    baseline = out / "baseline.safetensors"
+    assert json.loads(stdout)["checkpoint"] == str(baseline)
+
+    code, stdout, _ = run_cli(capsys, "prune", "--checkpoint", baseline, "--ratio", "0.5",
+                              "--dry-run", "--json")
+    assert code == 0 and not (out / "baseline-pruned.safetensors").exists()
+    assert json.loads(stdout)["plan"]["layers"]["features.0"]["width"] == 32
+
+    code, stdout, _ = run_cli(capsys, "prune", "--checkpoint", baseline, "--ratio",
+                              "features.0=0.5", "--ratio", "features.4=0.25", "--json")
+    assert code == 0
+    pruned = out / "baseline-pruned.safetensors"
+    plan = PruningPlan.load(out / "baseline-pruned.plan.json")
+    assert {k: len(v) for k, v in plan.kept.items()} == {"features.0": 16, "features.4": 48}
+    assert json.loads(stdout)["macs_after"] < json.loads(stdout)["macs_before"]
+
+    code, stdout, _ = run_cli(capsys, "finetune", config, "--checkpoint", pruned, "--out",
+                              out / "ft", "--json")
+    assert code == 0
+    finetuned = out / "ft" / "finetuned.safetensors"
+    code, stdout, _ = run_cli(capsys, "evaluate", config, "--checkpoint", finetuned, "--json")
+    assert code == 0
+    evaluated = json.loads(stdout)
+    assert 0 <= evaluated["top1"] <= 100 and evaluated["top5"] is None
+
+    code, stdout, _ = run_cli(capsys, "summary", "--checkpoint", finetuned, "--json")
+    summary = json.loads(stdout)
+    assert code == 0 and summary["macs"] == evaluated["macs"]
+    assert summary["layers"][0]["weight_shape"] == [16, 1, 3, 3]
+
+    code, stdout, _ = run_cli(capsys, "sensitivity", config, "--checkpoint", baseline)
+    assert code == 0 and "features.4" in stdout
+
+
+def test_summary_of_zoo_model_with_plan(tmp_path, capsys):
+    code, stdout, _ = run_cli(capsys, "summary", "--model", "vgg16", "--json")
+    full = json.loads(stdout)
+    assert code == 0 and isinstance(full["macs"], int) and isinstance(full["params"], int)
+    assert float(f"{full['macs']:.2e}") == 3.13e8  # Li et al. 2017, Table 1
+    plan = PruningPlan(kept={"features.0": list(range(32))}, widths={"features.0": 64})
+    plan.save(tmp_path / "plan.json")
+    code, stdout, _ = run_cli(capsys, "summary", "--model", "vgg16", "--plan",
+                              tmp_path / "plan.json", "--json")
+    pruned = json.loads(stdout)
+    # conv 1 loses half its filters (3*9*32*32*32 MACs), conv 2 half its inputs (64*9*32*32*32)
+    assert full["macs"] - pruned["macs"] == 3 * 9 * 32 * 32 * 32 + 64 * 9 * 32 * 32 * 32
+    code, stdout, _ = run_cli(capsys, "summary", "--model", "resnet20")
+    assert code == 0 and "layer3.2.conv2" in stdout and "MACs" in stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [(["model.name=nope"], "unknown model 'nope'"),
+     (["data.name=imagenet9"], "unknown dataset"),
+     (["prune.ratios=[0.5, 1.5]"], "ratio 1.5"),
+     (["prune.skip=[no.such.layer]"], "unknown layer or pattern 'no.such.layer'"),
+     (["train.epochs=-1"], "train.epochs"),
+     (["train.epoch=3"], "train.epoch"),
+     (["data.data_dir=/no/such/dir"], "/no/such/dir"),
+     (["device=tpu9"], "device")],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, config, capsys, overrides, message):
+    argv = ["run", config, "--out", tmp_path / "bad"]
+    for assignment in overrides:
+        argv += ["--set", assignment]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert message in err
+
+
+def test_bad_files_are_one_line_errors(tmp_path, capsys):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("train: [unclosed\n")
+    not_a_model = tmp_path / "model.safetensors"
+    not_a_model.write_bytes(b"not a safetensors file")
+    for argv, message in [
+        (["run", tmp_path / "missing.yaml"], "config file not found"),
+        (["run", bad_yaml], "malformed YAML"),
+        (["summary", "--checkpoint", not_a_model], "cannot read model file"),
+        (["summary", "--model", "vgg16", "--plan", tmp_path / "none.json"], "plan not found"),
+        (["prune", "--checkpoint", not_a_model, "--ratio", "abc"], "cannot read model file"),
+    ]:
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
+
+
+def test_existing_results_are_never_overwritten(tmp_path, config, capsys):
+    out = tmp_path / "kept"
+    out.mkdir()
+    (out / "report.md").write_text("earlier results")
+    code, _, err = run_cli(capsys, "run", config, "--out", out)
+    assert code == 2 and "not empty" in err
+    assert (out / "report.md").read_text() == "earlier results"
+
+
+def test_debug_shows_the_traceback(config, tmp_path):
+    with pytest.raises(FilterpruneError, match="unknown model"):
+        main(["run", str(config), "--out", str(tmp_path / "x"), "--set", "model.name=nope",
+              "--debug"])
+
+
+def test_config_overrides_and_unknown_keys():
+    config = parse_config({"train": {"epochs": 3}}, ["train.lr=0.2", "prune.skip=[a, b.*]"])
+    assert (config.train.epochs, config.train.lr, config.prune.skip) == (3, 0.2, ["a", "b.*"])
+    with pytest.raises(FilterpruneError, match="invalid config: prune.criterion"):
+        parse_config({"prune": {"criterion": "l7"}})
+    with pytest.raises(FilterpruneError, match="not of the form"):
+        parse_config({}, ["train.epochs"])
+
+
+def test_model_file_round_trip_is_bit_identical(tmp_path):
+    torch.manual_seed(0)
+    spec = ModelSpec("resnet20", {"num_classes": 7}, (1, 3, 32, 32))
+    import filterprune
+
+    model = spec.build()
+    result = filterprune.prune(model, spec.example_input(), ratio={"layer2.*.conv1": 0.5})
+    spec.plan = result.plan
+    for m in result.model.modules():  # non-trivial BN statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+    save_model(tmp_path / "m.safetensors", result.model, spec)
+    loaded, loaded_spec = load_model(tmp_path / "m.safetensors")
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), result.model.eval()(x))
+    assert loaded_spec.plan == result.plan and loaded_spec.kwargs == {"num_classes": 7}
