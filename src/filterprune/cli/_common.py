@@ -58,6 +58,10 @@ def output_dir(args: argparse.Namespace, config_path: str) -> Path:
     return out
 
 
+def quiet(message: str) -> None:
+    """A pipeline log that drops stage messages (the command's result is its output)."""
+
+
 def render_fields(result: dict) -> str:
     """``key: value`` lines, floats with two decimals."""
     return "\n".join(

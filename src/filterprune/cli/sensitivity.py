@@ -6,7 +6,7 @@ import argparse
 import json
 
 from filterprune._io import atomic_write_text
-from filterprune.cli._common import add_config_arguments, config_from_args
+from filterprune.cli._common import add_config_arguments, config_from_args, quiet
 from filterprune.engine import trace
 from filterprune.pipeline.run import load_checkpoint, prepare, sensitivity
 
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> dict:
     model = load_checkpoint(session, args.checkpoint)
     graph = trace(model, session.spec.example_input())
     result = {"baseline_top1": session.evaluate(model)["top1"],
-              **sensitivity(session, model, graph, config.sensitivity.ratios, log=lambda _: None)}
+              **sensitivity(session, model, graph, config.sensitivity.ratios, quiet)}
     if args.out:
         atomic_write_text(args.out, json.dumps(result, indent=2))
     return result

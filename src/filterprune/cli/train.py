@@ -12,6 +12,7 @@ from filterprune.cli._common import (
     add_output_arguments,
     config_from_args,
     output_dir,
+    quiet,
     render_fields,
 )
 from filterprune.pipeline.run import initial_model, prepare, train_baseline
@@ -34,7 +35,6 @@ def run(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
     session = prepare(config, progress=not args.json)
-    quiet = lambda _: None  # noqa: E731 - the result is the output
     metrics = train_baseline(session, initial_model(session, quiet), out, quiet)
     metrics.pop("history")
     return {"checkpoint": str(out / "baseline.safetensors"), **metrics}
