@@ -67,7 +67,7 @@ class SensitivityConfig(_Strict):
 
 
 def _retrain_default() -> TrainSettings:
-    return TrainSettings(epochs=2, lr=0.01, schedule="constant")
+    return TrainSettings(epochs=3, lr=0.01, schedule="cosine")
 
 
 class RunConfig(_Strict):

@@ -65,7 +65,7 @@ def _progress(enabled: bool) -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, disable=not enabled, transient=True,
+        console=console, disable=not (enabled and console.is_terminal), transient=True,
     )
 
 
