@@ -17,6 +17,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download", action="store_true",
                         help="download the dataset from its official URL if not found")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: from the config)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic algorithms only: the same seed gives the same weights")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -27,22 +29,33 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         config.data.download = True
     if args.device is not None:
         config.device = args.device
+    if args.deterministic:
+        config.deterministic = True
     return config
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, help_out: str) -> None:
     parser.add_argument("--out", help=help_out)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="allow writing into an existing, non-empty output directory")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the interrupted run in --out; finished stages are not redone")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="allow writing into an existing, non-empty output directory")
 
 
 def output_dir(args: argparse.Namespace, config_path: str) -> Path:
-    """``--out``, refused if it holds files (unless ``--overwrite``); by default a fresh
-    ``runs/<config name>[-N]`` directory, so earlier results are never overwritten.
+    """``--out``, refused if it holds files (unless ``--resume`` or ``--overwrite``); by default a
+    fresh ``runs/<config name>[-N]`` directory, so earlier results are never overwritten.
 
     Raises:
-        FilterpruneError: ``--out`` is a file, or a non-empty directory without ``--overwrite``.
+        FilterpruneError: ``--out`` is a file, a non-empty directory without ``--resume`` or
+            ``--overwrite``, or ``--resume`` names no existing directory.
     """
+    if args.resume:
+        out = Path(args.out or Path("runs") / Path(config_path).stem)
+        if not out.is_dir():
+            raise FilterpruneError(f"nothing to resume: {out} is not a directory")
+        return out
     if args.out is None:
         base = Path("runs") / Path(config_path).stem
         out, n = base, 1
@@ -54,7 +67,9 @@ def output_dir(args: argparse.Namespace, config_path: str) -> Path:
     if out.exists() and not out.is_dir():
         raise FilterpruneError(f"output directory {out} is a file")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise FilterpruneError(f"output directory {out} is not empty (use --overwrite)")
+        raise FilterpruneError(
+            f"output directory {out} is not empty (use --resume or --overwrite)"
+        )
     return out
 
 

@@ -12,14 +12,15 @@ from filterprune.cli._common import (
     output_dir,
     render_fields,
 )
-from filterprune.pipeline.run import load_checkpoint, prepare
+from filterprune.pipeline.run import load_checkpoint, open_run, prepare
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
         "finetune", parents=[common], help="retrain a pruned model",
         description="Retrain a model file with the config's `retrain` settings and save "
-        "OUT/finetuned.safetensors (Li et al. 2017, §3.4).",
+        "OUT/finetuned.safetensors (Li et al. 2017, §3.4); the training state is saved every "
+        "epoch (--resume).",
     )
     add_config_arguments(parser)
     parser.add_argument("--checkpoint", required=True, help="model to retrain (.safetensors)")
@@ -30,10 +31,15 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     config = config_from_args(args)
     out = output_dir(args, args.config)
+    stages = open_run(out, config, args.resume)
     session = prepare(config, progress=not args.json)
     model = load_checkpoint(session, args.checkpoint)
-    before = session.evaluate(model)["top1"]
-    session.train(model, config.retrain, "finetune")
-    path = save_model(out / "finetuned.safetensors", model, session.spec)
-    return {"checkpoint": str(path), "top1_before": before,
-            "top1_after": session.evaluate(model)["top1"], "epochs": config.retrain.epochs}
+
+    def finetune() -> dict:
+        before = session.evaluate(model)["top1"]
+        session.train(model, config.retrain, "finetune", stages.state("finetune"))
+        path = save_model(out / "finetuned.safetensors", model, session.spec)
+        return {"checkpoint": str(path), "top1_before": before,
+                "top1_after": session.evaluate(model)["top1"], "epochs": config.retrain.epochs}
+
+    return stages.run("finetune", finetune)

@@ -27,7 +27,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     config = config_from_args(args)
     out = output_dir(args, args.config)
-    results = run_pipeline(config, out, progress=not args.json)
+    results = run_pipeline(config, out, resume=args.resume, progress=not args.json)
     return {"out_dir": str(out), **results}
 
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import yaml
-
-from filterprune._io import atomic_write_text
 from filterprune.cli._common import (
     add_config_arguments,
     add_output_arguments,
@@ -15,14 +12,14 @@ from filterprune.cli._common import (
     quiet,
     render_fields,
 )
-from filterprune.pipeline.run import initial_model, prepare, train_baseline
+from filterprune.pipeline.run import baseline_stage, initial_model, open_run, prepare
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
         "train", parents=[common], help="train the baseline model",
         description="Train the configured model on the configured dataset and save "
-        "OUT/baseline.safetensors.",
+        "OUT/baseline.safetensors; the training state is saved every epoch (--resume).",
     )
     add_config_arguments(parser)
     add_output_arguments(parser, "output directory (default: runs/<config name>)")
@@ -32,9 +29,8 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     config = config_from_args(args)
     out = output_dir(args, args.config)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
+    stages = open_run(out, config, args.resume)
     session = prepare(config, progress=not args.json)
-    metrics = train_baseline(session, initial_model(session, quiet), out, quiet)
+    _, metrics = baseline_stage(session, initial_model(session, quiet), stages, out, quiet)
     metrics.pop("history")
     return {"checkpoint": str(out / "baseline.safetensors"), **metrics}

@@ -76,11 +76,13 @@ class RunConfig(_Strict):
     Attributes:
         seed: seeds weights, data order and augmentation.
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1``...
+        deterministic: restrict torch to deterministic algorithms (same seed, same weights).
         baseline: a model file to start from instead of training the baseline.
     """
 
     seed: int = 0
     device: str = "auto"
+    deterministic: bool = False
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainSettings = Field(default_factory=TrainSettings)

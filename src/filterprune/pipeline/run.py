@@ -2,16 +2,22 @@
 retrain, and report (Li et al. 2017, §3.2-§4).
 
 Stages write their model files into the output directory as they finish (``baseline.safetensors``,
-``pruned-50.safetensors``, ...); the report comes last.
+``pruned-50.safetensors``, ...) and their results into ``stages/<stage>.json``; training writes
+``stages/<stage>.state.safetensors`` after every epoch. A resumed run reads finished stages back,
+continues an unfinished one from its last epoch, and reaches the same weights as an uninterrupted
+run: every stage seeds its random number generators from the run's seed and its own name.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import platform
 import random
+import shutil
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,12 +65,52 @@ class Session:
     def evaluate(self, model: nn.Module) -> dict:
         return evaluate(model, self.test_batches, self.device)
 
-    def train(self, model: nn.Module, settings: TrainSettings, description: str) -> list[dict]:
+    def train(
+        self, model: nn.Module, settings: TrainSettings, stage: str, state_path: Path
+    ) -> list[dict]:
+        """Trains ``model`` for one stage, resuming from ``state_path`` if it exists."""
         loader = self.train_batches
         if settings.batch_size != loader.batch_size:
             loader = _loaders(self.config, self.dataset, self.device, settings.batch_size)[0]
-        return train(model, loader, settings, self.device, description=description,
-                     progress=self.progress)
+        seed = stage_seed(self.config.seed, stage)
+        torch.manual_seed(seed)
+        loader.generator.manual_seed(seed)
+        return train(model, loader, settings, self.device, description=stage,
+                     progress=self.progress, state_path=state_path, rng=loader.generator)
+
+
+class Stages:
+    """The stage files of a run directory: ``stages/<name>.json`` holds a finished stage's result,
+    ``stages/<name>.state.safetensors`` the training state of an unfinished one.
+
+    Args:
+        out_dir: the run directory.
+        resume: keep the stage files found there; otherwise they are deleted first.
+    """
+
+    def __init__(self, out_dir: Path, resume: bool) -> None:
+        self.root = Path(out_dir) / "stages"
+        if not resume and self.root.exists():
+            shutil.rmtree(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def state(self, name: str) -> Path:
+        return self.root / f"{name}.state.safetensors"
+
+    def run(self, name: str, compute: Callable[[], dict]) -> dict:
+        """The result of stage ``name``: read back if finished, else computed and recorded."""
+        done = self.root / f"{name}.json"
+        if done.is_file():
+            return json.loads(done.read_text())
+        result = compute()
+        atomic_write_text(done, json.dumps(result, indent=2))
+        self.state(name).unlink(missing_ok=True)
+        return result
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """The seed of one stage, derived from the run's seed and the stage's name."""
+    return (seed * 1_000_003 + zlib.crc32(stage.encode())) % 2**63
 
 
 def _loaders(
@@ -97,9 +143,58 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_resume(out_dir: Path, config: RunConfig) -> None:
+    """Refuses to resume a run under a different config than the one in ``out_dir/config.yaml``.
+
+    Raises:
+        FilterpruneError: naming the first key whose value differs.
+    """
+    saved_path = Path(out_dir) / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    current = _flatten(config.model_dump())
+    for key in sorted(saved.keys() | current.keys()):
+        if saved.get(key) != current.get(key):
+            raise FilterpruneError(
+                f"cannot resume {out_dir}: config key '{key}' was {saved.get(key)!r}, "
+                f"now {current.get(key)!r}"
+            )
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def open_run(out_dir: Path, config: RunConfig, resume: bool) -> Stages:
+    """Prepares a run directory: checks a resume against its config, writes the resolved config.
+
+    Raises:
+        FilterpruneError: a resume under a different config (see ``check_resume``).
+    """
+    if resume:
+        check_resume(out_dir, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
+    return Stages(out_dir, resume)
+
+
 def prepare(config: RunConfig, *, progress: bool = True) -> Session:
-    """Loads the dataset, builds loaders and the model spec (dataset-dependent arguments filled)."""
+    """Loads the dataset, builds loaders and the model spec (dataset-dependent arguments filled).
+
+    With ``config.deterministic``, torch is restricted to deterministic algorithms.
+    """
     seed_everything(config.seed)
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     device = resolve_device(config.device)
     dataset = load_dataset(config.data.name, config.data.data_dir, download=config.data.download)
     train_batches, test_batches = _loaders(config, dataset, device, config.train.batch_size)
@@ -147,14 +242,27 @@ def initial_model(session: Session, log: Log) -> nn.Module:
     return session.spec.build()
 
 
-def train_baseline(session: Session, model: nn.Module, out_dir: Path, log: Log) -> dict:
-    """Trains ``model`` unless it was loaded, saves ``baseline.safetensors``, returns metrics."""
+def baseline_stage(
+    session: Session, model: nn.Module, stages: Stages, out_dir: Path, log: Log
+) -> tuple[nn.Module, dict]:
+    """Trains ``model`` (unless it was loaded) into ``baseline.safetensors``, once.
+
+    Returns:
+        The trained baseline and its metrics (read back if the stage had finished).
+    """
+    metrics = stages.run("baseline", lambda: _train_baseline(session, model, stages, out_dir, log))
+    return load_checkpoint(session, out_dir / "baseline.safetensors"), metrics
+
+
+def _train_baseline(
+    session: Session, model: nn.Module, stages: Stages, out_dir: Path, log: Log
+) -> dict:
     config = session.config
     history: list[dict] = []
     if config.baseline is None:
         log(f"training {config.model.name} on {session.dataset.name} for "
             f"{config.train.epochs} epochs")
-        history = session.train(model, config.train, "baseline")
+        history = session.train(model, config.train, "baseline", stages.state("baseline"))
     save_model(out_dir / "baseline.safetensors", model, session.spec)
     cost = profile(model, session.spec.example_input())
     metrics = session.evaluate(model)
@@ -198,22 +306,28 @@ def sensitivity(
     return {"ratios": list(ratios), "layers": layers}
 
 
+def pruned_stage(ratio: float) -> str:
+    """Name of the stage (and model file) of one-shot pruning at ``ratio``: ``pruned-50``."""
+    return f"pruned-{round(ratio * 100):02d}"
+
+
 def prune_and_retrain(
     session: Session, model: nn.Module, graph: DependencyGraph, ratio: float, baseline: dict,
-    out_dir: Path, log: Log,
+    stages: Stages, out_dir: Path, log: Log,
 ) -> dict:
     """One-shot pruning of every prunable layer at ``ratio``, then retraining (§3.4)."""
+    stage = pruned_stage(ratio)
     cfg = session.config.prune
     plan = select_filters(model, graph, resolve_ratios(graph, ratio, cfg.skip), cfg.criterion,
                           cfg.strategy, cfg.round_to)
     pruned = apply_plan(model, plan, graph)
     cost = profile(pruned, session.spec.example_input())
     before = session.evaluate(pruned)
-    session.train(pruned, session.config.retrain, f"retrain {ratio:.0%}")
+    session.train(pruned, session.config.retrain, stage, stages.state(stage))
     after = session.evaluate(pruned)
     spec = copy.copy(session.spec)
     spec.plan = plan if spec.plan is None else spec.plan.then(plan)
-    save_model(out_dir / f"pruned-{round(ratio * 100):02d}.safetensors", pruned, spec)
+    save_model(out_dir / f"{stage}.safetensors", pruned, spec)
     log(f"ratio {ratio:.0%}: {cost.macs / 1e6:.2f}M MACs, top-1 {before['top1']:.2f}% -> "
         f"{after['top1']:.2f}% after retraining")
     return {
@@ -229,26 +343,39 @@ def prune_and_retrain(
 
 
 def run_pipeline(
-    config: RunConfig, out_dir: str | Path, *, progress: bool = True, log: Log = console.print
+    config: RunConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Log = console.print,
 ) -> dict:
     """Runs the main job and writes ``report.md``, ``results.json``, ``config.yaml``, the plots and
     one model file per stage into ``out_dir``.
+
+    Args:
+        config: the validated run configuration.
+        out_dir: the run directory (created).
+        resume: continue the run found in ``out_dir`` (finished stages are not redone);
+            otherwise its stage files are discarded.
+        progress: show progress bars.
+        log: receives one line per finished step.
 
     Returns:
         The results dict (as in ``results.json``).
 
     Raises:
-        FilterpruneError: bad data location, model name, layer name/pattern or device.
+        FilterpruneError: bad data location, model name, layer name/pattern or device, or a
+            resume under a different config.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
+    stages = open_run(out_dir, config, resume)
     session = prepare(config, progress=progress)
     model = initial_model(session, log)
     graph = trace(model, session.spec.example_input())
     resolve_ratios(graph, {}, config.prune.skip)  # an unknown skip entry fails before training
-    baseline = train_baseline(session, model, out_dir, log)
+    model, baseline = baseline_stage(session, model, stages, out_dir, log)
     results = {
         "model": session.spec.name,
         "dataset": {"name": session.dataset.name,
@@ -260,10 +387,16 @@ def run_pipeline(
         "environment": environment(session),
         "baseline": baseline,
         "filter_norms": filter_norms(model, graph),
-        "sensitivity": (sensitivity(session, model, graph, config.sensitivity.ratios, log)
-                        if config.sensitivity.enabled else None),
-        "pruning": [prune_and_retrain(session, model, graph, r, baseline, out_dir, log)
-                    for r in config.prune.ratios],
+        "sensitivity": (
+            stages.run("sensitivity", lambda: sensitivity(
+                session, model, graph, config.sensitivity.ratios, log))
+            if config.sensitivity.enabled else None
+        ),
+        "pruning": [
+            stages.run(pruned_stage(r), lambda r=r: prune_and_retrain(
+                session, model, graph, r, baseline, stages, out_dir, log))
+            for r in config.prune.ratios
+        ],
     }
     results["wall_time_s"] = time.perf_counter() - start
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))

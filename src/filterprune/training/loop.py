@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -19,6 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from torch import nn
 
 from filterprune.errors import FilterpruneError
+from filterprune.training.state import load_training_state, save_training_state
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 # Progress bars and log lines share one stderr console, so they do not interleave; stdout is
@@ -77,6 +79,8 @@ def train(
     *,
     description: str = "train",
     progress: bool = True,
+    state_path: str | Path | None = None,
+    rng: torch.Generator | None = None,
 ) -> list[dict]:
     """Trains ``model`` in place with cross-entropy.
 
@@ -88,21 +92,27 @@ def train(
         device: where to train.
         description: label of the progress bar.
         progress: show a progress bar.
+        state_path: if given, the training state (model, optimizer, RNG states, epoch) is written
+            there atomically after every epoch, and training resumes from it if it exists.
+        rng: the generator that orders and augments ``batches``, saved and restored with the state.
 
     Returns:
         One dict per epoch: ``epoch``, ``lr``, ``loss`` (mean), ``top1`` (training, %), ``time_s``.
 
     Raises:
-        FilterpruneError: if the loss becomes NaN or infinite.
+        FilterpruneError: if the loss becomes NaN or infinite (the state file keeps the last
+            finished epoch), or the state file does not fit.
     """
     model.to(device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=settings.lr, momentum=settings.momentum,
         weight_decay=settings.weight_decay,
     )
-    history = []
+    done, history = 0, []
+    if state_path is not None and Path(state_path).is_file():
+        done, history = load_training_state(state_path, model, optimizer, rng)
     with _progress(progress) as bar:
-        for epoch in range(settings.epochs):
+        for epoch in range(done, settings.epochs):
             for group in optimizer.param_groups:
                 group["lr"] = settings.lr * settings.lr_factor(epoch)
             task = bar.add_task(f"{description} {epoch + 1}/{settings.epochs}", total=len(batches),
@@ -132,6 +142,8 @@ def train(
                 "top1": 100.0 * correct / max(1, seen),
                 "time_s": time.perf_counter() - start,
             })
+            if state_path is not None:
+                save_training_state(state_path, model, optimizer, epoch + 1, history, rng)
     return history
 
 

@@ -1,0 +1,7 @@
+"""``python -m filterprune``: the command line."""
+
+import sys
+
+from filterprune.cli import main
+
+sys.exit(main())
