@@ -71,7 +71,7 @@ def masked_reference(model: nn.Module, plan: PruningPlan, graph) -> nn.Module:
         layer = graph.layers[name]
         mask = torch.zeros(layer.out_channels)
         mask[kept] = 1
-        last = layer.norms[-1] if layer.norms else name
+        last = layer.followers[-1] if layer.followers else name
         modules[last].register_forward_hook(
             lambda m, args, out, mask=mask: out * mask[None, :, None, None]
         )
@@ -136,11 +136,11 @@ def test_pruned_model_trains_forward_and_backward():
 def test_graph_finds_consumers_norms_and_flatten_sizes():
     graph = trace(small_net(), torch.zeros(1, 3, 8, 8))
     assert list(graph.layers) == ["0", "4"]
-    assert graph.layers["0"].norms == ["1"]
+    assert graph.layers["0"].followers == ["1"]
     assert [(c.name, c.kind) for c in graph.layers["0"].consumers] == [("4", "conv")]
     (linear,) = graph.layers["4"].consumers
     assert (linear.name, linear.kind, linear.features_per_channel) == ("8", "linear", 16)
-    assert graph.layers["4"].producer == "0"
+    assert graph.inputs["4"][0].group is graph.layers["0"]
 
 
 def test_graph_reports_residual_and_output_convs_as_not_prunable():

@@ -8,10 +8,19 @@ import json
 import sys
 
 import filterprune
-from filterprune.cli import evaluate, finetune, prune, run, sensitivity, summary, train
+from filterprune.cli import (
+    evaluate,
+    export,
+    finetune,
+    prune,
+    run,
+    sensitivity,
+    summary,
+    train,
+)
 from filterprune.errors import FilterpruneError
 
-COMMANDS = (run, train, sensitivity, prune, finetune, evaluate, summary)
+COMMANDS = (run, train, sensitivity, prune, finetune, evaluate, summary, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from filterprune.checkpoint import load_model, save_model
 from filterprune.engine import (
+    RESIDUAL_POLICIES,
     PruningPlan,
     apply_plan,
     profile,
@@ -35,6 +36,11 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
                         help="layer name or pattern left unpruned (repeatable)")
     parser.add_argument("--criterion", default="l1", choices=sorted(CRITERIA))
     parser.add_argument("--strategy", default="independent", choices=STRATEGIES)
+    parser.add_argument(
+        "--residual", default="inner", choices=RESIDUAL_POLICIES,
+        help="inner: only convs whose outputs no other layer shares (not those added to a "
+        "shortcut); coupled: also the channels of residual stages, all members at once",
+    )
     parser.add_argument("--round-to", type=int, default=1,
                         help="round kept filter counts to a multiple of this")
     parser.add_argument("--plan", help="apply this plan (JSON) instead of choosing filters")
@@ -75,7 +81,7 @@ def run(args: argparse.Namespace) -> dict:
         raise FilterpruneError(f"{out} exists (use --overwrite)")
     model, spec = load_model(checkpoint)
     example = spec.example_input()
-    graph = trace(model, example)
+    graph = trace(model, example, residual=args.residual)
     if args.plan:
         plan = PruningPlan.load(args.plan)
     else:

@@ -1,96 +1,196 @@
 """Channel dependencies of a model, found by tracing it with torch.fx.
 
-A conv layer is *prunable* when every path from its output reaches, through channel-preserving
-operations only (BatchNorm, activations, pooling, dropout, interpolation), either the input of
-another conv or a flatten followed by a Linear. Removing filter j then means removing output
-channel j of the conv, channel j of each BatchNorm on the way, and input channel j of every
-consumer (for a Linear after a flatten: the H*W inputs that channel j was flattened into).
-Li et al. 2017, §3.1. Outputs that reach a residual addition, a concatenation, the model output or
-any other operation are reported as not prunable, with the reason.
+Every feature map of the traced model gets a *channel layout*: the channel groups its channels
+come from, in order (one group for a conv output; several after a concatenation). A
+:class:`ChannelGroup` is a set of channels that must be pruned at the same indices:
+
+- a conv (groups=1) or Linear starts a group: its output channels (the group's *members*);
+- BatchNorm, activations, pooling, dropout, interpolation, spatial padding and slicing, view /
+  flatten and reductions over H, W keep the layout (flatten multiplies the features per channel);
+- a depthwise conv (groups = in = out channels) and a BatchNorm are *followers*: their
+  per-channel weights are pruned with the indices of their input's group;
+- element-wise addition (a residual shortcut: the block output and the shortcut share channels)
+  and multiplication (a squeeze-and-excitation gate computed from the same channels) join the
+  groups of their operands, so a group can have several members (e.g. every second conv of a
+  ResNet stage, the stem conv and the 1x1 projection shortcut);
+- a concatenation along channels lays its inputs' groups side by side (offsets into the
+  consumer's input channels);
+- a conv or Linear reading a layout is a *consumer*: its input channels (for a Linear after a
+  flatten, the H*W input features of each channel) are pruned.
+
+A group is *blocked* (never pruned) when its channels reach the model input or output, a grouped
+conv, a channel zero-padding (option-A shortcut), an ignored module or an operation the engine
+does not know; the reason names the module or operation. Li et al. 2017, §3.1 (what is removed)
+and §3.3 (residual networks: ``residual="inner"`` prunes only groups with a single member, the
+paper's CIFAR scheme; ``residual="coupled"`` also prunes groups joined by shortcuts or gates).
+
+Grouped convs (1 < groups < in_channels) are not pruned: the channels they read and write are
+blocked, and the conv is listed in ``not_prunable`` with the reason.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import math
 import operator
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from filterprune.errors import FilterpruneError
 
+RESIDUAL_POLICIES = ("inner", "coupled")
+
 _PASS_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
-    nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.PReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Identity, nn.Upsample,
+    nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.PReLU, nn.MaxPool2d, nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Identity, nn.Upsample,
 )
 _PASS_FUNCTIONS = {
     F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardtanh,
-    F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.dropout,
-    F.dropout2d, F.interpolate, torch.relu, torch.sigmoid, torch.tanh,
+    F.hardsigmoid, F.sigmoid, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d, F.dropout, F.dropout2d, F.interpolate, torch.relu, torch.sigmoid,
+    torch.tanh, torch.clamp,
 }
-_PASS_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach"}
+_PASS_METHODS = {
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "contiguous", "clone",
+    "detach", "float", "to",
+}
+_RESHAPES = {torch.flatten, torch.squeeze, torch.unsqueeze, torch.reshape}
+_RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze"}
+_REDUCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
+_REDUCTION_METHODS = {"mean", "sum", "amax", "amin"}
+_ADD = {operator.add, operator.iadd, operator.sub, torch.add, torch.sub, "add", "add_", "sub"}
+_MUL = {operator.mul, operator.imul, operator.truediv, torch.mul, torch.div, "mul", "mul_", "div"}
 # Shape queries read no channel values: ``x.view(x.size(0), -1)`` stays prunable.
 _SHAPE_METHODS = {"size", "dim"}
-# Element-wise ops that may sit between a flatten and the Linear that consumes it.
-_FLAT_PASS_MODULES = (nn.Dropout, nn.Identity)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Consumer:
-    """A layer that reads the output channels of a prunable conv.
+    """A layer that reads the channels of a group on its input side.
 
     Attributes:
         name: qualified module name.
         kind: ``"conv"`` (input channels) or ``"linear"`` (input features after a flatten).
-        features_per_channel: Linear inputs per channel (H*W of the flattened feature map);
-            1 for a conv.
+        features_per_channel: inputs per channel (H*W of a flattened feature map; 1 for a conv).
+        offset: index of the group's first input (channel or feature) in the layer's input,
+            non-zero after a concatenation.
     """
 
     name: str
     kind: str
     features_per_channel: int = 1
+    offset: int = 0
 
 
 @dataclass
-class PrunableLayer:
-    """A conv whose filters can be removed, with everything that must shrink with it.
+class ChannelGroup:
+    """Channels that are pruned at the same indices, with every layer that changes with them.
 
     Attributes:
-        name: qualified module name of the conv.
-        out_channels: number of filters (C_out).
-        norms: BatchNorm layers on its output path, pruned at the same channel indices.
-        consumers: layers that read its feature maps, pruned on their input side.
-        producer: the prunable conv whose feature maps this conv reads, if any (used by the greedy
-            strategy, Li et al. 2017 §3.3).
+        members: layers whose output channels these are (convs with groups=1 and Linears), in
+            forward order; more than one when a residual addition or a gate joins them.
+        out_channels: number of channels (C).
+        followers: layers pruned at the same indices on their per-channel weights (BatchNorms,
+            depthwise convs, per-channel PReLUs), in forward order.
+        consumers: layers whose inputs read these channels.
+        coupling: why the group has several members (the joining operation), or None.
+        blocked: why the channels cannot be pruned at all, or None.
     """
 
-    name: str
+    members: list[str]
     out_channels: int
-    norms: list[str] = field(default_factory=list)
+    followers: list[str] = field(default_factory=list)
     consumers: list[Consumer] = field(default_factory=list)
-    producer: str | None = None
+    coupling: str | None = None
+    blocked: str | None = None
+
+
+@dataclass
+class Segment:
+    """A run of channels in a layer's input or weight: ``channels`` channels of ``group`` (None
+    for channels that are never pruned, such as the model input), each spread over
+    ``features_per_channel`` consecutive entries (H*W after a flatten, else 1)."""
+
+    group: ChannelGroup | None
+    channels: int
+    features_per_channel: int = 1
+
+
+Layout = tuple[Segment, ...]
 
 
 @dataclass
 class DependencyGraph:
-    """Prunable convs in forward order, and the convs that cannot be pruned with the reason."""
+    """The channel groups of a model and the prunable convs under a residual policy.
 
-    layers: dict[str, PrunableLayer]
+    Attributes:
+        layers: prunable conv name -> its group, in forward order (under ``residual``).
+        not_prunable: conv name -> why it cannot be pruned (under ``residual``).
+        groups: every group with at least one member, in forward order.
+        inputs: conv or Linear name -> layout of its input channels (features for a Linear).
+        followers: follower name -> layout of its per-channel weights.
+        residual: the policy ``layers`` follows: ``"inner"`` or ``"coupled"``.
+    """
+
+    layers: dict[str, ChannelGroup]
     not_prunable: dict[str, str]
+    groups: list[ChannelGroup] = field(default_factory=list)
+    inputs: dict[str, Layout] = field(default_factory=dict)
+    followers: dict[str, Layout] = field(default_factory=dict)
+    residual: str = "inner"
 
-    def check_prunable(self, name: str) -> PrunableLayer:
-        """Returns the layer, or raises FilterpruneError saying why ``name`` cannot be pruned."""
+    def check_prunable(self, name: str) -> ChannelGroup:
+        """Returns the group of ``name``, or raises FilterpruneError saying why it cannot be
+        pruned under the graph's residual policy."""
         if name in self.layers:
             return self.layers[name]
         if name in self.not_prunable:
             raise FilterpruneError(f"layer '{name}' cannot be pruned: {self.not_prunable[name]}")
         raise FilterpruneError(f"unknown layer '{name}': not a conv layer of the model")
+
+    def group_of(self, name: str) -> ChannelGroup:
+        """The group whose member ``name`` is, whatever the policy.
+
+        Raises:
+            FilterpruneError: ``name`` is not a conv or Linear producing channels of the model.
+        """
+        for group in self.groups:
+            if name in group.members:
+                return group
+        raise FilterpruneError(f"unknown layer '{name}': not a conv layer of the model")
+
+
+def layout_index(layout: Layout, kept: Mapping[str, Sequence[int]]) -> torch.Tensor | None:
+    """Indices of the entries of ``layout`` that remain when each group keeps ``kept[member]``.
+
+    Args:
+        layout: the segments of a layer's input (or per-channel weights).
+        kept: member layer name -> sorted kept channel indices (a plan's ``kept``).
+
+    Returns:
+        Kept entry indices, shape (n,) int64, in increasing order; None if nothing is removed.
+
+    Example:
+        >>> g = ChannelGroup(["a"], 3)
+        >>> layout_index((Segment(None, 2), Segment(g, 3, 2)), {"a": [0, 2]}).tolist()
+        [0, 1, 2, 3, 6, 7]
+    """
+    parts, offset, changed = [], 0, False
+    for segment in layout:
+        indices = None if segment.group is None else kept.get(segment.group.members[0])
+        changed |= indices is not None
+        channels = torch.arange(segment.channels) if indices is None else torch.tensor(indices)
+        f = segment.features_per_channel
+        parts.append(offset + (channels[:, None] * f + torch.arange(f)).flatten())
+        offset += segment.channels * f
+    return torch.cat(parts) if changed else None
 
 
 @contextlib.contextmanager
@@ -111,92 +211,375 @@ def as_tuple(example_inputs: torch.Tensor | tuple) -> tuple:
     return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
 
 
-def trace(model: nn.Module, example_inputs: torch.Tensor | tuple) -> DependencyGraph:
-    """Finds the prunable convs of ``model`` and their dependent layers.
+def trace(
+    model: nn.Module,
+    example_inputs: torch.Tensor | tuple,
+    *,
+    residual: str = "inner",
+    ignore: Sequence[str] = (),
+) -> DependencyGraph:
+    """Finds the channel groups of ``model`` and its prunable convs.
 
     Args:
         model: the network; it is not modified (BatchNorm statistics included).
         example_inputs: a tensor (e.g. shape (1, C, H, W)) or tuple of tensors accepted by
             ``model(*example_inputs)``; used to learn feature-map sizes at flatten points.
+        residual: ``"inner"``: only groups with one member are prunable (the first conv of a
+            CIFAR ResNet block; Li et al. 2017, §3.3); ``"coupled"``: groups joined by residual
+            additions or gates are prunable too, all members at the same indices (§3.3,
+            ResNet-34 pruned-C).
+        ignore: names or glob patterns of modules the engine must leave untouched: torch.fx
+            does not trace into them and the channels they read and write are not pruned.
 
     Returns:
         The dependency graph, layers in forward (topological) order.
 
     Raises:
-        FilterpruneError: if torch.fx cannot trace the model.
+        FilterpruneError: an unknown residual policy, an ``ignore`` entry that names no module,
+            or a model torch.fx cannot trace (the message names the module to ignore).
     """
+    if residual not in RESIDUAL_POLICIES:
+        raise FilterpruneError(
+            f"unknown residual policy '{residual}' (known: {', '.join(RESIDUAL_POLICIES)})"
+        )
+    names = [name for name, _ in model.named_modules()]
+    for key in ignore:
+        if not any(fnmatch.fnmatchcase(name, key) for name in names):
+            raise FilterpruneError(f"unknown layer or pattern '{key}' in ignore: no such module")
+    tracer = _Tracer(tuple(ignore))
     try:
-        gm = fx.symbolic_trace(model)
+        gm = fx.GraphModule(model, tracer.trace(model))
     except Exception as e:  # fx raises many types (TraceError, TypeError, NotImplementedError)
         first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise FilterpruneError(f"torch.fx cannot trace {type(model).__name__}: {first_line}") from e
+        where = f"in module '{tracer.failed_in}': " if tracer.failed_in else ""
+        hint = f"; pass ignore=['{tracer.failed_in}'] to leave it untouched" if where else ""
+        raise FilterpruneError(
+            f"torch.fx cannot trace {type(model).__name__}: {where}{first_line}{hint}"
+        ) from e
     with eval_mode(model):
         ShapeProp(gm).propagate(*as_tuple(example_inputs))
-    modules = dict(gm.named_modules())
-    call_count: dict[str, int] = {}
+    builder = _Builder(dict(gm.named_modules()), tracer.ignore)
     for node in gm.graph.nodes:
+        builder.visit(node)
+    convs = [name for name in names if isinstance(model.get_submodule(name), nn.Conv2d)]
+    return builder.finish(residual, convs)
+
+
+class _Tracer(fx.Tracer):
+    """An fx tracer that treats ignored modules as leaves and remembers where tracing failed."""
+
+    def __init__(self, ignore: tuple[str, ...]) -> None:
+        super().__init__()
+        self.ignore = ignore
+        self.failed_in: str | None = None
+
+    def is_ignored(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, key) for key in self.ignore)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return self.is_ignored(module_qualified_name) or super().is_leaf_module(
+            m, module_qualified_name
+        )
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            self.failed_in = self.failed_in or self.path_of_module(m)
+            raise
+
+
+class _Builder:
+    """Walks an fx graph in order, giving each node's output a channel layout.
+
+    Channel spaces are kept in a union-find; a space is a set of channels created by one layer
+    (or operation). Layouts are tuples of (space, channels, features per channel).
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], ignore: tuple[str, ...]) -> None:
+        self.modules = modules
+        self.ignore = ignore
+        self.parent: list[int] = []
+        self.members: list[list[str]] = []
+        self.blocked: list[str | None] = []
+        self.coupling: list[str | None] = []
+        self.layouts: dict[fx.Node, tuple] = {}
+        self.uses: dict[tuple[str, str], tuple] = {}  # (module, "input" | "follower") -> layout
+        self.outputs: dict[str, int] = {}  # member module -> its space (shared calls reuse it)
+        self.convs: dict[str, str | None] = {}  # conv name -> reason it is not a member, or None
+
+    # --- union-find over channel spaces ---
+
+    def new_space(self, member: str | None = None, blocked: str | None = None) -> int:
+        self.parent.append(len(self.parent))
+        self.members.append([member] if member else [])
+        self.blocked.append(blocked)
+        self.coupling.append(None)
+        return len(self.parent) - 1
+
+    def find(self, space: int) -> int:
+        while self.parent[space] != space:
+            self.parent[space] = self.parent[self.parent[space]]
+            space = self.parent[space]
+        return space
+
+    def join(self, a: tuple, b: tuple, reason: str) -> None:
+        """Joins two layouts segment by segment (blocks both if they do not line up)."""
+        if [s[1:] for s in a] != [s[1:] for s in b]:
+            self.block(a + b, f"{reason}, with channels of another layout")
+            return
+        for (x, *_), (y, *_) in zip(a, b, strict=True):
+            x, y = self.find(x), self.find(y)
+            if x != y:
+                self.coupling[x] = self.coupling[x] or reason
+                self.coupling[y] = self.coupling[y] or reason
+                self.parent[max(x, y)] = min(x, y)
+
+    def block(self, layout: tuple, reason: str) -> None:
+        for space, *_ in layout:
+            root = self.find(space)
+            self.blocked[root] = self.blocked[root] or reason
+
+    # --- nodes ---
+
+    def visit(self, node: fx.Node) -> None:
+        shape = _shape(node)
+        inputs = [self.layouts[n] for n in node.all_input_nodes if n in self.layouts]
+        if node.op == "placeholder":
+            layout = self.fresh(shape, "its channels are those of the model input")
+        elif node.op == "output":
+            layout = None
+            for x in inputs:
+                self.block(x, "its channels reach the model output")
+        elif node.op == "call_module":
+            layout = self.visit_module(node, shape)
+        elif node.op in ("call_function", "call_method") and not _is_shape_query(node):
+            layout = self.visit_function(node, shape)
+        else:  # get_attr, shape queries
+            return
+        if layout is None and node.op != "output":
+            reason = f"its channels reach '{self.describe(node)}', which the engine cannot " \
+                     "prune through"
+            for x in inputs:
+                self.block(x, reason)
+            layout = self.fresh(shape, reason)
+        if layout is not None:
+            self.layouts[node] = layout
+
+    def describe(self, node: fx.Node) -> str:
         if node.op == "call_module":
-            call_count[node.target] = call_count.get(node.target, 0) + 1
+            return f"{node.target} ({type(self.modules[node.target]).__name__})"
+        return f"{node.name} ({getattr(node.target, '__name__', node.target)})"
 
-    layers: dict[str, PrunableLayer] = {}
-    not_prunable: dict[str, str] = {}
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(modules[node.target], nn.Conv2d):
-            continue
-        conv = modules[node.target]
-        if call_count[node.target] > 1:
-            not_prunable[node.target] = "the module is called more than once"
-        elif conv.groups != 1:
-            not_prunable[node.target] = f"grouped conv (groups={conv.groups}) is not supported yet"
-        else:
-            layer = PrunableLayer(node.target, conv.out_channels)
-            reason = _follow(node, modules, call_count, layer)
-            if reason is None:
-                layers[node.target] = layer
-            else:
-                not_prunable[node.target] = reason
-    for layer in layers.values():
-        for consumer in layer.consumers:
-            if consumer.kind == "conv" and consumer.name in layers:
-                layers[consumer.name].producer = layer.name
-    return DependencyGraph(layers, not_prunable)
+    def fresh(self, shape: tuple | None, reason: str) -> tuple | None:
+        if shape is None or len(shape) < 2:
+            return None
+        return ((self.new_space(blocked=reason), shape[1], 1),)
 
+    def use(self, name: str, role: str, layout: tuple) -> None:
+        """Records that module ``name`` is pruned by ``layout``; a shared module joins layouts."""
+        previous = self.uses.setdefault((name, role), layout)
+        if previous is not layout:
+            self.join(previous, layout, f"module '{name}' is applied to other feature maps too")
 
-def _follow(
-    start: fx.Node, modules: dict[str, nn.Module], call_count: dict[str, int], layer: PrunableLayer
-) -> str | None:
-    """Walks the users of ``start``; fills ``layer``; returns why it is not prunable, or None."""
-    stack = [(user, None) for user in start.users]
-    seen: set[fx.Node] = set()
-    while stack:
-        node, flat_features = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        module = modules.get(node.target) if node.op == "call_module" else None
-        if _is_shape_query(node):
-            continue
-        if flat_features is not None:  # after a flatten: only a Linear may consume the features
-            if isinstance(module, nn.Linear):
-                layer.consumers.append(Consumer(node.target, "linear", flat_features))
+    def visit_module(self, node: fx.Node, shape: tuple | None) -> tuple | None:
+        name, module = node.target, self.modules[node.target]
+        source, src_shape = self.source(node)
+        if any(fnmatch.fnmatchcase(name, key) for key in self.ignore):
+            self.convs.setdefault(name, "it is ignored")
+            for x in node.all_input_nodes:
+                self.block(self.layouts.get(x, ()), f"its channels reach ignored module '{name}'")
+            return self.fresh(shape, f"its channels come from ignored module '{name}'")
+        if isinstance(module, nn.Conv2d):
+            return self.visit_conv(name, module, source, shape)
+        if isinstance(module, nn.Linear) and source is not None and len(src_shape) == 2:
+            self.use(name, "input", source)
+            return self.member(name, module.out_features)
+        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d) or (
+            isinstance(module, nn.PReLU) and module.num_parameters > 1
+        ):
+            if source is not None:
+                self.use(name, "follower", source)
+            return source
+        if isinstance(module, nn.Flatten | nn.Unflatten):
+            return _reshaped(source, src_shape, shape)
+        if isinstance(module, _PASS_MODULES):
+            return source
+        return None
+
+    def source(self, node: fx.Node) -> tuple[tuple | None, tuple | None]:
+        """Layout and shape of the node's first argument (None, None if it has none)."""
+        first = node.args[0] if node.args else None
+        if not isinstance(first, fx.Node) or first not in self.layouts:
+            return None, None
+        return self.layouts[first], _shape(first)
+
+    def visit_conv(
+        self, name: str, conv: nn.Conv2d, source: tuple | None, shape: tuple | None
+    ) -> tuple | None:
+        if source is None or any(f != 1 for *_, f in source):
+            return None
+        if conv.groups == 1:
+            self.convs.setdefault(name, None)
+            self.use(name, "input", source)
+            return self.member(name, conv.out_channels)
+        if conv.groups == conv.in_channels == conv.out_channels:
+            self.convs.setdefault(name, "a depthwise conv: its channels follow its input's group")
+            self.use(name, "follower", source)
+            return source
+        reason = f"its channels reach grouped conv '{name}' (groups={conv.groups}), which the " \
+                 "engine does not prune"
+        self.convs.setdefault(name, f"grouped conv (groups={conv.groups}) is not supported")
+        self.block(source, reason)
+        return self.fresh(shape, reason)
+
+    def member(self, name: str, channels: int) -> tuple:
+        if name not in self.outputs:
+            self.outputs[name] = self.new_space(member=name)
+        return ((self.outputs[name], channels, 1),)
+
+    def visit_function(self, node: fx.Node, shape: tuple | None) -> tuple | None:
+        target = node.target
+        source, src_shape = self.source(node)
+        if shape is None or len(shape) < 2:
+            return None
+        if target in _ADD or target in _MUL:
+            return self.elementwise(node, shape)
+        if target is torch.cat:
+            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+            parts = [self.layouts.get(x) for x in node.args[0]]
+            return sum(parts, ()) if dim % len(shape) == 1 and None not in parts else None
+        if source is None:
+            return None
+        if target in _PASS_FUNCTIONS or target in _PASS_METHODS:
+            return source
+        if target in _RESHAPES or target in _RESHAPE_METHODS:
+            return _reshaped(source, src_shape, shape)
+        if target in _REDUCTIONS or target in _REDUCTION_METHODS:
+            dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+            dims = dims if isinstance(dims, list | tuple) else (dims,)
+            keeps = None not in dims and {d % len(src_shape) for d in dims}.isdisjoint({0, 1})
+            return source if keeps and len(shape) >= 2 else None
+        if target is F.pad:
+            spatial = len(node.args[1] if len(node.args) > 1 else node.kwargs["pad"]) <= 4
+            if not spatial:
+                self.block(source, f"its channels are zero-padded at '{node.name}' (a "
+                                   "channel-padding shortcut)")
+            return source if spatial else None
+        if target is operator.getitem and isinstance(node.args[1], tuple):
+            index = node.args[1]
+            whole = [i == slice(None) for i in index[:2]]
+            return source if len(index) >= 2 and all(whole) else None
+        return None
+
+    def elementwise(self, node: fx.Node, shape: tuple) -> tuple | None:
+        """Addition or multiplication: operands whose channels line up share their groups."""
+        channels, operands = shape[1], []
+        for x in node.args:
+            x_shape = _shape(x) if isinstance(x, fx.Node) else None
+            if x_shape is None:
                 continue
-            if not isinstance(module, _FLAT_PASS_MODULES):
-                return f"its flattened output reaches '{node.name}', not a Linear layer"
-        elif isinstance(module, nn.Conv2d):
-            if module.groups != 1 or call_count[node.target] > 1:
-                return f"its output is read by '{node.target}', a grouped or shared conv"
-            layer.consumers.append(Consumer(node.target, "conv"))
-            continue
-        elif isinstance(module, nn.BatchNorm2d):
-            if call_count[node.target] > 1:
-                return f"its BatchNorm '{node.target}' is shared"
-            layer.norms.append(node.target)
-        elif _is_flatten(node, module):
-            shape = node.args[0].meta["tensor_meta"].shape
-            flat_features = math.prod(shape[2:])
-        elif not _passes_channels(node, module):
-            return f"its output reaches '{_describe(node)}', which the engine cannot prune through"
-        stack.extend((user, flat_features) for user in node.users)
+            position = 1 - (len(shape) - len(x_shape))
+            if (x_shape[position] if 0 <= position < len(x_shape) else 1) != channels:
+                continue  # broadcast over the channels, e.g. a spatial gate
+            if x not in self.layouts or len(x_shape) != len(shape):
+                return None
+            operands.append(self.layouts[x])
+        if not operands:
+            return None
+        what = "added to a residual shortcut" if node.target in _ADD else "multiplied by a gate"
+        for other in operands[1:]:
+            self.join(operands[0], other, f"its output is {what} at '{node.name}'")
+        return operands[0]
+
+    # --- result ---
+
+    def finish(self, residual: str, convs: list[str]) -> DependencyGraph:
+        roots: dict[int, ChannelGroup] = {}
+        for space in range(len(self.parent)):
+            root = self.find(space)
+            group = roots.setdefault(root, ChannelGroup([], 0))
+            group.members += self.members[space]
+            group.blocked = group.blocked or self.blocked[space]
+            group.coupling = group.coupling or self.coupling[space]
+
+        def resolve(layout: tuple) -> Layout:
+            segments = []
+            for space, channels, f in layout:
+                group = roots[self.find(space)]
+                segments.append(Segment(group if group.members else None, channels, f))
+                if group.members and not group.out_channels:
+                    group.out_channels = channels
+            return tuple(segments)
+
+        for name, space in self.outputs.items():
+            resolve(((space, _width(self.modules[name]), 1),))
+        inputs, followers = {}, {}
+        for (name, role), layout in self.uses.items():
+            (inputs if role == "input" else followers)[name] = resolve(layout)
+        for name, layout in followers.items():
+            for segment in layout:
+                if segment.group is not None:
+                    segment.group.followers.append(name)
+        for name, layout in inputs.items():
+            kind = "conv" if isinstance(self.modules[name], nn.Conv2d) else "linear"
+            offset = 0
+            for segment in layout:
+                if segment.group is not None:
+                    segment.group.consumers.append(
+                        Consumer(name, kind, segment.features_per_channel, offset)
+                    )
+                offset += segment.channels * segment.features_per_channel
+        groups = [group for group in roots.values() if group.members]
+        layers, not_prunable = {}, {}
+        for name, reason in self.convs.items():
+            group = roots[self.find(self.outputs[name])] if name in self.outputs else None
+            if group is not None:
+                reason = group.blocked
+                if residual == "inner" and len(group.members) > 1:
+                    reason = f"{group.coupling}; " + (reason or (
+                        "residual='coupled' prunes it together with the "
+                        f"{len(group.members) - 1} other layer(s) sharing its channels"))
+            if reason is None:
+                layers[name] = group
+            else:
+                not_prunable[name] = reason
+        for name in convs:  # never traced: inside an ignored module, or not called
+            if name not in self.convs:
+                inside = any(fnmatch.fnmatchcase(prefix, key) for key in self.ignore
+                             for prefix in _prefixes(name))
+                not_prunable[name] = "it is inside an ignored module" if inside else \
+                    "it is not called in the model's forward"
+        return DependencyGraph(layers, not_prunable, groups, inputs, followers, residual)
+
+
+def _prefixes(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _width(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+
+def _shape(node: object) -> tuple | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if isinstance(meta, TensorMetadata) else None
+
+
+def _reshaped(source: tuple | None, src_shape: tuple | None, shape: tuple | None) -> tuple | None:
+    """Layout after a view, reshape, flatten, squeeze or unsqueeze, if it keeps the channels.
+
+    Keeping (B, C) keeps the layout; (B, C, *spatial) -> (B, C * prod(spatial)) is a C-major
+    flatten that multiplies the features per channel; anything else is not understood (None).
+    """
+    if source is None or src_shape is None or shape is None or len(shape) < 2:
+        return None
+    if shape[:2] == src_shape[:2]:
+        return source
+    if len(shape) == 2 and shape[0] == src_shape[0] and len(src_shape) > 2:
+        spatial = math.prod(src_shape[2:])
+        return tuple((space, channels, f * spatial) for space, channels, f in source)
     return None
 
 
@@ -204,38 +587,3 @@ def _is_shape_query(node: fx.Node) -> bool:
     if node.op == "call_method":
         return node.target in _SHAPE_METHODS
     return node.op == "call_function" and node.target is getattr and node.args[1] == "shape"
-
-
-def _passes_channels(node: fx.Node, module: nn.Module | None) -> bool:
-    if node.op == "call_module":
-        return isinstance(module, _PASS_MODULES)
-    if node.op == "call_function":
-        return node.target in _PASS_FUNCTIONS
-    if node.op == "call_method":
-        return node.target in _PASS_METHODS
-    return False
-
-
-def _is_flatten(node: fx.Node, module: nn.Module | None) -> bool:
-    """True for flattens that keep the batch dimension and merge (C, H, W) in C-major order."""
-    if isinstance(module, nn.Flatten):
-        return module.start_dim == 1 and module.end_dim == -1
-    if node.op == "call_function" and node.target is torch.flatten:
-        return node.args[1:2] == (1,) or node.kwargs.get("start_dim") == 1
-    if node.op == "call_method" and node.target in ("view", "reshape", "flatten"):
-        out = node.meta.get("tensor_meta")
-        src = node.args[0].meta.get("tensor_meta")
-        return out is not None and src is not None and len(out.shape) == 2 and (
-            out.shape[0] == src.shape[0]
-        )
-    return False
-
-
-def _describe(node: fx.Node) -> str:
-    if node.op == "output":
-        return "the model output"
-    if node.target in (operator.add, torch.add) or node.target in ("add", "add_"):
-        return f"{node.name} (a residual addition)"
-    if node.target is torch.cat:
-        return f"{node.name} (a concatenation)"
-    return node.name

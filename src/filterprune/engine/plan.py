@@ -4,6 +4,15 @@ A plan is plain data (layer qualified name -> sorted kept output-channel indices
 here from scores and ratios, printed and reviewed, saved as JSON, and executed by
 filterprune.engine.surgery. ``ratio`` always means the fraction of filters removed, in [0, 1).
 
+Decisions are taken per channel group (filterprune.engine.graph): every member of a group (the
+convs whose outputs a residual addition or a gate joins) keeps the same indices, and the plan
+lists each member. A group's scores are the sum of its members' criterion scores (each member's
+weight (C, ...) -> (C,)). Li et al. 2017, §3.3 choose the indices of ResNet-34 pruned-C by the
+projection shortcut's L1 norms alone; the sum counts the projection as one member among the
+block convs, and is also defined for stages whose shortcuts are all identities (no projection to
+choose by). Members get one ratio: a ratio given to some members applies to the whole group, and
+skipping a member skips the group.
+
 Rounding rule (paper.md): a layer of n filters pruned at ratio r keeps
 ``max(1, floor(n * (1 - r)))`` filters, as the public reproductions of Li et al. 2017 do
 (ratio 0.1 of 64 filters keeps 57). With ``round_to=m`` the kept count is then rounded to the
@@ -23,7 +32,7 @@ import torch
 from torch import nn
 
 from filterprune.engine.criteria import Criterion, get_criterion
-from filterprune.engine.graph import DependencyGraph
+from filterprune.engine.graph import ChannelGroup, DependencyGraph, layout_index
 from filterprune.errors import FilterpruneError
 
 STRATEGIES = ("independent", "greedy")
@@ -39,17 +48,21 @@ class PruningPlan:
         widths: layer qualified name -> original number of filters, for every layer in ``kept``.
         criterion: name of the criterion that scored the filters.
         strategy: ``"independent"`` or ``"greedy"`` (Li et al. 2017, §3.3).
+        residual: the residual policy the layers were chosen under, ``"inner"`` or
+            ``"coupled"`` (a record; applying a plan does not depend on it).
     """
 
     kept: dict[str, list[int]] = field(default_factory=dict)
     widths: dict[str, int] = field(default_factory=dict)
     criterion: str = "l1"
     strategy: str = "independent"
+    residual: str = "inner"
 
     def to_dict(self) -> dict:
         return {
             "criterion": self.criterion,
             "strategy": self.strategy,
+            "residual": self.residual,
             "layers": {
                 name: {"width": self.widths[name], "kept": kept} for name, kept in self.kept.items()
             },
@@ -70,6 +83,7 @@ class PruningPlan:
                 widths={name: int(v["width"]) for name, v in layers.items()},
                 criterion=str(data.get("criterion", "l1")),
                 strategy=str(data.get("strategy", "independent")),
+                residual=str(data.get("residual", "inner")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise FilterpruneError(f"malformed pruning plan: {e!r}") from e
@@ -94,7 +108,7 @@ class PruningPlan:
                 kept[name] = [kept[name][i] for i in indices]
             else:
                 kept[name], widths[name] = list(indices), later.widths[name]
-        return PruningPlan(kept, widths, later.criterion, later.strategy)
+        return PruningPlan(kept, widths, later.criterion, later.strategy, later.residual)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -118,7 +132,8 @@ class PruningPlan:
         return cls.from_json(path.read_text())
 
     def __str__(self) -> str:
-        lines = [f"PruningPlan(criterion={self.criterion}, strategy={self.strategy})"]
+        lines = [f"PruningPlan(criterion={self.criterion}, strategy={self.strategy}, "
+                 f"residual={self.residual})"]
         width = max((len(n) for n in self.kept), default=5)
         lines.append(f"  {'layer':<{width}}  kept / filters  ratio")
         for name, kept in self.kept.items():
@@ -170,11 +185,13 @@ def resolve_ratios(
         skip: names or patterns of layers left unpruned.
 
     Returns:
-        Layer name -> ratio, for the layers with a ratio > 0.
+        Layer name -> ratio, for the layers with a ratio > 0; every member of a group gets the
+        group's ratio (see the module docstring).
 
     Raises:
-        ValueError (FilterpruneError): a ratio outside [0, 1), or a name/pattern that matches no
-            prunable layer (the message says why, e.g. a conv whose output is added to a shortcut).
+        ValueError (FilterpruneError): a ratio outside [0, 1), a name/pattern that matches no
+            prunable layer (the message says why, e.g. a conv whose output is added to a shortcut
+            under ``residual="inner"``), or different ratios for layers sharing their channels.
     """
     if isinstance(ratio, Mapping):
         ratios: dict[str, float] = {}
@@ -190,11 +207,27 @@ def resolve_ratios(
         value = check_ratio(ratio, "all layers")
         ratios = dict.fromkeys(graph.layers, value)
     skipped = {name for key in skip for name in _match(graph, key)}
-    return {
-        name: ratios[name]
-        for name in graph.layers
-        if ratios.get(name, 0) > 0 and name not in skipped
-    }
+    resolved = {}
+    for name, group in graph.layers.items():
+        value = group_ratio(group, ratios)
+        if value > 0 and skipped.isdisjoint(group.members):
+            resolved[name] = value
+    return resolved
+
+
+def group_ratio(group: ChannelGroup, ratios: Mapping[str, float]) -> float:
+    """The ratio of ``group``: the one given to its members (0 if none is given).
+
+    Raises:
+        FilterpruneError: members given different ratios (the message names them).
+    """
+    given = {name: ratios[name] for name in group.members if name in ratios}
+    if len(set(given.values())) > 1:
+        listed = ", ".join(f"'{name}' = {value}" for name, value in given.items())
+        raise FilterpruneError(
+            f"layers sharing their output channels need one ratio, got {listed}"
+        )
+    return next(iter(given.values()), 0.0)
 
 
 def select_filters(
@@ -205,12 +238,17 @@ def select_filters(
     strategy: str = "independent",
     round_to: int = 1,
 ) -> PruningPlan:
-    """Decides which filters each layer keeps: the highest-scoring ones.
+    """Decides which filters each group keeps: the highest-scoring ones.
+
+    Groups are decided in forward order; a group's scores are the sum of its members' scores
+    and every member keeps the same indices (see the module docstring).
 
     Args:
         model: the network whose weights are scored (not modified).
-        graph: its dependency graph (``filterprune.engine.graph.trace``).
-        ratios: layer name -> ratio, as returned by ``resolve_ratios``.
+        graph: its dependency graph (``filterprune.engine.graph.trace``); its prunable layers
+            (under its residual policy) are the candidates.
+        ratios: layer name -> ratio, as returned by ``resolve_ratios``; a group takes the ratio
+            of any of its members.
         criterion: ``"l1"``, ``"l2"`` or a callable weight (C_out, C_in, kH, kW) -> scores (C_out,).
         strategy: ``"independent"`` scores each layer's full weight; ``"greedy"`` leaves out the
             kernels that read feature maps already removed from the producing layer, deciding
@@ -221,7 +259,8 @@ def select_filters(
         The plan. Ties between equal scores keep the lower index.
 
     Raises:
-        FilterpruneError: unknown criterion or strategy, or round_to < 1.
+        FilterpruneError: unknown criterion or strategy, round_to < 1, or members of a group
+            given different ratios.
     """
     if strategy not in STRATEGIES:
         raise FilterpruneError(f"unknown strategy '{strategy}' (known: {', '.join(STRATEGIES)})")
@@ -232,17 +271,44 @@ def select_filters(
     plan = PruningPlan(
         criterion=getattr(criterion, "__name__", "custom") if callable(criterion) else criterion,
         strategy=strategy,
+        residual=graph.residual,
     )
-    for name, layer in graph.layers.items():
-        ratio = ratios.get(name, 0.0)
-        keep = kept_count(layer.out_channels, ratio, round_to)
-        if keep == layer.out_channels:
+    groups = {id(group): group for group in graph.layers.values()}
+    for group in groups.values():
+        keep = kept_count(group.out_channels, group_ratio(group, ratios), round_to)
+        if keep == group.out_channels:
             continue
-        weight = modules[name].weight
-        if strategy == "greedy" and layer.producer in plan.kept:
-            weight = weight[:, plan.kept[layer.producer]]
-        scores = score(weight)
+        scores = sum(score(_weight(name, modules[name], graph, plan, strategy))
+                     for name in group.members)
         order = torch.sort(scores, descending=True, stable=True).indices
-        plan.kept[name] = sorted(order[:keep].tolist())
-        plan.widths[name] = layer.out_channels
+        kept = sorted(order[:keep].tolist())
+        for name in group.members:
+            plan.kept[name] = kept
+            plan.widths[name] = group.out_channels
+    for name, kept in follower_convs(graph, modules, plan.kept).items():
+        plan.kept[name], plan.widths[name] = kept, modules[name].out_channels
     return plan
+
+
+def follower_convs(
+    graph: DependencyGraph, modules: Mapping[str, nn.Module], kept: Mapping[str, Sequence[int]]
+) -> dict[str, list[int]]:
+    """Kept output channels of the depthwise convs whose channels follow pruned groups.
+
+    They are not chosen (their channels follow their input), but their output channels change,
+    so a plan lists them too.
+    """
+    follows = {}
+    for name, layout in graph.followers.items():
+        index = layout_index(layout, kept) if isinstance(modules[name], nn.Conv2d) else None
+        if index is not None:
+            follows[name] = index.tolist()
+    return follows
+
+
+def _weight(
+    name: str, module: nn.Module, graph: DependencyGraph, plan: PruningPlan, strategy: str
+) -> torch.Tensor:
+    """The weight to score; under greedy, without the inputs already removed (§3.3)."""
+    index = layout_index(graph.inputs[name], plan.kept) if strategy == "greedy" else None
+    return module.weight if index is None else module.weight[:, index]

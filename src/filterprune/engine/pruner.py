@@ -20,7 +20,8 @@ class PruneResult:
 
     Attributes:
         model: the pruned network (a new module; the input model is unchanged).
-        plan: kept output-channel indices of every layer whose output channels changed.
+        plan: kept output-channel indices of every conv or Linear whose output channels changed
+            (every member of a pruned group; its followers and consumers change with it).
         graph: the dependency graph of the unpruned model.
     """
 
@@ -38,12 +39,14 @@ def plan_pruning(
     strategy: str = "independent",
     skip: Sequence[str] = (),
     round_to: int = 1,
+    residual: str = "inner",
+    ignore: Sequence[str] = (),
 ) -> tuple[PruningPlan, DependencyGraph]:
     """Decides which filters to remove without touching the model (review the plan, then apply).
 
     Arguments are those of ``prune``. Returns the plan and the model's dependency graph.
     """
-    graph = trace(model, example_inputs)
+    graph = trace(model, example_inputs, residual=residual, ignore=ignore)
     ratios = resolve_ratios(graph, ratio, skip)
     return select_filters(model, graph, ratios, criterion, strategy, round_to), graph
 
@@ -57,8 +60,15 @@ def prune(
     strategy: str = "independent",
     skip: Sequence[str] = (),
     round_to: int = 1,
+    residual: str = "inner",
+    ignore: Sequence[str] = (),
 ) -> PruneResult:
     """Removes the lowest-scoring filters of every prunable conv (Li et al. 2017, §3).
+
+    Works on any ``nn.Module`` built from standard layers that torch.fx can trace: the channel
+    dependencies (BatchNorms, residual additions, projection shortcuts, concatenations,
+    depthwise convs, squeeze-and-excitation gates, flatten into Linear) are found by
+    ``filterprune.engine.graph.trace``; grouped convs are left unpruned.
 
     Args:
         model: the trained network; left unchanged.
@@ -71,14 +81,21 @@ def prune(
         strategy: ``"independent"`` or ``"greedy"`` (§3.3).
         skip: names or patterns of layers to leave unpruned.
         round_to: round kept filter counts to a multiple of this (1 = floor(n * (1 - ratio))).
+        residual: ``"inner"`` prunes only convs whose channels no other layer shares (not
+            those added to a shortcut: the paper's CIFAR ResNet scheme); ``"coupled"`` also
+            prunes the channels shared through residual additions and gates, every member at
+            the same indices chosen by the sum of their scores (§3.3, ResNet-34 pruned-C).
+        ignore: names or glob patterns of modules to leave untouched (torch.fx does not trace
+            into them; the channels they read or write are not pruned).
 
     Returns:
         A PruneResult with ``.model`` (smaller and dense) and ``.plan``.
 
     Raises:
         ValueError (FilterpruneError): a ratio outside [0, 1) (the message names it), an unknown
-            layer name or pattern, a layer that cannot be pruned, an unknown criterion or strategy,
-            or a model torch.fx cannot trace.
+            layer name or pattern, a layer that cannot be pruned (the message names the module
+            and the operation), an unknown criterion, strategy or residual policy, or a model
+            torch.fx cannot trace (the message names the module to ``ignore``).
 
     Example:
         >>> from filterprune.models import create_model
@@ -89,6 +106,6 @@ def prune(
     """
     plan, graph = plan_pruning(
         model, example_inputs, ratio=ratio, criterion=criterion, strategy=strategy, skip=skip,
-        round_to=round_to,
+        round_to=round_to, residual=residual, ignore=ignore,
     )
     return PruneResult(apply_plan(model, plan, graph), plan, graph)

@@ -1,8 +1,10 @@
 """Executes a pruning plan: removes filters physically and returns a smaller dense model.
 
-For each pruned conv: its output channels (weight rows and bias), the channels of the BatchNorms on
-its output path, and the input side of every consumer (conv input channels; for a Linear after a
-flatten, the H*W input features of each removed channel). Li et al. 2017, §3.1.
+For each pruned channel group (filterprune.engine.graph): the output channels of its members
+(conv or Linear weight rows and biases), the per-channel weights of its followers (BatchNorm
+parameters and statistics, depthwise conv filters, per-channel PReLU slopes), and the input side
+of every consumer (conv input channels; for a Linear after a flatten, the H*W input features of
+each removed channel; after a concatenation, at the group's offset). Li et al. 2017, §3.1.
 """
 
 from __future__ import annotations
@@ -12,9 +14,44 @@ import copy
 import torch
 from torch import nn
 
-from filterprune.engine.graph import Consumer, DependencyGraph
+from filterprune.engine.graph import DependencyGraph, layout_index
 from filterprune.engine.plan import PruningPlan
 from filterprune.errors import FilterpruneError
+
+
+def check_plan(plan: PruningPlan, graph: DependencyGraph) -> None:
+    """Checks that ``plan`` can be applied to the model of ``graph``, whatever the policy.
+
+    Raises:
+        FilterpruneError: a layer of the plan produces no channels of the model, its channels
+            cannot be pruned (the reason names the operation), its width differs from the
+            model's, layers sharing their channels are not given the same kept indices, or a
+            depthwise conv listed in the plan does not keep the indices its input keeps.
+    """
+    followers = {name: kept for name, kept in plan.kept.items() if name in graph.followers}
+    members = {name: kept for name, kept in plan.kept.items() if name not in followers}
+    for name, kept in followers.items():
+        index = layout_index(graph.followers[name], members)
+        if index is None or index.tolist() != kept:
+            raise FilterpruneError(
+                f"plan does not fit the model: the channels of depthwise conv '{name}' follow "
+                "its input, so the plan must keep the indices its input keeps"
+            )
+    for name, kept in members.items():
+        group = graph.group_of(name)
+        if group.blocked:
+            raise FilterpruneError(f"layer '{name}' cannot be pruned: {group.blocked}")
+        if plan.widths[name] != group.out_channels:
+            raise FilterpruneError(
+                f"plan does not fit the model: '{name}' has {group.out_channels} filters, "
+                f"the plan expects {plan.widths[name]}"
+            )
+        for other in group.members:
+            if plan.kept.get(other) != kept:
+                raise FilterpruneError(
+                    f"plan does not fit the model: '{name}' and '{other}' share their output "
+                    "channels, so the plan must keep the same indices in both"
+                )
 
 
 def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> nn.Module:
@@ -23,33 +60,30 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
     Args:
         model: the unpruned network.
         plan: kept filters per layer (``filterprune.engine.plan``).
-        graph: the dependency graph of ``model`` (``filterprune.engine.graph.trace``).
+        graph: the dependency graph of ``model`` (``filterprune.engine.graph.trace``, with any
+            residual policy).
 
     Returns:
-        A new model whose pruned convs have ``len(plan.kept[name])`` output channels, with the
+        A new model whose pruned layers have ``len(plan.kept[name])`` output channels, with the
         parameters of the kept channels copied unchanged.
 
     Raises:
-        FilterpruneError: a layer of the plan is not prunable in ``model``, or its width in the
-            plan differs from the model's.
+        FilterpruneError: the plan does not fit ``model`` (see ``check_plan``).
     """
-    for name in plan.kept:
-        layer = graph.check_prunable(name)
-        if plan.widths[name] != layer.out_channels:
-            raise FilterpruneError(
-                f"plan does not fit the model: '{name}' has {layer.out_channels} filters, "
-                f"the plan expects {plan.widths[name]}"
-            )
+    check_plan(plan, graph)
     pruned = copy.deepcopy(model)
     modules = dict(pruned.named_modules())
     for name, kept in plan.kept.items():
-        index = torch.tensor(kept, dtype=torch.long)
-        layer = graph.layers[name]
-        _prune_conv_out(modules[name], index)
-        for norm in layer.norms:
-            _prune_batchnorm(modules[norm], index)
-        for consumer in layer.consumers:
-            _prune_consumer_in(modules[consumer.name], consumer, index)
+        if name not in graph.followers:
+            _prune_out(modules[name], torch.tensor(kept, dtype=torch.long))
+    for name, layout in graph.followers.items():
+        index = layout_index(layout, plan.kept)
+        if index is not None:
+            _prune_follower(modules[name], index)
+    for name, layout in graph.inputs.items():
+        index = layout_index(layout, plan.kept)
+        if index is not None:
+            _prune_in(modules[name], index)
     return pruned
 
 
@@ -60,24 +94,32 @@ def _select(param: torch.Tensor | None, index: torch.Tensor, dim: int) -> None:
             param.grad = None
 
 
-def _prune_conv_out(conv: nn.Conv2d, index: torch.Tensor) -> None:
-    _select(conv.weight, index, 0)
-    _select(conv.bias, index, 0)
-    conv.out_channels = len(index)
+def _prune_out(module: nn.Conv2d | nn.Linear, index: torch.Tensor) -> None:
+    _select(module.weight, index, 0)
+    _select(module.bias, index, 0)
+    if isinstance(module, nn.Conv2d):
+        module.out_channels = len(index)
+    else:
+        module.out_features = len(index)
 
 
-def _prune_batchnorm(bn: nn.BatchNorm2d, index: torch.Tensor) -> None:
-    for tensor in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
-        _select(tensor, index, 0)
-    bn.num_features = len(index)
+def _prune_follower(module: nn.Module, index: torch.Tensor) -> None:
+    """BatchNorm, depthwise conv or PReLU: every per-channel tensor along dim 0."""
+    for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+        if tensor.ndim:  # not BatchNorm's num_batches_tracked
+            _select(tensor, index, 0)
+    n = len(index)
+    if isinstance(module, nn.Conv2d):
+        module.in_channels = module.out_channels = module.groups = n
+    elif isinstance(module, nn.PReLU):
+        module.num_parameters = n
+    else:
+        module.num_features = n
 
 
-def _prune_consumer_in(module: nn.Module, consumer: Consumer, index: torch.Tensor) -> None:
-    if consumer.kind == "conv":
-        _select(module.weight, index, 1)
+def _prune_in(module: nn.Conv2d | nn.Linear, index: torch.Tensor) -> None:
+    _select(module.weight, index, 1)
+    if isinstance(module, nn.Conv2d):
         module.in_channels = len(index)
     else:
-        f = consumer.features_per_channel
-        features = (index[:, None] * f + torch.arange(f)).flatten()
-        _select(module.weight, features, 1)
-        module.in_features = len(features)
+        module.in_features = len(index)

@@ -11,6 +11,7 @@ from filterprune.models._registry import (
     model_arguments,
     register_model,
 )
+from filterprune.models.mobilenetv2 import InvertedResidual, MobileNetV2, mobilenetv2
 from filterprune.models.resnet_cifar import (
     BasicBlock,
     CifarResNet,
@@ -21,6 +22,15 @@ from filterprune.models.resnet_cifar import (
     resnet56,
     resnet110,
 )
+from filterprune.models.resnet_dwse import DWSEBlock, DWSEResNet, SqueezeExcite, resnet20_dwse
+from filterprune.models.resnet_imagenet import (
+    Bottleneck,
+    ImageNetBasicBlock,
+    ImageNetResNet,
+    resnet18,
+    resnet34,
+    resnet50,
+)
 from filterprune.models.scnnb import SCNNB, scnnb
 from filterprune.models.vgg import VGG, VGG16_CONFIG, vgg16, vgg16_lite
 
@@ -29,15 +39,28 @@ __all__ = [
     "VGG",
     "VGG16_CONFIG",
     "BasicBlock",
+    "Bottleneck",
     "CifarResNet",
+    "DWSEBlock",
+    "DWSEResNet",
+    "ImageNetBasicBlock",
+    "ImageNetResNet",
+    "InvertedResidual",
+    "MobileNetV2",
     "PadShortcut",
+    "SqueezeExcite",
     "create_model",
     "list_models",
+    "mobilenetv2",
     "model_arguments",
     "register_model",
+    "resnet18",
     "resnet20",
+    "resnet20_dwse",
     "resnet32",
+    "resnet34",
     "resnet44",
+    "resnet50",
     "resnet56",
     "resnet110",
     "scnnb",

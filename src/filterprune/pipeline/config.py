@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from filterprune.engine.graph import RESIDUAL_POLICIES
 from filterprune.engine.plan import STRATEGIES, check_ratio
 from filterprune.errors import FilterpruneError
 from filterprune.training.loop import TrainSettings
@@ -46,10 +47,12 @@ class DataConfig(_Strict):
 
 
 class PruneConfig(_Strict):
-    """One-shot pruning sweep: every prunable layer at each ratio, minus ``skip`` (patterns)."""
+    """One-shot pruning sweep: every prunable layer at each ratio, minus ``skip`` (patterns);
+    ``residual`` is the residual policy (``filterprune.engine.graph.trace``)."""
 
     criterion: Literal["l1", "l2"] = "l1"
     strategy: Literal[STRATEGIES] = "independent"
+    residual: Literal[RESIDUAL_POLICIES] = "inner"
     ratios: list[float] = Field(default_factory=lambda: list(SWEEP))
     skip: list[str] = Field(default_factory=list)
     round_to: int = Field(1, ge=1)

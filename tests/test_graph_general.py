@@ -1,0 +1,281 @@
+"""The dependency analysis on hand-built nets: concatenation, SE gates, grouped and depthwise
+convs, bottlenecks with projections, ignored modules, residual policies and coupled plans."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import filterprune
+from filterprune.engine import PruningPlan, apply_plan, trace
+from filterprune.engine.graph import layout_index
+from filterprune.errors import FilterpruneError
+from filterprune.models import Bottleneck
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Gives BatchNorms non-trivial statistics and affine parameters; returns it in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+    return model.eval()
+
+
+def masked_reference(model: nn.Module, plan: PruningPlan, graph) -> nn.Module:
+    """The unpruned model with the removed channels zeroed at the input of every layer reading
+    them: a pruned group's channels reach nothing else (else it would be blocked)."""
+    masked = copy.deepcopy(model)
+    modules = dict(masked.named_modules())
+    for name, layout in graph.inputs.items():
+        index = layout_index(layout, plan.kept)
+        if index is None:
+            continue
+        mask = torch.zeros(modules[name].weight.shape[1])
+        mask[index] = 1
+        modules[name].register_forward_pre_hook(
+            lambda m, args, mask=mask: (args[0] * mask.view(1, -1, *[1] * (args[0].ndim - 2)),)
+        )
+    return masked
+
+
+def check_pruned(model: nn.Module, x: torch.Tensor, **kwargs) -> filterprune.PruneResult:
+    """Prunes at 0.3; asserts outputs equal the masked original, and forward + backward run."""
+    model = randomize_bn(model)
+    result = filterprune.prune(model, x[:1], ratio=0.3, **kwargs)
+    reference = masked_reference(model, result.plan, result.graph)
+    with torch.no_grad():
+        torch.testing.assert_close(result.model.eval()(x), reference(x), rtol=1e-4, atol=1e-5)
+    pruned = result.model.train()
+    pruned(x).square().mean().backward()
+    assert all(p.grad is not None and p.grad.shape == p.shape for p in pruned.parameters())
+    return result
+
+
+class ConcatNet(nn.Module):
+    """a (4) and b (6) concatenated into c; c's output flattened into a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn_a = nn.BatchNorm2d(4)
+        self.b = nn.Conv2d(3, 6, 1)
+        self.c = nn.Conv2d(10, 5, 3, padding=1)
+        self.fc = nn.Linear(5 * 4 * 4, 2)
+
+    def forward(self, x):
+        x = torch.cat([torch.relu(self.bn_a(self.a(x))), self.b(x)], dim=1)
+        return self.fc(torch.flatten(self.c(x), 1))
+
+
+class LinearSENet(nn.Module):
+    """conv1 gated by a Linear squeeze-and-excitation (fc1 -> fc2 -> sigmoid), then conv2."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.fc1 = nn.Linear(8, 4)
+        self.fc2 = nn.Linear(4, 8)
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3))))))
+        x = self.conv2(x * gate.view(x.size(0), -1, 1, 1))
+        return self.head(x.mean((2, 3)))
+
+
+def grouped_net() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=2),
+        nn.ReLU(), nn.Conv2d(8, 6, 1), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 3),
+    )
+
+
+def depthwise_net() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU6(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.PReLU(8),
+        nn.Conv2d(8, 6, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3),
+    )
+
+
+class BottleneckNet(nn.Module):
+    """Stem, one bottleneck with a 1x1 projection shortcut (16 -> 4 x 4 channels), pool, fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.block = Bottleneck(16, 4, stride=2)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc(self.block(torch.relu(self.stem(x))).mean((2, 3)))
+
+
+class AddNet(nn.Module):
+    """Two 1x1 convs summed (a residual pair), then a consumer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 1, bias=False)
+        self.b = nn.Conv2d(1, 4, 1, bias=False)
+        self.c = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.c(self.a(x) + self.b(x)).flatten(1)
+
+
+NETS = [
+    ("concat", ConcatNet, (2, 3, 4, 4)),
+    ("linear-se", LinearSENet, (2, 3, 6, 6)),
+    ("grouped", grouped_net, (2, 3, 4, 4)),
+    ("depthwise", depthwise_net, (2, 3, 5, 5)),
+    ("bottleneck", BottleneckNet, (2, 3, 8, 8)),
+    ("add", AddNet, (2, 1, 3, 3)),
+]
+
+
+@pytest.mark.parametrize("residual", ["inner", "coupled"])
+@pytest.mark.parametrize("net", NETS, ids=[n[0] for n in NETS])
+def test_hand_built_nets_prune_correctly(net, residual):
+    torch.manual_seed(0)
+    _, build, shape = net
+    result = check_pruned(build(), torch.randn(shape), residual=residual)
+    assert result.plan.residual == residual
+    assert result.plan.kept or (build is AddNet and residual == "inner")  # only a and b there
+
+
+def test_concatenation_offsets_into_the_consumer():
+    graph = trace(ConcatNet(), torch.zeros(1, 3, 4, 4))
+    assert list(graph.layers) == ["a", "b", "c"]
+    assert [(c.name, c.offset) for c in graph.layers["a"].consumers] == [("c", 0)]
+    assert [(c.name, c.offset) for c in graph.layers["b"].consumers] == [("c", 4)]
+    assert graph.layers["a"].followers == ["bn_a"]
+    (fc,) = graph.layers["c"].consumers
+    assert (fc.kind, fc.features_per_channel) == ("linear", 16)
+    plan = PruningPlan(kept={"a": [1, 3], "b": [0, 5]}, widths={"a": 4, "b": 6})
+    assert layout_index(graph.inputs["c"], plan.kept).tolist() == [1, 3, 4, 9]
+
+
+def test_se_gate_couples_the_gated_conv_with_the_gate_layer():
+    graph = trace(LinearSENet(), torch.zeros(1, 3, 6, 6))
+    assert "multiplied by a gate" in graph.not_prunable["conv1"]
+    coupled = trace(LinearSENet(), torch.zeros(1, 3, 6, 6), residual="coupled")
+    assert coupled.layers["conv1"].members == ["conv1", "fc2"]
+    assert [c.name for c in coupled.layers["conv1"].consumers] == ["fc1", "conv2"]
+    plan = filterprune.plan_pruning(
+        LinearSENet(), torch.zeros(1, 3, 6, 6), ratio=0.5, residual="coupled")[0]
+    assert plan.kept["conv1"] == plan.kept["fc2"] and len(plan.kept["fc2"]) == 4
+
+
+def test_grouped_conv_is_not_pruned_and_named():
+    graph = trace(grouped_net(), torch.zeros(1, 3, 4, 4))
+    assert list(graph.layers) == ["4"]
+    assert graph.not_prunable["2"] == "grouped conv (groups=2) is not supported"
+    with pytest.raises(FilterpruneError, match="'0' cannot be pruned.*grouped conv '2'"):
+        filterprune.prune(grouped_net(), torch.zeros(1, 3, 4, 4), ratio={"0": 0.5})
+
+
+def test_depthwise_conv_follows_its_input():
+    model = depthwise_net()
+    graph = trace(model, torch.zeros(1, 3, 5, 5))
+    assert list(graph.layers) == ["0", "6"]
+    assert graph.layers["0"].followers == ["1", "3", "4", "5"]
+    assert "depthwise" in graph.not_prunable["3"]
+    pruned = filterprune.prune(model, torch.zeros(1, 3, 5, 5), ratio={"0": 0.5}).model
+    dw = pruned[3]
+    assert (dw.in_channels, dw.out_channels, dw.groups, tuple(dw.weight.shape)) == (4, 4, 4,
+                                                                                   (4, 1, 3, 3))
+    assert pruned[5].num_parameters == 4 and pruned[6].in_channels == 4
+
+
+def test_bottleneck_projection_is_coupled_with_the_last_conv():
+    x = torch.zeros(1, 3, 8, 8)
+    inner = trace(BottleneckNet(), x)
+    assert list(inner.layers) == ["stem", "block.conv1", "block.conv2"]  # stem: 2 consumers
+    assert "residual" in inner.not_prunable["block.downsample.0"]
+    coupled = trace(BottleneckNet(), x, residual="coupled")
+    assert coupled.layers["block.conv3"].members == ["block.conv3", "block.downsample.0"]
+    assert coupled.layers["block.conv3"].followers == ["block.bn3", "block.downsample.1"]
+    assert "model input" not in str(coupled.not_prunable)
+    assert list(coupled.layers) == ["stem", "block.conv1", "block.conv2", "block.conv3",
+                                    "block.downsample.0"]
+
+
+def test_coupled_scores_are_the_sum_of_the_members_scores():
+    model = AddNet()
+    with torch.no_grad():
+        model.a.weight.copy_(torch.tensor([4.0, 0.0, 1.0, 0.0]).view(4, 1, 1, 1))
+        model.b.weight.copy_(torch.tensor([0.0, 3.0, 1.0, 2.5]).view(4, 1, 1, 1))
+    plan, graph = filterprune.plan_pruning(model, torch.zeros(1, 1, 2, 2), ratio=0.5,
+                                           residual="coupled")
+    assert plan.kept == {"a": [0, 1], "b": [0, 1]}  # sums 4, 3, 2, 2.5
+    assert "residual" in trace(model, torch.zeros(1, 1, 2, 2)).not_prunable["a"]
+
+
+def test_coupled_members_need_one_ratio_and_one_set_of_indices():
+    x = torch.zeros(1, 1, 2, 2)
+    with pytest.raises(FilterpruneError, match="need one ratio.*'a' = 0.5, 'b' = 0.25"):
+        filterprune.prune(AddNet(), x, ratio={"a": 0.5, "b": 0.25}, residual="coupled")
+    plan = filterprune.plan_pruning(AddNet(), x, ratio={"a": 0.5}, residual="coupled")[0]
+    assert set(plan.kept) == {"a", "b"}  # a ratio for one member prunes the group
+    assert filterprune.plan_pruning(AddNet(), x, ratio=0.5, skip=["b"], residual="coupled")[
+        0].kept == {}
+    bad = PruningPlan(kept={"a": [0, 1], "b": [0, 2]}, widths={"a": 4, "b": 4})
+    with pytest.raises(FilterpruneError, match="'a' and 'b' share their output channels"):
+        apply_plan(AddNet(), bad, trace(AddNet(), x))
+
+
+class Gate(nn.Module):
+    def forward(self, x):
+        return x if x.sum() > 0 else -x  # data-dependent control flow: fx cannot trace it
+
+
+class GatedNet(nn.Module):
+    """conv1 -> untraceable gate -> conv2 -> softmax over channels -> conv3 -> flatten -> fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.gate = Gate()
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.conv3 = nn.Conv2d(4, 6, 1)
+        self.fc = nn.Linear(6 * 4 * 4, 2)
+
+    def forward(self, x):
+        x = torch.softmax(self.conv2(self.gate(self.conv1(x))), dim=1)
+        return self.fc(self.conv3(x).flatten(1))
+
+
+def test_untraceable_module_is_named_and_can_be_ignored():
+    x = torch.zeros(1, 3, 4, 4)
+    with pytest.raises(FilterpruneError, match=r"in module 'gate'.*ignore=\['gate'\]"):
+        trace(GatedNet(), x)
+    graph = trace(GatedNet(), x, ignore=["gate"])
+    assert list(graph.layers) == ["conv3"]
+    assert graph.not_prunable["conv1"] == "its channels reach ignored module 'gate'"
+    with pytest.raises(FilterpruneError, match="'conv2' cannot be pruned: .*'softmax"):
+        filterprune.prune(GatedNet(), x, ratio={"conv2": 0.5}, ignore=["gate"])
+    check_pruned(GatedNet(), torch.randn(2, 3, 4, 4), ignore=["gate"])
+    with pytest.raises(FilterpruneError, match="'nothing' in ignore"):
+        trace(GatedNet(), x, ignore=["nothing"])
+
+
+def test_ignored_conv_is_left_untouched():
+    result = filterprune.prune(grouped_net(), torch.zeros(1, 3, 4, 4), ratio=0.5, ignore=["4"])
+    assert result.plan.kept == {}
+    assert result.graph.not_prunable["4"] == "it is ignored"
+
+
+def test_unknown_residual_policy_is_an_error():
+    with pytest.raises(FilterpruneError, match="unknown residual policy 'outer'"):
+        trace(AddNet(), torch.zeros(1, 1, 2, 2), residual="outer")
