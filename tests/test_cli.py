@@ -9,6 +9,7 @@ from filterprune.checkpoint import ModelSpec, load_model, save_model
 from filterprune.cli import main
 from filterprune.engine import PruningPlan
 from filterprune.errors import FilterpruneError
+from filterprune.models import create_model
 from filterprune.pipeline.config import load_config, parse_config
 
 
@@ -173,3 +174,28 @@ def test_model_file_round_trip_is_bit_identical(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x), result.model.eval()(x))
     assert loaded_spec.plan == result.plan and loaded_spec.kwargs == {"num_classes": 7}
+
+
+def test_pt_state_dicts_load_without_running_code(tmp_path, config, capsys):
+    """Weights from other tools: torch.load(weights_only=True), never arbitrary unpickling."""
+    weights = tmp_path / "other-tool.pt"
+    torch.save(create_model("scnnb", in_channels=1).state_dict(), weights)
+    code, stdout, _ = run_cli(capsys, "evaluate", config, "--checkpoint", weights, "--json")
+    assert code == 0 and json.loads(stdout)["macs"] > 0
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    malicious = tmp_path / "malicious.pt"
+    torch.save({"features.0.weight": Exploit()}, malicious)
+    code, _, err = run_cli(capsys, "evaluate", config, "--checkpoint", malicious)
+    assert code == 2 and "cannot read weights file" in err
+    assert not marker.exists()
+
+    wrong = tmp_path / "wrong.pt"
+    torch.save(create_model("resnet20").state_dict(), wrong)
+    code, _, err = run_cli(capsys, "evaluate", config, "--checkpoint", wrong)
+    assert code == 2 and "do not fit scnnb" in err

@@ -29,7 +29,7 @@ from torch import nn
 
 import filterprune
 from filterprune._io import atomic_write_text
-from filterprune.checkpoint import ModelSpec, load_model, save_model
+from filterprune.checkpoint import ModelSpec, load_model, load_state_dict, save_model
 from filterprune.data import BatchLoader, ImageDataset, load_dataset, make_loaders
 from filterprune.engine import (
     DependencyGraph,
@@ -42,7 +42,7 @@ from filterprune.engine import (
 )
 from filterprune.errors import FilterpruneError
 from filterprune.models import model_arguments
-from filterprune.pipeline.config import RunConfig
+from filterprune.pipeline.config import RunConfig, load_config
 from filterprune.pipeline.report import write_report
 from filterprune.training import TrainSettings, evaluate, train
 from filterprune.training.loop import console
@@ -152,7 +152,7 @@ def check_resume(out_dir: Path, config: RunConfig) -> None:
     saved_path = Path(out_dir) / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    saved = _flatten(load_config(saved_path).model_dump())  # keys added since get defaults
     current = _flatten(config.model_dump())
     for key in sorted(saved.keys() | current.keys()):
         if saved.get(key) != current.get(key):
@@ -219,9 +219,23 @@ def environment(session: Session) -> dict:
 def load_checkpoint(session: Session, path: str | Path) -> nn.Module:
     """Loads a model file and makes it the session's model spec.
 
+    A ``.pt`` / ``.pth`` state dict from another tool (read with ``torch.load(weights_only=True)``)
+    is loaded into the configured zoo model.
+
     Raises:
-        FilterpruneError: the file is unreadable or its input shape does not fit the dataset.
+        FilterpruneError: the file is unreadable, its weights do not fit the configured model, or
+            its input shape does not fit the dataset.
     """
+    if Path(path).suffix in (".pt", ".pth"):
+        model = session.spec.build()
+        try:
+            model.load_state_dict(load_state_dict(path))
+        except RuntimeError as e:
+            raise FilterpruneError(
+                f"weights in {path} do not fit {session.spec.name}: "
+                f"{str(e).splitlines()[0]}"
+            ) from None
+        return model
     model, spec = load_model(path)
     if tuple(spec.input_shape[1:]) != tuple(session.spec.input_shape[1:]):
         raise FilterpruneError(
@@ -373,7 +387,7 @@ def run_pipeline(
     stages = open_run(out_dir, config, resume)
     session = prepare(config, progress=progress)
     model = initial_model(session, log)
-    graph = trace(model, session.spec.example_input())
+    graph = trace(model, session.spec.example_input(), residual=config.prune.residual)
     resolve_ratios(graph, {}, config.prune.skip)  # an unknown skip entry fails before training
     model, baseline = baseline_stage(session, model, stages, out_dir, log)
     results = {
