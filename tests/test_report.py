@@ -44,6 +44,7 @@ def results():
         },
         "criterion": "l1",
         "strategy": "independent",
+        "residual": "inner",
         "environment": {"filterprune": "0.1.0", "torch": "2.13.0", "device": "cpu", "seed": 0},
         "baseline": {
             "top1": BASE_TOP1,
@@ -110,6 +111,7 @@ def test_main_table(results, tmp_path):
     assert text.startswith("# ") and "scnnb" in text.splitlines()[0]
     assert "fashion-mnist" in text.splitlines()[0]
     assert "torch 2.13.0" in text and "seed 0" in text
+    assert "strategy `independent`, residual policy `inner`" in text
     assert "91.23" in _section(text, "Baseline") and "7.90M" in text and "4.10M" in text
 
     header, rows = _table(_section(text, "One-shot"))

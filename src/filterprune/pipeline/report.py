@@ -41,7 +41,7 @@ def write_report(results: dict, out_dir: str | Path) -> list[Path]:
 
     Args:
         results: The results of a pipeline run, as produced by the pipeline: model, dataset,
-            criterion, strategy, environment, baseline, sensitivity (may be None),
+            criterion, strategy, residual, environment, baseline, sensitivity (may be None),
             filter_norms, pruning (one entry per ratio) and wall_time_s.
         out_dir: The directory to write into; created if missing.
 
@@ -136,7 +136,8 @@ def _render_markdown(results: dict, pruning: list[dict], plots: list[str]) -> st
     lines = [
         f"# Filter pruning report: {results['model']} on {dataset['name']}",
         "",
-        f"Criterion `{results['criterion']}`, strategy `{results['strategy']}`; dataset "
+        f"Criterion `{results['criterion']}`, strategy `{results['strategy']}`, residual policy "
+        f"`{results['residual']}`; dataset "
         f"{dataset['name']} ({dataset['train_size']} train / {dataset['test_size']} test images, "
         f"{dataset['num_classes']} classes).",
         "",

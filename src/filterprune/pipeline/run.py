@@ -398,6 +398,7 @@ def run_pipeline(
                     "num_classes": session.dataset.num_classes},
         "criterion": config.prune.criterion,
         "strategy": config.prune.strategy,
+        "residual": config.prune.residual,
         "environment": environment(session),
         "baseline": baseline,
         "filter_norms": filter_norms(model, graph),
