@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from test_graph_general import randomize_bn
 from torch import nn
 
 import filterprune
@@ -48,19 +49,6 @@ class BranchNet(nn.Module):
         x = self.a(x) + self.b(x)
         x = nn.functional.max_pool2d(self.bn3(self.conv3(x)), 2)
         return self.fc(x.view(x.size(0), -1))
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Gives BatchNorms non-trivial statistics and affine parameters."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
-    return model.eval()
 
 
 def masked_reference(model: nn.Module, plan: PruningPlan, graph) -> nn.Module:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from filterprune.errors import FilterpruneError
+from filterprune.models._init import init_weights
 from filterprune.models._registry import register_model
 
 __all__ = ["SCNNB", "scnnb"]
@@ -58,13 +59,7 @@ class SCNNB(nn.Module):
             nn.Dropout(0.5),
             nn.Linear(1280, num_classes),
         )
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         """Map images ``(B, in_channels, H, W)`` to logits ``(B, num_classes)``."""

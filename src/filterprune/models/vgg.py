@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from filterprune.errors import FilterpruneError
+from filterprune.models._init import init_weights
 from filterprune.models._registry import register_model
 
 __all__ = ["VGG", "VGG16_CONFIG", "vgg16", "vgg16_lite"]
@@ -76,12 +77,7 @@ class VGG(nn.Module):
             nn.ReLU(),
             nn.Linear(channels, num_classes),
         )
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         """Map images ``(B, in_channels, H, W)`` to logits ``(B, num_classes)``."""
