@@ -10,9 +10,8 @@ from filterprune.engine import (
     RESIDUAL_POLICIES,
     PruningPlan,
     apply_plan,
+    plan_pruning,
     profile,
-    resolve_ratios,
-    select_filters,
     trace,
 )
 from filterprune.engine.criteria import CRITERIA
@@ -81,12 +80,15 @@ def run(args: argparse.Namespace) -> dict:
         raise FilterpruneError(f"{out} exists (use --overwrite)")
     model, spec = load_model(checkpoint)
     example = spec.example_input()
-    graph = trace(model, example, residual=args.residual)
     if args.plan:
+        graph = trace(model, example, residual=args.residual)
         plan = PruningPlan.load(args.plan)
     else:
-        ratios = resolve_ratios(graph, parse_ratio(args.ratio), args.skip)
-        plan = select_filters(model, graph, ratios, args.criterion, args.strategy, args.round_to)
+        plan, graph = plan_pruning(
+            model, example, ratio=parse_ratio(args.ratio), criterion=args.criterion,
+            strategy=args.strategy, skip=args.skip, round_to=args.round_to,
+            residual=args.residual,
+        )
     pruned = apply_plan(model, plan, graph)
     before, after = profile(model, example), profile(pruned, example)
     result = {
