@@ -142,7 +142,7 @@ def test_graph_reports_residual_and_output_convs_as_not_prunable():
     assert branch.layers["conv3"].consumers[0].features_per_channel == 4  # view-flatten of 2x2
 
 
-def test_untraceable_model_is_a_clear_error():
+def test_untraceable_model_is_recorded_or_a_clear_error():
     class DataDependent(nn.Module):
         def __init__(self):
             super().__init__()
@@ -152,7 +152,12 @@ def test_untraceable_model_is_a_clear_error():
             return self.conv(x) if x.sum() > 0 else x
 
     with pytest.raises(FilterpruneError, match="torch.fx cannot trace DataDependent"):
-        trace(DataDependent(), torch.zeros(1, 3, 8, 8))
+        trace(DataDependent(), torch.zeros(1, 3, 8, 8), tracer="fx")
+    assert "model output" in trace(DataDependent(), torch.ones(1, 3, 8, 8)).not_prunable["conv"]
+    with pytest.raises(FilterpruneError, match="running it on the example inputs failed"):
+        trace(DataDependent(), torch.ones(1, 2, 8, 8))
+    with pytest.raises(FilterpruneError, match="unknown tracer 'jit'"):
+        trace(DataDependent(), torch.ones(1, 3, 8, 8), tracer="jit")
 
 
 @pytest.mark.parametrize(

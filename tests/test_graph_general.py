@@ -256,10 +256,62 @@ class GatedNet(nn.Module):
         return self.fc(self.conv3(x).flatten(1))
 
 
-def test_untraceable_module_is_named_and_can_be_ignored():
+class ShapeBranchNet(nn.Module):
+    """Upsamples small inputs first (control flow on the input size, which torch.fx cannot
+    trace), then conv1 and conv2 added (a residual pair), conv3 and a pooled head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.conv3 = nn.Conv2d(8, 6, 1)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x):
+        if x.shape[-1] < 8:
+            x = nn.functional.interpolate(x, scale_factor=2.0)
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = y + self.bn2(self.conv2(y))
+        return self.fc(self.conv3(y).mean((2, 3)))
+
+
+def test_models_fx_cannot_trace_are_recorded_from_one_forward_pass():
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(FilterpruneError, match="torch.fx cannot trace ShapeBranchNet"):
+        trace(ShapeBranchNet(), x[:1], tracer="fx")
+    graph = trace(ShapeBranchNet(), x[:1], residual="coupled")
+    assert graph.layers["conv1"].members == ["conv1", "conv2"]
+    assert graph.layers["conv1"].followers == ["bn1", "bn2"]
+    assert [c.name for c in graph.layers["conv1"].consumers] == ["conv2", "conv3"]
+    for residual in ("inner", "coupled"):
+        check_pruned(ShapeBranchNet(), x, residual=residual)
+    gated = trace(GatedNet(), x[:1])  # the gate's sum and negation read conv1's channels
+    assert list(gated.layers) == ["conv3"]
+    assert "'sum" in gated.not_prunable["conv1"] and "'softmax" in gated.not_prunable["conv2"]
+    check_pruned(GatedNet(), x)
+
+
+@pytest.mark.parametrize("net", NETS, ids=[n[0] for n in NETS])
+def test_recording_finds_the_groups_fx_finds(net):
+    _, build, shape = net
+    model = build()
+    for residual in ("inner", "coupled"):
+        fx_graph, recorded = (trace(model, torch.zeros(shape), residual=residual, tracer=t)
+                              for t in ("fx", "record"))
+        assert graph_summary(recorded) == graph_summary(fx_graph)
+
+
+def graph_summary(graph) -> tuple:
+    groups = {name: (g.members, g.followers, [(c.name, c.offset, c.features_per_channel)
+                                              for c in g.consumers])
+              for name, g in graph.layers.items()}
+    return groups, graph.not_prunable
+
+
+def test_ignored_module_is_left_to_itself():
     x = torch.zeros(1, 3, 4, 4)
-    with pytest.raises(FilterpruneError, match=r"in module 'gate'.*ignore=\['gate'\]"):
-        trace(GatedNet(), x)
     graph = trace(GatedNet(), x, ignore=["gate"])
     assert list(graph.layers) == ["conv3"]
     assert graph.not_prunable["conv1"] == "its channels reach ignored module 'gate'"

@@ -3,10 +3,11 @@ outputs equal the original's with the removed channels zeroed, and it costs fewe
 
 import pytest
 import torch
-from test_graph_general import check_pruned
+from test_graph_general import check_pruned, graph_summary
 from torch import nn
 
 import filterprune
+from filterprune.engine import trace
 from filterprune.models import create_model, list_models, model_arguments
 
 # residual="coupled" is also what a projection-shortcut stage needs; identity-only CIFAR ResNets
@@ -45,3 +46,14 @@ def test_coupled_prunes_more_than_inner_and_lists_every_member(name):
         assert all(k == kept[0] for k in kept), group.members
     shared = [g for g in graph.groups if len(g.members) > 1 and g.members[0] in coupled.kept]
     assert shared, "some residual stage must be pruned as a whole"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_recording_a_forward_pass_finds_the_groups_fx_finds(name):
+    x = torch.zeros(1, 3, 32, 32)
+    sized = {"input_size": 32} if "input_size" in model_arguments(name) else {}
+    model = create_model(name, num_classes=5, **sized)
+    for residual in ("inner", "coupled"):
+        fx_graph, recorded = (trace(model, x, residual=residual, tracer=t)
+                              for t in ("fx", "record"))
+        assert graph_summary(recorded) == graph_summary(fx_graph)

@@ -1,4 +1,5 @@
-"""Channel dependencies of a model, found by tracing it with torch.fx.
+"""Channel dependencies of a model, found by tracing it with torch.fx (or, where fx cannot trace
+it, by recording one forward pass op by op).
 
 Every feature map of the traced model gets a *channel layout*: the channel groups its channels
 come from, in order (one group for a conv output; several after a concatenation). A
@@ -40,11 +41,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata, _extract_tensor_metadata
+from torch.overrides import TorchFunctionMode
 
 from filterprune.errors import FilterpruneError
 
 RESIDUAL_POLICIES = ("inner", "coupled")
+TRACERS = ("auto", "fx", "record")
 
 _PASS_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
@@ -217,6 +220,7 @@ def trace(
     *,
     residual: str = "inner",
     ignore: Sequence[str] = (),
+    tracer: str = "auto",
 ) -> DependencyGraph:
     """Finds the channel groups of ``model`` and its prunable convs.
 
@@ -228,65 +232,157 @@ def trace(
             CIFAR ResNet block; Li et al. 2017, §3.3); ``"coupled"``: groups joined by residual
             additions or gates are prunable too, all members at the same indices (§3.3,
             ResNet-34 pruned-C).
-        ignore: names or glob patterns of modules the engine must leave untouched: torch.fx
-            does not trace into them and the channels they read and write are not pruned.
+        ignore: names or glob patterns of modules the engine must leave untouched: the
+            tracer does not enter them and the channels they read and write are not pruned.
+        tracer: ``"fx"`` (torch.fx symbolic tracing), ``"record"`` (one eager forward pass on
+            ``example_inputs`` recorded op by op: works with data-dependent control flow, and
+            sees the path these inputs take) or ``"auto"`` (fx, else record).
 
     Returns:
         The dependency graph, layers in forward (topological) order.
 
     Raises:
-        FilterpruneError: an unknown residual policy, an ``ignore`` entry that names no module,
-            or a model torch.fx cannot trace (the message names the module to ignore).
+        FilterpruneError: an unknown residual policy or tracer, an ``ignore`` entry that names
+            no module, a model torch.fx cannot trace (with ``tracer="fx"``), or a model that
+            fails on ``example_inputs``.
     """
     if residual not in RESIDUAL_POLICIES:
         raise FilterpruneError(
             f"unknown residual policy '{residual}' (known: {', '.join(RESIDUAL_POLICIES)})"
         )
+    if tracer not in TRACERS:
+        raise FilterpruneError(f"unknown tracer '{tracer}' (known: {', '.join(TRACERS)})")
     names = [name for name, _ in model.named_modules()]
     for key in ignore:
         if not any(fnmatch.fnmatchcase(name, key) for name in names):
             raise FilterpruneError(f"unknown layer or pattern '{key}' in ignore: no such module")
-    tracer = _Tracer(tuple(ignore))
-    try:
-        gm = fx.GraphModule(model, tracer.trace(model))
-    except Exception as e:  # fx raises many types (TraceError, TypeError, NotImplementedError)
-        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-        where = f"in module '{tracer.failed_in}': " if tracer.failed_in else ""
-        hint = f"; pass ignore=['{tracer.failed_in}'] to leave it untouched" if where else ""
-        raise FilterpruneError(
-            f"torch.fx cannot trace {type(model).__name__}: {where}{first_line}{hint}"
-        ) from e
+    fx_tracer = _Tracer(tuple(ignore))
     with eval_mode(model):
-        ShapeProp(gm).propagate(*as_tuple(example_inputs))
-    builder = _Builder(dict(gm.named_modules()), tracer.ignore)
-    for node in gm.graph.nodes:
+        graph = None
+        if tracer != "record":
+            try:
+                graph = fx_tracer.trace(model)
+                ShapeProp(fx.GraphModule(model, graph)).propagate(*as_tuple(example_inputs))
+            except Exception as e:  # fx raises many types (TraceError, TypeError, ...)
+                if tracer == "fx":
+                    first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    raise FilterpruneError(
+                        f"torch.fx cannot trace {type(model).__name__}: {first_line}"
+                    ) from e
+                graph = None
+        if graph is None:
+            graph = _Recorder(model, fx_tracer).record(as_tuple(example_inputs))
+    builder = _Builder(dict(model.named_modules()), tuple(ignore))
+    for node in graph.nodes:
         builder.visit(node)
     convs = [name for name in names if isinstance(model.get_submodule(name), nn.Conv2d)]
     return builder.finish(residual, convs)
 
 
 class _Tracer(fx.Tracer):
-    """An fx tracer that treats ignored modules as leaves and remembers where tracing failed."""
+    """An fx tracer that treats ignored modules as leaves."""
 
     def __init__(self, ignore: tuple[str, ...]) -> None:
         super().__init__()
         self.ignore = ignore
-        self.failed_in: str | None = None
-
-    def is_ignored(self, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, key) for key in self.ignore)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return self.is_ignored(module_qualified_name) or super().is_leaf_module(
-            m, module_qualified_name
-        )
+        return any(fnmatch.fnmatchcase(module_qualified_name, key) for key in self.ignore) or \
+            super().is_leaf_module(m, module_qualified_name)
 
-    def call_module(self, m, forward, args, kwargs):
+
+# Tensor operators as torch.fx writes them (the recorder sees the Tensor dunder methods).
+_DUNDERS = {
+    "__add__": operator.add, "__radd__": operator.add, "__iadd__": operator.iadd,
+    "__sub__": operator.sub, "__rsub__": operator.sub, "__mul__": operator.mul,
+    "__rmul__": operator.mul, "__imul__": operator.imul, "__truediv__": operator.truediv,
+    "__getitem__": operator.getitem,
+}
+
+
+class _Recorder(TorchFunctionMode):
+    """Records one eager forward pass as an fx graph, for models torch.fx cannot trace.
+
+    Leaf modules (as the fx tracer defines them: torch.nn layers and ignored modules) become
+    ``call_module`` nodes through module hooks; torch functions and Tensor methods called
+    outside them become ``call_function`` / ``call_method`` nodes through a TorchFunctionMode,
+    each with the shape of its actual output. Data-dependent control flow is recorded along
+    the path the example inputs take (the autograd-graph approach of other tools sees the same
+    path, but not the arguments: dims, paddings and slices that the analysis needs).
+    """
+
+    def __init__(self, model: nn.Module, tracer: _Tracer) -> None:
+        super().__init__()
+        self.model, self.tracer = model, tracer
+        self.names = {id(m): name for name, m in model.named_modules()}
+        self.graph = fx.Graph()
+        self.nodes: dict[int, fx.Node] = {}  # id(tensor) -> the node that produced it
+        self.alive: list[torch.Tensor] = []  # keeps recorded tensors (and their ids) alive
+        self.depth = 0  # > 0 inside a leaf module
+
+    def record(self, inputs: tuple) -> fx.Graph:
+        for i, x in enumerate(inputs):
+            self.bind(x, self.graph.placeholder(f"input_{i}"))
+        hooks = [nn.modules.module.register_module_forward_pre_hook(self.enter),
+                 nn.modules.module.register_module_forward_hook(self.leave)]
         try:
-            return super().call_module(m, forward, args, kwargs)
-        except Exception:
-            self.failed_in = self.failed_in or self.path_of_module(m)
-            raise
+            with self:
+                output = self.model(*inputs)
+        except Exception as e:
+            raise FilterpruneError(
+                f"cannot trace {type(self.model).__name__}: running it on the example inputs "
+                f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from e
+        finally:
+            for hook in hooks:
+                hook.remove()
+        self.graph.output(self.args(output))
+        return self.graph
+
+    def is_leaf(self, module: nn.Module) -> bool:
+        name = self.names.get(id(module))
+        return name is not None and self.tracer.is_leaf_module(module, name)
+
+    def enter(self, module: nn.Module, args: tuple) -> None:
+        self.depth += self.is_leaf(module)
+
+    def leave(self, module: nn.Module, args: tuple, output: object) -> None:
+        if not self.is_leaf(module):
+            return
+        self.depth -= 1
+        if self.depth == 0 and isinstance(output, torch.Tensor):
+            node = self.graph.call_module(self.names[id(module)], self.args(args))
+            self.bind(output, node)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        output = func(*args, **kwargs)
+        if self.depth == 0 and isinstance(output, torch.Tensor):
+            name = getattr(func, "__name__", "")
+            if name in _DUNDERS and getattr(torch.Tensor, name, None) is func:
+                node = self.graph.call_function(_DUNDERS[name], self.args(args))
+            elif getattr(torch.Tensor, name, None) is func:
+                node = self.graph.call_method(name, self.args(args), self.args(kwargs))
+            else:
+                node = self.graph.call_function(func, self.args(args), self.args(kwargs))
+            self.bind(output, node)
+        return output
+
+    def bind(self, tensor: torch.Tensor, node: fx.Node) -> None:
+        node.meta["tensor_meta"] = _extract_tensor_metadata(tensor)
+        self.nodes[id(tensor)] = node
+        self.alive.append(tensor)
+
+    def args(self, value: object) -> object:
+        """``value`` with every tensor replaced by its node (a constant node if none made it)."""
+        return fx.node.map_aggregate(value, self.node_of)
+
+    def node_of(self, value: object) -> object:
+        if not isinstance(value, torch.Tensor):
+            return value
+        if id(value) not in self.nodes:
+            self.bind(value, self.graph.create_node("get_attr", "constant"))
+        return self.nodes[id(value)]
 
 
 class _Builder:

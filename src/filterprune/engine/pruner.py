@@ -65,7 +65,8 @@ def prune(
 ) -> PruneResult:
     """Removes the lowest-scoring filters of every prunable conv (Li et al. 2017, §3).
 
-    Works on any ``nn.Module`` built from standard layers that torch.fx can trace: the channel
+    Works on any ``nn.Module`` built from standard layers (traced by torch.fx, or recorded from
+    one forward pass on ``example_inputs`` where fx cannot trace it): the channel
     dependencies (BatchNorms, residual additions, projection shortcuts, concatenations,
     depthwise convs, squeeze-and-excitation gates, flatten into Linear) are found by
     ``filterprune.engine.graph.trace``; grouped convs are left unpruned.
@@ -85,8 +86,8 @@ def prune(
             those added to a shortcut: the paper's CIFAR ResNet scheme); ``"coupled"`` also
             prunes the channels shared through residual additions and gates, every member at
             the same indices chosen by the sum of their scores (§3.3, ResNet-34 pruned-C).
-        ignore: names or glob patterns of modules to leave untouched (torch.fx does not trace
-            into them; the channels they read or write are not pruned).
+        ignore: names or glob patterns of modules to leave untouched (the tracer does not enter
+            them; the channels they read or write are not pruned).
 
     Returns:
         A PruneResult with ``.model`` (smaller and dense) and ``.plan``.
@@ -95,7 +96,7 @@ def prune(
         ValueError (FilterpruneError): a ratio outside [0, 1) (the message names it), an unknown
             layer name or pattern, a layer that cannot be pruned (the message names the module
             and the operation), an unknown criterion, strategy or residual policy, or a model
-            torch.fx cannot trace (the message names the module to ``ignore``).
+            that fails on ``example_inputs``.
 
     Example:
         >>> from filterprune.models import create_model
