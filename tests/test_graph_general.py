@@ -211,7 +211,7 @@ def test_bottleneck_projection_is_coupled_with_the_last_conv():
                                     "block.downsample.0"]
 
 
-def test_coupled_scores_are_the_sum_of_the_members_scores():
+def test_coupled_scores_are_the_sum_of_the_members_scores_or_of_those_named():
     model = AddNet()
     with torch.no_grad():
         model.a.weight.copy_(torch.tensor([4.0, 0.0, 1.0, 0.0]).view(4, 1, 1, 1))
@@ -220,6 +220,11 @@ def test_coupled_scores_are_the_sum_of_the_members_scores():
                                            residual="coupled")
     assert plan.kept == {"a": [0, 1], "b": [0, 1]}  # sums 4, 3, 2, 2.5
     assert "residual" in trace(model, torch.zeros(1, 1, 2, 2)).not_prunable["a"]
+    by_b = filterprune.plan_pruning(model, torch.zeros(1, 1, 2, 2), ratio=0.5,
+                                    residual="coupled", score_by=["b"])[0]
+    assert by_b.kept == {"a": [1, 3], "b": [1, 3]}  # b's scores alone: 0, 3, 1, 2.5
+    with pytest.raises(FilterpruneError, match=r"'d\*' in score_by"):
+        filterprune.plan_pruning(model, torch.zeros(1, 1, 2, 2), ratio=0.5, score_by=["d*"])
 
 
 def test_coupled_members_need_one_ratio_and_one_set_of_indices():

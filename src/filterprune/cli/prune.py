@@ -40,6 +40,11 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
         help="inner: only convs whose outputs no other layer shares (not those added to a "
         "shortcut); coupled: also the channels of residual stages, all members at once",
     )
+    parser.add_argument(
+        "--score-by", action="append", default=[], metavar="NAME",
+        help="with --residual coupled: the member layers (names or patterns, repeatable) whose "
+        "scores choose a shared group's filters, e.g. '*.downsample.0' (pruned-C)",
+    )
     parser.add_argument("--round-to", type=int, default=1,
                         help="round kept filter counts to a multiple of this")
     parser.add_argument("--plan", help="apply this plan (JSON) instead of choosing filters")
@@ -87,7 +92,7 @@ def run(args: argparse.Namespace) -> dict:
         plan, graph = plan_pruning(
             model, example, ratio=parse_ratio(args.ratio), criterion=args.criterion,
             strategy=args.strategy, skip=args.skip, round_to=args.round_to,
-            residual=args.residual,
+            residual=args.residual, score_by=args.score_by,
         )
     pruned = apply_plan(model, plan, graph)
     before, after = profile(model, example), profile(pruned, example)

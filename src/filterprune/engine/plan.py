@@ -7,10 +7,10 @@ filterprune.engine.surgery. ``ratio`` always means the fraction of filters remov
 Decisions are taken per channel group (filterprune.engine.graph): every member of a group (the
 convs whose outputs a residual addition or a gate joins) keeps the same indices, and the plan
 lists each member. A group's scores are the sum of its members' criterion scores (each member's
-weight (C, ...) -> (C,)). Li et al. 2017, §3.3 choose the indices of ResNet-34 pruned-C by the
-projection shortcut's L1 norms alone; the sum counts the projection as one member among the
-block convs, and is also defined for stages whose shortcuts are all identities (no projection to
-choose by). Members get one ratio: a ratio given to some members applies to the whole group, and
+weight (C, ...) -> (C,)), or, with ``score_by``, the sum over the members it names: Li et al.
+2017, §3.3 choose the indices of ResNet-34 pruned-C by the projection shortcut's L1 norms alone
+(``score_by=["*.downsample.0"]``); a group with no member named (a stage whose shortcuts are all
+identities) is scored by all its members. Members get one ratio: a ratio given to some members applies to the whole group, and
 skipping a member skips the group.
 
 Rounding rule (paper.md): a layer of n filters pruned at ratio r keeps
@@ -237,11 +237,13 @@ def select_filters(
     criterion: str | Criterion = "l1",
     strategy: str = "independent",
     round_to: int = 1,
+    score_by: Sequence[str] = (),
 ) -> PruningPlan:
     """Decides which filters each group keeps: the highest-scoring ones.
 
     Groups are decided in forward order; a group's scores are the sum of its members' scores
-    and every member keeps the same indices (see the module docstring).
+    (or of those ``score_by`` names) and every member keeps the same indices (see the module
+    docstring).
 
     Args:
         model: the network whose weights are scored (not modified).
@@ -254,13 +256,15 @@ def select_filters(
             kernels that read feature maps already removed from the producing layer, deciding
             layers in forward order (Li et al. 2017, §3.3, Fig. 3).
         round_to: round kept counts to a multiple of this (1 = the paper's rule).
+        score_by: names or glob patterns of the members that score their group (e.g. the 1x1
+            projection shortcuts, §3.3 pruned-C); groups with no such member use all members.
 
     Returns:
         The plan. Ties between equal scores keep the lower index.
 
     Raises:
-        FilterpruneError: unknown criterion or strategy, round_to < 1, or members of a group
-            given different ratios.
+        FilterpruneError: unknown criterion or strategy, round_to < 1, members of a group
+            given different ratios, or a ``score_by`` entry that names no member of any group.
     """
     if strategy not in STRATEGIES:
         raise FilterpruneError(f"unknown strategy '{strategy}' (known: {', '.join(STRATEGIES)})")
@@ -273,13 +277,19 @@ def select_filters(
         strategy=strategy,
         residual=graph.residual,
     )
+    for key in score_by:
+        if not any(fnmatch.fnmatchcase(name, key) for g in graph.groups for name in g.members):
+            raise FilterpruneError(f"unknown layer or pattern '{key}' in score_by: it names no "
+                                   "layer producing channels")
     groups = {id(group): group for group in graph.layers.values()}
     for group in groups.values():
         keep = kept_count(group.out_channels, group_ratio(group, ratios), round_to)
         if keep == group.out_channels:
             continue
+        scorers = [name for name in group.members
+                   if any(fnmatch.fnmatchcase(name, key) for key in score_by)] or group.members
         scores = sum(score(_weight(name, modules[name], graph, plan, strategy))
-                     for name in group.members)
+                     for name in scorers)
         order = torch.sort(scores, descending=True, stable=True).indices
         kept = sorted(order[:keep].tolist())
         for name in group.members:

@@ -41,6 +41,7 @@ def plan_pruning(
     round_to: int = 1,
     residual: str = "inner",
     ignore: Sequence[str] = (),
+    score_by: Sequence[str] = (),
 ) -> tuple[PruningPlan, DependencyGraph]:
     """Decides which filters to remove without touching the model (review the plan, then apply).
 
@@ -48,7 +49,7 @@ def plan_pruning(
     """
     graph = trace(model, example_inputs, residual=residual, ignore=ignore)
     ratios = resolve_ratios(graph, ratio, skip)
-    return select_filters(model, graph, ratios, criterion, strategy, round_to), graph
+    return select_filters(model, graph, ratios, criterion, strategy, round_to, score_by), graph
 
 
 def prune(
@@ -62,6 +63,7 @@ def prune(
     round_to: int = 1,
     residual: str = "inner",
     ignore: Sequence[str] = (),
+    score_by: Sequence[str] = (),
 ) -> PruneResult:
     """Removes the lowest-scoring filters of every prunable conv (Li et al. 2017, §3).
 
@@ -88,6 +90,9 @@ def prune(
             the same indices chosen by the sum of their scores (§3.3, ResNet-34 pruned-C).
         ignore: names or glob patterns of modules to leave untouched (the tracer does not enter
             them; the channels they read or write are not pruned).
+        score_by: names or patterns of the group members whose scores choose a shared group's
+            indices, e.g. ``["*.downsample.0"]``: the projection shortcuts' L1 norms, as in
+            ResNet-34 pruned-C (§3.3); by default the sum over all members.
 
     Returns:
         A PruneResult with ``.model`` (smaller and dense) and ``.plan``.
@@ -107,6 +112,6 @@ def prune(
     """
     plan, graph = plan_pruning(
         model, example_inputs, ratio=ratio, criterion=criterion, strategy=strategy, skip=skip,
-        round_to=round_to, residual=residual, ignore=ignore,
+        round_to=round_to, residual=residual, ignore=ignore, score_by=score_by,
     )
     return PruneResult(apply_plan(model, plan, graph), plan, graph)

@@ -48,7 +48,8 @@ class DataConfig(_Strict):
 
 class PruneConfig(_Strict):
     """One-shot pruning sweep: every prunable layer at each ratio, minus ``skip`` (patterns);
-    ``residual`` is the residual policy (``filterprune.engine.graph.trace``)."""
+    ``residual`` is the residual policy (``filterprune.engine.graph.trace``); ``score_by`` names
+    the members that score a shared group (``filterprune.engine.plan.select_filters``)."""
 
     criterion: Literal["l1", "l2"] = "l1"
     strategy: Literal[STRATEGIES] = "independent"
@@ -56,6 +57,7 @@ class PruneConfig(_Strict):
     ratios: list[float] = Field(default_factory=lambda: list(SWEEP))
     skip: list[str] = Field(default_factory=list)
     round_to: int = Field(1, ge=1)
+    score_by: list[str] = Field(default_factory=list)
 
     _ratios = field_validator("ratios")(_check_ratios)
 

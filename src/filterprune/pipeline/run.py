@@ -333,7 +333,7 @@ def prune_and_retrain(
     stage = pruned_stage(ratio)
     cfg = session.config.prune
     plan = select_filters(model, graph, resolve_ratios(graph, ratio, cfg.skip), cfg.criterion,
-                          cfg.strategy, cfg.round_to)
+                          cfg.strategy, cfg.round_to, cfg.score_by)
     pruned = apply_plan(model, plan, graph)
     cost = profile(pruned, session.spec.example_input())
     before = session.evaluate(pruned)
@@ -388,7 +388,9 @@ def run_pipeline(
     session = prepare(config, progress=progress)
     model = initial_model(session, log)
     graph = trace(model, session.spec.example_input(), residual=config.prune.residual)
-    resolve_ratios(graph, {}, config.prune.skip)  # an unknown skip entry fails before training
+    # unknown skip or score_by entries fail before training
+    select_filters(model, graph, resolve_ratios(graph, {}, config.prune.skip),
+                   score_by=config.prune.score_by)
     model, baseline = baseline_stage(session, model, stages, out_dir, log)
     results = {
         "model": session.spec.name,
