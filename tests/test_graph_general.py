@@ -36,7 +36,8 @@ def masked_reference(model: nn.Module, plan: PruningPlan, graph) -> nn.Module:
         index = layout_index(layout, plan.kept)
         if index is None:
             continue
-        mask = torch.zeros(modules[name].weight.shape[1])
+        layer = modules[name]
+        mask = torch.zeros(layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features)
         mask[index] = 1
         modules[name].register_forward_pre_hook(
             lambda m, args, mask=mask: (args[0] * mask.view(1, -1, *[1] * (args[0].ndim - 2)),)
@@ -121,6 +122,25 @@ class BottleneckNet(nn.Module):
         return self.fc(self.block(torch.relu(self.stem(x))).mean((2, 3)))
 
 
+class ResNeXtBlockNet(nn.Module):
+    """Stem and one ResNeXt block: 1x1 reduce, 3x3 grouped conv (4 groups), 1x1 expand, added
+    to the identity shortcut."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.reduce = nn.Sequential(nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.grouped = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=4, bias=False),
+                                     nn.BatchNorm2d(8), nn.ReLU())
+        self.expand = nn.Sequential(nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(x + self.expand(self.grouped(self.reduce(x))))
+        return self.fc(x.mean((2, 3)))
+
+
 class AddNet(nn.Module):
     """Two 1x1 convs summed (a residual pair), then a consumer."""
 
@@ -140,6 +160,7 @@ NETS = [
     ("grouped", grouped_net, (2, 3, 4, 4)),
     ("depthwise", depthwise_net, (2, 3, 5, 5)),
     ("bottleneck", BottleneckNet, (2, 3, 8, 8)),
+    ("resnext", ResNeXtBlockNet, (2, 3, 6, 6)),
     ("add", AddNet, (2, 1, 3, 3)),
 ]
 
@@ -177,12 +198,37 @@ def test_se_gate_couples_the_gated_conv_with_the_gate_layer():
     assert plan.kept["conv1"] == plan.kept["fc2"] and len(plan.kept["fc2"]) == 4
 
 
-def test_grouped_conv_is_not_pruned_and_named():
-    graph = trace(grouped_net(), torch.zeros(1, 3, 4, 4))
-    assert list(graph.layers) == ["4"]
-    assert graph.not_prunable["2"] == "grouped conv (groups=2) is not supported"
-    with pytest.raises(FilterpruneError, match="'0' cannot be pruned.*grouped conv '2'"):
-        filterprune.prune(grouped_net(), torch.zeros(1, 3, 4, 4), ratio={"0": 0.5})
+def test_grouped_conv_keeps_equal_counts_in_each_of_its_groups():
+    model = randomize_bn(grouped_net())
+    graph = trace(model, torch.zeros(1, 3, 4, 4))
+    assert list(graph.layers) == ["0", "2", "4"]
+    assert (graph.layers["0"].chunks, graph.layers["2"].chunks) == (2, 2)
+    with torch.no_grad():  # conv 0's filters: norms 8, 7, ..., 1 (the largest in run 1)
+        model[0].weight.copy_(torch.arange(8, 0, -1.0).view(8, 1, 1, 1).expand(8, 3, 3, 3) / 27)
+    result = filterprune.prune(model, torch.zeros(1, 3, 4, 4), ratio={"0": 0.5, "2": 0.3})
+    assert result.plan.kept["0"] == [0, 1, 4, 5]  # the best 2 of each run, not the best 4
+    assert len(result.plan.kept["2"]) == 4  # floor(8 * 0.7) = 5 -> 5 // 2 = 2 per group
+    gconv = result.model[2]
+    assert (gconv.in_channels, gconv.out_channels, gconv.groups) == (4, 4, 2)
+    torch.testing.assert_close(gconv.weight[:2], model[2].weight[result.plan.kept["2"][:2]][:, :2])
+    bad = PruningPlan(kept={"0": [0, 1, 2, 4]}, widths={"0": 8})
+    with pytest.raises(FilterpruneError, match="'0' must keep the same number.*2 runs of 4"):
+        apply_plan(model, bad, graph)
+
+
+def test_grouped_conv_across_a_concatenation_boundary_is_blocked():
+    class Across(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 5, 1)
+            self.g = nn.Conv2d(8, 4, 1, groups=2)
+
+        def forward(self, x):
+            return self.g(torch.cat([self.a(x), self.b(x)], 1)).mean((2, 3))
+
+    graph = trace(Across(), torch.zeros(1, 3, 2, 2))
+    assert "across its groups' boundaries" in graph.not_prunable["a"]
+    assert "across its groups' boundaries" in graph.not_prunable["g"]
 
 
 def test_depthwise_conv_follows_its_input():
@@ -329,8 +375,9 @@ def test_ignored_module_is_left_to_itself():
 
 def test_ignored_conv_is_left_untouched():
     result = filterprune.prune(grouped_net(), torch.zeros(1, 3, 4, 4), ratio=0.5, ignore=["4"])
-    assert result.plan.kept == {}
+    assert set(result.plan.kept) == {"0"}  # 2's outputs reach the ignored conv
     assert result.graph.not_prunable["4"] == "it is ignored"
+    assert result.model[4].in_channels == 8
 
 
 def test_unknown_residual_policy_is_an_error():

@@ -14,7 +14,8 @@ SETTINGS = settings(max_examples=40, deadline=None,
 
 @st.composite
 def convnets(draw):
-    """A Sequential of 1-4 conv blocks (random widths, kernels, optional BN and pooling), then a
+    """A Sequential of 1-4 conv blocks (random widths, kernels, groups (grouped or depthwise
+    convs), optional BN and pooling), then a
     flatten or a global pool, and a Linear; with its input size."""
     channels = draw(st.integers(1, 3))
     size = draw(st.sampled_from([4, 6, 8]))
@@ -22,7 +23,9 @@ def convnets(draw):
     for _ in range(draw(st.integers(1, 4))):
         out = draw(st.integers(1, 8))
         k = draw(st.sampled_from([1, 3]))
-        layers.append(nn.Conv2d(c, out, k, padding=k // 2, bias=draw(st.booleans())))
+        groups = draw(st.sampled_from([g for g in range(1, 5) if c % g == 0 and out % g == 0]))
+        layers.append(nn.Conv2d(c, out, k, padding=k // 2, groups=groups,
+                                bias=draw(st.booleans())))
         if draw(st.booleans()):
             layers.append(nn.BatchNorm2d(out))
         layers.append(draw(st.sampled_from([nn.ReLU, nn.Identity, nn.Dropout, nn.Tanh]))())
@@ -62,13 +65,16 @@ def test_any_valid_ratio_prunes_without_crashing(net, data):
 @SETTINGS
 @given(net=convnets(), data=st.data())
 def test_any_valid_plan_applies_and_keeps_output_shapes(net, data):
+    """Random kept indices (the same number in each run of a group grouped convs read)."""
     model, (channels, size) = net
     x = torch.randn(3, channels, size, size)
     graph = trace(model, x[:1])
     kept, widths = {}, {}
     for name, layer in graph.layers.items():
-        n = layer.out_channels
-        indices = data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=n, unique=True))
+        n, run = layer.out_channels, layer.out_channels // layer.chunks  # same count per run
+        k = data.draw(st.integers(1, run))
+        indices = [start + i for start in range(0, n, run) for i in data.draw(
+            st.lists(st.integers(0, run - 1), min_size=k, max_size=k, unique=True))]
         if len(indices) < n:
             kept[name], widths[name] = sorted(indices), n
     pruned = apply_plan(model, PruningPlan(kept, widths), graph)

@@ -19,14 +19,15 @@ come from, in order (one group for a conv output; several after a concatenation)
 - a conv or Linear reading a layout is a *consumer*: its input channels (for a Linear after a
   flatten, the H*W input features of each channel) are pruned.
 
-A group is *blocked* (never pruned) when its channels reach the model input or output, a grouped
-conv, a channel zero-padding (option-A shortcut), an ignored module or an operation the engine
-does not know; the reason names the module or operation. Li et al. 2017, §3.1 (what is removed)
+A grouped conv (1 < groups < in_channels) reads its input and writes its output in ``groups``
+equal runs of channels: a group it reads or writes gets ``chunks`` equal runs that must keep equal
+counts (its input weights are then gathered per group: each conv group keeps its own kept
+channels). A group is *blocked* (never pruned) when its channels reach the model input or output,
+a grouped conv whose groups do not line up with them, a channel zero-padding (option-A
+shortcut), an ignored module or an operation the engine does not know; the reason names the
+module or operation. Li et al. 2017, §3.1 (what is removed)
 and §3.3 (residual networks: ``residual="inner"`` prunes only groups with a single member, the
 paper's CIFAR scheme; ``residual="coupled"`` also prunes groups joined by shortcuts or gates).
-
-Grouped convs (1 < groups < in_channels) are not pruned: the channels they read and write are
-blocked, and the conv is listed in ``not_prunable`` with the reason.
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ class ChannelGroup:
         consumers: layers whose inputs read these channels.
         coupling: why the group has several members (the joining operation), or None.
         blocked: why the channels cannot be pruned at all, or None.
+        chunks: the channels form this many equal runs, each keeping the same number of
+            channels (grouped convs read or write them per group); 1 otherwise.
     """
 
     members: list[str]
@@ -113,6 +116,7 @@ class ChannelGroup:
     consumers: list[Consumer] = field(default_factory=list)
     coupling: str | None = None
     blocked: str | None = None
+    chunks: int = 1
 
 
 @dataclass
@@ -194,6 +198,22 @@ def layout_index(layout: Layout, kept: Mapping[str, Sequence[int]]) -> torch.Ten
         parts.append(offset + (channels[:, None] * f + torch.arange(f)).flatten())
         offset += segment.channels * f
     return torch.cat(parts) if changed else None
+
+
+def input_weight(layer: nn.Conv2d | nn.Linear, index: torch.Tensor) -> torch.Tensor:
+    """The weight of a conv or Linear restricted to the kept inputs ``index`` (see
+    ``layout_index``); a grouped conv keeps in each conv group's rows the kernels of that
+    group's kept input channels (the same number per group).
+
+    Shapes: weight (C_out, C_in / groups, kH, kW) or (out, in) -> (C_out, len(index) / groups,
+    kH, kW) or (out, len(index)).
+    """
+    weight, groups = layer.weight, getattr(layer, "groups", 1)
+    if groups == 1:
+        return weight.index_select(1, index.to(weight.device))
+    local = index.view(groups, -1) - torch.arange(groups)[:, None] * (layer.in_channels // groups)
+    rows = local.repeat_interleave(weight.shape[0] // groups, dim=0).to(weight.device)
+    return weight.gather(1, rows[:, :, None, None].expand(-1, -1, *weight.shape[2:]))
 
 
 @contextlib.contextmanager
@@ -399,6 +419,7 @@ class _Builder:
         self.members: list[list[str]] = []
         self.blocked: list[str | None] = []
         self.coupling: list[str | None] = []
+        self.chunks: list[int] = []
         self.layouts: dict[fx.Node, tuple] = {}
         self.uses: dict[tuple[str, str], tuple] = {}  # (module, "input" | "follower") -> layout
         self.outputs: dict[str, int] = {}  # member module -> its space (shared calls reuse it)
@@ -411,6 +432,7 @@ class _Builder:
         self.members.append([member] if member else [])
         self.blocked.append(blocked)
         self.coupling.append(None)
+        self.chunks.append(1)
         return len(self.parent) - 1
 
     def find(self, space: int) -> int:
@@ -429,6 +451,7 @@ class _Builder:
             if x != y:
                 self.coupling[x] = self.coupling[x] or reason
                 self.coupling[y] = self.coupling[y] or reason
+                self.chunks[min(x, y)] = math.lcm(self.chunks[x], self.chunks[y])
                 self.parent[max(x, y)] = min(x, y)
 
     def block(self, layout: tuple, reason: str) -> None:
@@ -523,11 +546,25 @@ class _Builder:
             self.convs.setdefault(name, "a depthwise conv: its channels follow its input's group")
             self.use(name, "follower", source)
             return source
-        reason = f"its channels reach grouped conv '{name}' (groups={conv.groups}), which the " \
-                 "engine does not prune"
-        self.convs.setdefault(name, f"grouped conv (groups={conv.groups}) is not supported")
-        self.block(source, reason)
-        return self.fresh(shape, reason)
+        per_group = conv.in_channels // conv.groups
+        if any(channels % per_group for _, channels, _ in source):
+            reason = f"its channels reach grouped conv '{name}' (groups={conv.groups}) across " \
+                     "its groups' boundaries"
+            self.convs.setdefault(name, reason)
+            self.block(source, reason)
+            return self.fresh(shape, reason)
+        for space, channels, _ in source:
+            self.split(space, channels // per_group)
+        self.convs.setdefault(name, None)
+        self.use(name, "input", source)
+        output = self.member(name, conv.out_channels)
+        self.split(output[0][0], conv.groups)
+        return output
+
+    def split(self, space: int, chunks: int) -> None:
+        """Requires equal kept counts in each of ``chunks`` equal runs of a space's channels."""
+        root = self.find(space)
+        self.chunks[root] = math.lcm(self.chunks[root], chunks)
 
     def member(self, name: str, channels: int) -> tuple:
         if name not in self.outputs:
@@ -598,6 +635,7 @@ class _Builder:
             group.members += self.members[space]
             group.blocked = group.blocked or self.blocked[space]
             group.coupling = group.coupling or self.coupling[space]
+            group.chunks = math.lcm(group.chunks, self.chunks[space])
 
         def resolve(layout: tuple) -> Layout:
             segments = []

@@ -10,13 +10,15 @@ lists each member. A group's scores are the sum of its members' criterion scores
 weight (C, ...) -> (C,)), or, with ``score_by``, the sum over the members it names: Li et al.
 2017, §3.3 choose the indices of ResNet-34 pruned-C by the projection shortcut's L1 norms alone
 (``score_by=["*.downsample.0"]``); a group with no member named (a stage whose shortcuts are all
-identities) is scored by all its members. Members get one ratio: a ratio given to some members applies to the whole group, and
-skipping a member skips the group.
+identities) is scored by all its members. Members get one ratio: a ratio given to some members
+applies to the whole group, and skipping a member skips the group.
 
 Rounding rule (paper.md): a layer of n filters pruned at ratio r keeps
 ``max(1, floor(n * (1 - r)))`` filters, as the public reproductions of Li et al. 2017 do
 (ratio 0.1 of 64 filters keeps 57). With ``round_to=m`` the kept count is then rounded to the
-nearest multiple of m (at least m, at most n), which can make kernels faster.
+nearest multiple of m (at least m, at most n), which can make kernels faster. A group read or
+written by grouped convs (``ChannelGroup.chunks`` = c > 1) keeps ``max(1, keep // c)`` channels
+in each of its c runs, the highest-scoring of each run.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 from torch import nn
 
 from filterprune.engine.criteria import Criterion, get_criterion
-from filterprune.engine.graph import ChannelGroup, DependencyGraph, layout_index
+from filterprune.engine.graph import ChannelGroup, DependencyGraph, input_weight, layout_index
 from filterprune.errors import FilterpruneError
 
 STRATEGIES = ("independent", "greedy")
@@ -290,14 +292,22 @@ def select_filters(
                    if any(fnmatch.fnmatchcase(name, key) for key in score_by)] or group.members
         scores = sum(score(_weight(name, modules[name], graph, plan, strategy))
                      for name in scorers)
-        order = torch.sort(scores, descending=True, stable=True).indices
-        kept = sorted(order[:keep].tolist())
+        kept = _top(scores, keep, group.chunks)
         for name in group.members:
             plan.kept[name] = kept
             plan.widths[name] = group.out_channels
     for name, kept in follower_convs(graph, modules, plan.kept).items():
         plan.kept[name], plan.widths[name] = kept, modules[name].out_channels
     return plan
+
+
+def _top(scores: torch.Tensor, keep: int, chunks: int) -> list[int]:
+    """Sorted indices of the ``keep`` highest scores (ties keep the lower index), taken as
+    ``max(1, keep // chunks)`` from each of ``chunks`` equal runs of ``scores``."""
+    runs = scores.view(chunks, -1)
+    per_run = max(1, keep // chunks)
+    order = torch.sort(runs, dim=1, descending=True, stable=True).indices[:, :per_run]
+    return sorted((order + torch.arange(chunks)[:, None] * runs.shape[1]).flatten().tolist())
 
 
 def follower_convs(
@@ -321,4 +331,4 @@ def _weight(
 ) -> torch.Tensor:
     """The weight to score; under greedy, without the inputs already removed (§3.3)."""
     index = layout_index(graph.inputs[name], plan.kept) if strategy == "greedy" else None
-    return module.weight if index is None else module.weight[:, index]
+    return module.weight if index is None else input_weight(module, index)

@@ -71,7 +71,7 @@ def prune(
     one forward pass on ``example_inputs`` where fx cannot trace it): the channel
     dependencies (BatchNorms, residual additions, projection shortcuts, concatenations,
     depthwise convs, squeeze-and-excitation gates, flatten into Linear) are found by
-    ``filterprune.engine.graph.trace``; grouped convs are left unpruned.
+    ``filterprune.engine.graph.trace``; grouped convs keep equal counts per conv group.
 
     Args:
         model: the trained network; left unchanged.

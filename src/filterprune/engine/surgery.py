@@ -4,7 +4,8 @@ For each pruned channel group (filterprune.engine.graph): the output channels of
 (conv or Linear weight rows and biases), the per-channel weights of its followers (BatchNorm
 parameters and statistics, depthwise conv filters, per-channel PReLU slopes), and the input side
 of every consumer (conv input channels; for a Linear after a flatten, the H*W input features of
-each removed channel; after a concatenation, at the group's offset). Li et al. 2017, §3.1.
+each removed channel; after a concatenation, at the group's offset; for a grouped conv, each
+conv group's kernels of its own kept input channels). Li et al. 2017, §3.1.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import copy
 import torch
 from torch import nn
 
-from filterprune.engine.graph import DependencyGraph, layout_index
+from filterprune.engine.graph import DependencyGraph, input_weight, layout_index
 from filterprune.engine.plan import PruningPlan
 from filterprune.errors import FilterpruneError
 
@@ -26,7 +27,8 @@ def check_plan(plan: PruningPlan, graph: DependencyGraph) -> None:
         FilterpruneError: a layer of the plan produces no channels of the model, its channels
             cannot be pruned (the reason names the operation), its width differs from the
             model's, layers sharing their channels are not given the same kept indices, or a
-            depthwise conv listed in the plan does not keep the indices its input keeps.
+            depthwise conv listed in the plan does not keep the indices its input keeps, or
+            a group read or written by grouped convs does not keep equal counts per conv group.
     """
     followers = {name: kept for name, kept in plan.kept.items() if name in graph.followers}
     members = {name: kept for name, kept in plan.kept.items() if name not in followers}
@@ -45,6 +47,14 @@ def check_plan(plan: PruningPlan, graph: DependencyGraph) -> None:
             raise FilterpruneError(
                 f"plan does not fit the model: '{name}' has {group.out_channels} filters, "
                 f"the plan expects {plan.widths[name]}"
+            )
+        run = group.out_channels // group.chunks
+        counts = torch.tensor(kept).div(run, rounding_mode="floor").bincount(minlength=group.chunks)
+        if len(set(counts.tolist())) > 1:
+            raise FilterpruneError(
+                f"plan does not fit the model: '{name}' must keep the same number of channels "
+                f"in each of its {group.chunks} runs of {run} (grouped convs read or write them "
+                "per group)"
             )
         for other in group.members:
             if plan.kept.get(other) != kept:
@@ -118,7 +128,8 @@ def _prune_follower(module: nn.Module, index: torch.Tensor) -> None:
 
 
 def _prune_in(module: nn.Conv2d | nn.Linear, index: torch.Tensor) -> None:
-    _select(module.weight, index, 1)
+    module.weight.data = input_weight(module, index).detach().clone()
+    module.weight.grad = None
     if isinstance(module, nn.Conv2d):
         module.in_channels = len(index)
     else:
