@@ -116,7 +116,7 @@ def test_main_table(results, tmp_path):
 
     header, rows = _table(_section(text, "One-shot"))
     assert header[:8] == [
-        "ratio",
+        "ratio / plan",
         "MACs",
         "MACs reduction",
         "params",

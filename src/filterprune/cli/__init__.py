@@ -12,6 +12,7 @@ from filterprune.cli import (
     evaluate,
     export,
     finetune,
+    paper_table,
     prune,
     run,
     sensitivity,
@@ -20,7 +21,7 @@ from filterprune.cli import (
 )
 from filterprune.errors import FilterpruneError
 
-COMMANDS = (run, train, sensitivity, prune, finetune, evaluate, summary, export)
+COMMANDS = (run, train, sensitivity, prune, finetune, evaluate, summary, export, paper_table)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ from filterprune.checkpoint import load_model
 from filterprune.engine import PruningPlan, apply_plan, profile, trace
 from filterprune.errors import FilterpruneError
 from filterprune.models import create_model, model_arguments
+from filterprune.paper import BASELINES, NAMED_PLANS, named_plan
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -22,10 +23,13 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="zoo model name (filterprune.models.list_models())")
     source.add_argument("--checkpoint", help="model file (.safetensors)")
-    parser.add_argument("--plan", help="pruning plan (JSON) to apply first")
-    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--plan", help="pruning plan to apply first: a plan file (JSON) or a "
+                        f"named plan of the paper ({', '.join(NAMED_PLANS)})")
+    parser.add_argument("--num-classes", type=int,
+                        help="default: the named plan's dataset's, else 10")
     parser.add_argument("--in-channels", type=int, default=3)
-    parser.add_argument("--input-size", type=int, default=32, help="input height = width, pixels")
+    parser.add_argument("--input-size", type=int,
+                        help="input height = width, pixels (default: the named plan's, else 32)")
     parser.set_defaults(run=run, render=render)
 
 
@@ -34,15 +38,22 @@ def run(args: argparse.Namespace) -> dict:
         model, spec = load_model(args.checkpoint)
         name, example = spec.name, spec.example_input()
     else:
-        if min(args.num_classes, args.in_channels, args.input_size) < 1:
-            raise FilterpruneError("--num-classes, --in-channels and --input-size must be >= 1")
         name = args.model
-        given = {"num_classes": args.num_classes, "in_channels": args.in_channels,
-                 "input_size": args.input_size}
+        paper = BASELINES.get(name) if args.plan in NAMED_PLANS else None
+        num_classes = args.num_classes or (paper.num_classes if paper else 10)
+        size = args.input_size or (paper.input_size if paper else 32)
+        if min(num_classes, args.in_channels, size) < 1:
+            raise FilterpruneError("--num-classes, --in-channels and --input-size must be >= 1")
+        given = {"num_classes": num_classes, "in_channels": args.in_channels, "input_size": size}
         accepted = model_arguments(name)
         model = create_model(name, **{k: v for k, v in given.items() if k in accepted})
-        example = torch.zeros(1, args.in_channels, args.input_size, args.input_size)
-    if args.plan:
+        example = torch.zeros(1, args.in_channels, size, size)
+    if args.plan in NAMED_PLANS:
+        named = named_plan(args.plan)
+        if named.model != name:
+            raise FilterpruneError(f"named plan '{args.plan}' is for {named.model}, not {name}")
+        model = apply_plan(model, *named.plan(model, example))
+    elif args.plan:
         model = apply_plan(model, PruningPlan.load(args.plan), trace(model, example))
     cost = profile(model, example)
     return {"model": name, "input_shape": list(example.shape), "macs": cost.macs,

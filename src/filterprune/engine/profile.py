@@ -37,8 +37,8 @@ class Profile:
     Attributes:
         macs: multiply-accumulates of conv and linear layers.
         params: every learnable parameter (BatchNorm included), what users call "params".
-        params_conv_linear: weights and biases of conv and linear layers only. (Li et al. 2017,
-            Table 1 matches ``params``: VGG-16-pruned-A has 5.40E6 with BatchNorm, 5.39E6 without.)
+        params_conv_linear: weights and biases of conv and linear layers only: the convention
+            of Li et al. 2017, Table 1 (VGG-16-pruned-A: 5.39E6, printed 5.4E6).
         layers: per conv/linear layer, in forward order.
     """
 

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from filterprune.engine.graph import RESIDUAL_POLICIES
 from filterprune.engine.plan import STRATEGIES, check_ratio
 from filterprune.errors import FilterpruneError
+from filterprune.paper import named_plan
 from filterprune.training.loop import TrainSettings
 
 SWEEP = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -49,7 +50,10 @@ class DataConfig(_Strict):
 class PruneConfig(_Strict):
     """One-shot pruning sweep: every prunable layer at each ratio, minus ``skip`` (patterns);
     ``residual`` is the residual policy (``filterprune.engine.graph.trace``); ``score_by`` names
-    the members that score a shared group (``filterprune.engine.plan.select_filters``)."""
+    the members that score a shared group (``filterprune.engine.plan.select_filters``).
+    ``plans`` names configurations of the paper (``filterprune.paper.NAMED_PLANS``, each with its
+    own ratios, skip list and residual policy), each pruned as one more point; giving them makes
+    the sweep empty unless ``ratios`` is given too."""
 
     criterion: Literal["l1", "l2"] = "l1"
     strategy: Literal[STRATEGIES] = "independent"
@@ -58,8 +62,22 @@ class PruneConfig(_Strict):
     skip: list[str] = Field(default_factory=list)
     round_to: int = Field(1, ge=1)
     score_by: list[str] = Field(default_factory=list)
+    plans: list[str] = Field(default_factory=list)
 
     _ratios = field_validator("ratios")(_check_ratios)
+
+    @field_validator("plans")
+    @classmethod
+    def _known_plans(cls, names: list[str]) -> list[str]:
+        for name in names:
+            named_plan(name)
+        return names
+
+    @model_validator(mode="after")
+    def _plans_replace_the_sweep(self) -> PruneConfig:
+        if self.plans and "ratios" not in self.model_fields_set:
+            self.ratios = []
+        return self
 
 
 class SensitivityConfig(_Strict):
@@ -95,6 +113,14 @@ class RunConfig(_Strict):
     prune: PruneConfig = Field(default_factory=PruneConfig)
     sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
     baseline: str | None = None
+
+    @model_validator(mode="after")
+    def _plan_fits_the_model(self) -> RunConfig:
+        for name in self.prune.plans:
+            if named_plan(name).model != self.model.name:
+                raise ValueError(f"prune.plans: '{name}' is for model {named_plan(name).model}, "
+                                 f"not {self.model.name}")
+        return self
 
 
 def _set(data: dict, assignment: str) -> None:

@@ -42,7 +42,7 @@ def write_report(results: dict, out_dir: str | Path) -> list[Path]:
     Args:
         results: The results of a pipeline run, as produced by the pipeline: model, dataset,
             criterion, strategy, residual, environment, baseline, sensitivity (may be None),
-            filter_norms, pruning (one entry per ratio) and wall_time_s.
+            filter_norms, pruning (one entry per ratio or named plan) and wall_time_s.
         out_dir: The directory to write into; created if missing.
 
     Returns:
@@ -50,7 +50,7 @@ def write_report(results: dict, out_dir: str | Path) -> list[Path]:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pruning = sorted(results["pruning"], key=lambda row: row["ratio"])
+    pruning = sorted(results["pruning"], key=lambda row: -row["macs"])
     sensitivity = results.get("sensitivity")
     baseline = results["baseline"]
 
@@ -124,7 +124,7 @@ def _render_markdown(results: dict, pruning: list[dict], plots: list[str]) -> st
 
     Args:
         results: The results dict (see write_report).
-        pruning: The pruning rows sorted by ratio.
+        pruning: The pruning rows, largest MACs first.
         plots: The file names of the plots written, in the order to embed them.
 
     Returns:
@@ -181,13 +181,18 @@ def _render_markdown(results: dict, pruning: list[dict], plots: list[str]) -> st
     return "\n".join(lines)
 
 
+def point_label(row: dict) -> str:
+    """A pruning point's label: its ratio (``0.5``) or its named plan."""
+    return row.get("plan") or f"{row['ratio']:g}"
+
+
 def _pruning_table(pruning: list[dict], baseline: dict) -> list[str]:
-    """Renders the main table, one row per ratio; top-5 columns only when any top-5 is known."""
+    """Renders the main table, one row per pruning point; top-5 columns when any is known."""
     with_top5 = baseline.get("top5") is not None or any(
         row.get(key) is not None for row in pruning for key in ("top5_before", "top5_after")
     )
     header = [
-        "ratio",
+        "ratio / plan",
         "MACs",
         "MACs reduction",
         "params",
@@ -201,7 +206,7 @@ def _pruning_table(pruning: list[dict], baseline: dict) -> list[str]:
     rows = []
     for row in pruning:
         cells = [
-            f"{row['ratio']:g}",
+            point_label(row),
             _human(row["macs"]),
             _pct(row["macs_reduction"]),
             _human(row["params"]),
@@ -299,7 +304,7 @@ def _accuracy_vs_cost_figure(pruning: list[dict], baseline: dict, key: str, labe
     """Top-1 before and after retraining vs the cost of the pruned models, baseline marked.
 
     Args:
-        pruning: The pruning rows sorted by ratio.
+        pruning: The pruning rows, largest MACs first.
         baseline: The baseline entry of the results.
         key: The cost key of the rows and the baseline: "macs" or "params".
         label: The cost name for the axis label.
@@ -314,7 +319,7 @@ def _accuracy_vs_cost_figure(pruning: list[dict], baseline: dict, key: str, labe
     ax.plot(x, [row["top1_after"] for row in pruning], marker="s", label="after retraining")
     for xi, row in zip(x, pruning, strict=True):
         ax.annotate(
-            f"{row['ratio']:g}",
+            point_label(row),
             (xi, row["top1_after"]),
             textcoords="offset points",
             xytext=(0, 6),
@@ -332,7 +337,7 @@ def _accuracy_vs_cost_figure(pruning: list[dict], baseline: dict, key: str, labe
     )
     ax.set_xlabel(f"{label} (millions)")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"Top-1 accuracy vs {label} (labels: ratio of filters removed)")
+    ax.set_title(f"Top-1 accuracy vs {label} (labels: ratio of filters removed, or plan)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -42,6 +42,7 @@ from filterprune.engine import (
 )
 from filterprune.errors import FilterpruneError
 from filterprune.models import model_arguments
+from filterprune.paper import named_plan
 from filterprune.pipeline.config import RunConfig, load_config
 from filterprune.pipeline.report import write_report
 from filterprune.training import TrainSettings, evaluate, train
@@ -320,20 +321,31 @@ def sensitivity(
     return {"ratios": list(ratios), "layers": layers}
 
 
-def pruned_stage(ratio: float) -> str:
-    """Name of the stage (and model file) of one-shot pruning at ``ratio``: ``pruned-50``."""
-    return f"pruned-{round(ratio * 100):02d}"
+def pruned_stage(point: float | str) -> str:
+    """Name of the stage (and model file) of one-shot pruning at a ratio (``pruned-50``) or by a
+    named plan (its name)."""
+    return point if isinstance(point, str) else f"pruned-{round(point * 100):02d}"
+
+
+def pruning_points(config: RunConfig) -> list[float | str]:
+    """The one-shot pruning points of a run: its named plans, then each ratio."""
+    return [*config.prune.plans, *config.prune.ratios]
 
 
 def prune_and_retrain(
-    session: Session, model: nn.Module, graph: DependencyGraph, ratio: float, baseline: dict,
-    stages: Stages, out_dir: Path, log: Log,
+    session: Session, model: nn.Module, graph: DependencyGraph, point: float | str,
+    baseline: dict, stages: Stages, out_dir: Path, log: Log,
 ) -> dict:
-    """One-shot pruning of every prunable layer at ``ratio``, then retraining (§3.4)."""
-    stage = pruned_stage(ratio)
+    """One-shot pruning of every prunable layer at a ratio, or by a named plan of the paper
+    (``filterprune.paper``), then retraining (§3.4)."""
+    stage = pruned_stage(point)
     cfg = session.config.prune
-    plan = select_filters(model, graph, resolve_ratios(graph, ratio, cfg.skip), cfg.criterion,
-                          cfg.strategy, cfg.round_to, cfg.score_by)
+    if isinstance(point, str):
+        plan, graph = named_plan(point).plan(model, session.spec.example_input(), cfg.criterion,
+                                             cfg.strategy, cfg.round_to)
+    else:
+        plan = select_filters(model, graph, resolve_ratios(graph, point, cfg.skip),
+                              cfg.criterion, cfg.strategy, cfg.round_to, cfg.score_by)
     pruned = apply_plan(model, plan, graph)
     cost = profile(pruned, session.spec.example_input())
     before = session.evaluate(pruned)
@@ -342,10 +354,11 @@ def prune_and_retrain(
     spec = copy.copy(session.spec)
     spec.plan = plan if spec.plan is None else spec.plan.then(plan)
     save_model(out_dir / f"{stage}.safetensors", pruned, spec)
-    log(f"ratio {ratio:.0%}: {cost.macs / 1e6:.2f}M MACs, top-1 {before['top1']:.2f}% -> "
+    log(f"{stage}: {cost.macs / 1e6:.2f}M MACs, top-1 {before['top1']:.2f}% -> "
         f"{after['top1']:.2f}% after retraining")
     return {
-        "ratio": ratio, "macs": cost.macs, "params": cost.params,
+        "ratio": None if isinstance(point, str) else point,
+        "plan": point if isinstance(point, str) else None, "macs": cost.macs, "params": cost.params,
         "params_conv_linear": cost.params_conv_linear,
         "macs_reduction": 1 - cost.macs / baseline["macs"],
         "params_reduction": 1 - cost.params / baseline["params"],
@@ -410,9 +423,9 @@ def run_pipeline(
             if config.sensitivity.enabled else None
         ),
         "pruning": [
-            stages.run(pruned_stage(r), lambda r=r: prune_and_retrain(
-                session, model, graph, r, baseline, stages, out_dir, log))
-            for r in config.prune.ratios
+            stages.run(pruned_stage(p), lambda p=p: prune_and_retrain(
+                session, model, graph, p, baseline, stages, out_dir, log))
+            for p in pruning_points(config)
         ],
     }
     results["wall_time_s"] = time.perf_counter() - start
