@@ -24,7 +24,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -273,15 +273,51 @@ def select_filters(
         strategy=strategy,
         residual=graph.residual,
     )
+
+    def highest(group: ChannelGroup, keep: int) -> list[int]:
+        scores = sum(score(_weight(name, modules[name], graph, plan, strategy))
+                     for name in group.members)
+        return torch.sort(scores, descending=True, stable=True).indices[:keep].tolist()
+
+    return decide_groups(model, graph, ratios, highest, plan, round_to)
+
+
+Chooser = Callable[[ChannelGroup, int], Sequence[int]]
+
+
+def decide_groups(
+    model: nn.Module,
+    graph: DependencyGraph,
+    ratios: Mapping[str, float],
+    choose: Chooser,
+    plan: PruningPlan,
+    round_to: int = 1,
+) -> PruningPlan:
+    """Fills ``plan`` group by group, in forward order, with the indices ``choose`` keeps.
+
+    The common loop of every selection rule (``select_filters``, the clustering rule of
+    ``filterprune.engine.cluster``): the kept count of each group follows from its ratio
+    (``kept_count``), every member keeps the same indices, and the depthwise followers of pruned
+    groups are listed too (``follower_convs``).
+
+    Args:
+        model: the network (not modified).
+        graph: its dependency graph.
+        ratios: layer name -> ratio, as returned by ``resolve_ratios``.
+        choose: (group, number to keep) -> the kept indices (any order, no repeats).
+        plan: the plan to fill (its criterion/strategy fields are the caller's record).
+        round_to: round kept counts to a multiple of this.
+
+    Returns:
+        ``plan``, filled.
+    """
+    modules = dict(model.named_modules())
     groups = {id(group): group for group in graph.layers.values()}
     for group in groups.values():
         keep = kept_count(group.out_channels, group_ratio(group, ratios), round_to)
         if keep == group.out_channels:
             continue
-        scores = sum(score(_weight(name, modules[name], graph, plan, strategy))
-                     for name in group.members)
-        order = torch.sort(scores, descending=True, stable=True).indices
-        kept = sorted(order[:keep].tolist())
+        kept = sorted(int(i) for i in choose(group, keep))
         for name in group.members:
             plan.kept[name] = kept
             plan.widths[name] = group.out_channels

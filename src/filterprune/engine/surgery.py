@@ -87,6 +87,44 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
     return pruned
 
 
+def zero_pruned(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> nn.Module:
+    """Zeroes in place the output channels ``apply_plan`` would remove, keeping the shapes.
+
+    The members' weight rows and biases and their followers' per-channel parameters (BatchNorm
+    weight and bias, depthwise filters) of the removed channels are set to 0, so the removed
+    channels output exactly 0 after their BatchNorm; running statistics are kept. The model
+    keeps training with the zeroed filters (Soft Filter Pruning, He et al., IJCAI 2018, §3),
+    and ``apply_plan`` at the end gives the same outputs in eval mode.
+
+    Args:
+        model: the network, modified in place.
+        plan: kept filters per layer.
+        graph: the dependency graph of ``model``.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        FilterpruneError: the plan does not fit ``model`` (see ``check_plan``).
+    """
+    check_plan(plan, graph)
+    modules = dict(model.named_modules())
+    masks = {name: kept for name, kept in plan.kept.items() if name not in graph.followers}
+    for name, layout in graph.followers.items():
+        index = layout_index(layout, plan.kept)
+        if index is not None:
+            masks[name] = index.tolist()
+    with torch.no_grad():
+        for name, kept in masks.items():
+            module = modules[name]
+            for param in (module.weight, getattr(module, "bias", None)):
+                if param is not None:
+                    removed = torch.ones(param.shape[0], dtype=torch.bool, device=param.device)
+                    removed[kept] = False
+                    param[removed] = 0
+    return model
+
+
 def _select(param: torch.Tensor | None, index: torch.Tensor, dim: int) -> None:
     if param is not None:
         param.data = param.data.index_select(dim, index.to(param.device)).clone()

@@ -10,7 +10,6 @@ run: every stage seeds its random number generators from the run's seed and its 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform
@@ -43,6 +42,8 @@ from filterprune.engine import (
 from filterprune.errors import FilterpruneError
 from filterprune.models import model_arguments
 from filterprune.pipeline.config import RunConfig, load_config
+from filterprune.pipeline.deployment import deploy_stage
+from filterprune.pipeline.methods import pruned_row, run_methods
 from filterprune.pipeline.report import write_report
 from filterprune.training import TrainSettings, evaluate, train
 from filterprune.training.loop import console
@@ -66,9 +67,11 @@ class Session:
         return evaluate(model, self.test_batches, self.device)
 
     def train(
-        self, model: nn.Module, settings: TrainSettings, stage: str, state_path: Path
+        self, model: nn.Module, settings: TrainSettings, stage: str, state_path: Path,
+        **hooks: Callable,
     ) -> list[dict]:
-        """Trains ``model`` for one stage, resuming from ``state_path`` if it exists."""
+        """Trains ``model`` for one stage, resuming from ``state_path`` if it exists; ``hooks``
+        (``loss_fn``, ``on_epoch_end``) are passed to ``filterprune.training.train``."""
         loader = self.train_batches
         if settings.batch_size != loader.batch_size:
             loader = _loaders(self.config, self.dataset, self.device, settings.batch_size)[0]
@@ -76,7 +79,8 @@ class Session:
         torch.manual_seed(seed)
         loader.generator.manual_seed(seed)
         return train(model, loader, settings, self.device, description=stage,
-                     progress=self.progress, state_path=state_path, rng=loader.generator)
+                     progress=self.progress, state_path=state_path, rng=loader.generator,
+                     **hooks)
 
 
 class Stages:
@@ -335,25 +339,9 @@ def prune_and_retrain(
     plan = select_filters(model, graph, resolve_ratios(graph, ratio, cfg.skip), cfg.criterion,
                           cfg.strategy, cfg.round_to)
     pruned = apply_plan(model, plan, graph)
-    cost = profile(pruned, session.spec.example_input())
     before = session.evaluate(pruned)
     session.train(pruned, session.config.retrain, stage, stages.state(stage))
-    after = session.evaluate(pruned)
-    spec = copy.copy(session.spec)
-    spec.plan = plan if spec.plan is None else spec.plan.then(plan)
-    save_model(out_dir / f"{stage}.safetensors", pruned, spec)
-    log(f"ratio {ratio:.0%}: {cost.macs / 1e6:.2f}M MACs, top-1 {before['top1']:.2f}% -> "
-        f"{after['top1']:.2f}% after retraining")
-    return {
-        "ratio": ratio, "macs": cost.macs, "params": cost.params,
-        "params_conv_linear": cost.params_conv_linear,
-        "macs_reduction": 1 - cost.macs / baseline["macs"],
-        "params_reduction": 1 - cost.params / baseline["params"],
-        "top1_before": before["top1"], "top1_after": after["top1"],
-        "top5_before": before["top5"], "top5_after": after["top5"],
-        "retrain_epochs": session.config.retrain.epochs,
-        "kept": {name: len(kept) for name, kept in plan.kept.items()},
-    }
+    return pruned_row(session, pruned, plan, stage, ratio, baseline, before, out_dir, log)
 
 
 def run_pipeline(
@@ -413,6 +401,8 @@ def run_pipeline(
             for r in config.prune.ratios
         ],
     }
+    results["methods"] = run_methods(session, model, graph, baseline, stages, out_dir, log)
+    results["deploy"] = deploy_stage(session, results, stages, out_dir, log)
     results["wall_time_s"] = time.perf_counter() - start
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     write_report(results, out_dir)

@@ -1,0 +1,66 @@
+"""The deployment stage: every model of a run measured side by side (filterprune.deploy).
+
+The baseline and every pruned model are loaded from their model files and timed in interleaved
+rounds (round 1: every model, then round 2, ...), so slow drifts of a shared machine touch them
+alike; each figure is the median over the rounds. Each pruned model is also timed against the
+same network built directly at its widths (``filterprune.deploy.rebuilt``): the ratio of their
+latencies should be 1.00 (no wrappers, masks or index operations left behind by surgery).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from filterprune.checkpoint import load_model
+from filterprune.deploy import file_size_mb, measure, median_of, rebuilt, speedups
+
+if TYPE_CHECKING:
+    from filterprune.pipeline.run import Log, Session, Stages
+
+
+def deploy_stage(
+    session: Session, results: dict, stages: Stages, out_dir: Path, log: Log
+) -> dict | None:
+    """Measures the baseline and every model of ``results`` (stage ``deploy``), or None when
+    ``deploy.enabled`` is false.
+
+    Returns:
+        ``{"device", "threads", "batch_sizes", "models": {stage: {"size_mb", "metrics":
+        {batch: {latency_ms, iqr_ms, images_per_s, peak_memory_mb}}, "same_widths":
+        {batch: latency / latency of the directly built model}}}}``.
+    """
+    cfg = session.config.deploy
+    if not cfg.enabled:
+        return None
+    names = ["baseline"] + [row["stage"] for row in results["pruning"]] + [
+        row["stage"] for rows in results["methods"].values() for row in rows]
+    return stages.run("deploy", lambda: _measure_all(session, names, out_dir, log))
+
+
+def _measure_all(session: Session, names: list[str], out_dir: Path, log: Log) -> dict:
+    cfg = session.config.deploy
+    models = {name: load_model(out_dir / f"{name}.safetensors")[0] for name in names}
+    direct = {name: rebuilt(model) for name, model in models.items()}
+    shape = session.spec.input_shape
+
+    def run(model: torch.nn.Module) -> dict:
+        return measure(model, shape, cfg.batch_sizes, session.device, cfg.min_run_time_s)
+
+    rounds = [{name: (run(models[name]), run(direct[name])) for name in names}
+              for _ in range(cfg.rounds)]
+    measured = {}
+    for name in names:
+        metrics = median_of([r[name][0] for r in rounds])
+        same = median_of([r[name][1] for r in rounds])
+        measured[name] = {
+            "size_mb": file_size_mb(out_dir / f"{name}.safetensors"),
+            "metrics": metrics,
+            "same_widths": speedups(same, metrics),
+        }
+        latencies = ", ".join(f"batch {b}: {m['latency_ms']:.3f} ms" for b, m in metrics.items())
+        log(f"deploy {name}: {latencies}")
+    return {"device": str(session.device), "threads": torch.get_num_threads(),
+            "batch_sizes": list(cfg.batch_sizes), "models": measured}
