@@ -150,34 +150,44 @@ def measure(
 
 
 def rebuilt(model: nn.Module) -> nn.Module:
-    """The same network built directly at its layer widths: a copy in which every Conv2d, Linear
-    and BatchNorm2d is constructed anew with the shapes of the given one and its weights copied.
+    """The same network built directly at its layer widths: every Conv2d, Linear and BatchNorm2d
+    constructed anew with the shapes and the (effective) weights of the given one; the other
+    modules copied with their parameters and buffers.
 
     A pruned model timed against it shows any cost surgery left behind (forward hooks,
-    parametrizations or masks, strided weight views): the latency ratio should be 1.00.
+    parametrizations or masks such as ``torch.nn.utils.prune``'s, strided weight views): the
+    latency ratio should be 1.00. ``model`` is not modified.
     """
-    fresh = copy.deepcopy(model)
-    for parent in list(fresh.modules()):
-        for name, child in list(parent.named_children()):
-            replacement = _construct(child)
-            if replacement is not None:
-                state = {k: v.detach().clone().contiguous() for k, v in child.state_dict().items()}
-                replacement.load_state_dict(state)
-                setattr(parent, name, replacement.to(next(iter(state.values())).device))
-    return fresh
+    fresh = _construct(model)
+    if fresh is not None:
+        return fresh.to(next(model.parameters()).device)
+    clone = copy.copy(model)
+    clone.__dict__ = dict(model.__dict__)
+    clone._parameters = {k: None if p is None else nn.Parameter(p.detach().clone(), p.requires_grad)
+                         for k, p in model._parameters.items()}
+    clone._buffers = {k: None if b is None else b.clone() for k, b in model._buffers.items()}
+    clone._modules = {k: None if c is None else rebuilt(c) for k, c in model._modules.items()}
+    return clone
 
 
 def _construct(module: nn.Module) -> nn.Module | None:
+    """A new Conv2d / Linear / BatchNorm2d equal to ``module``, else None."""
     if isinstance(module, nn.Conv2d):
-        return nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size,
-                         module.stride, module.padding, module.dilation, module.groups,
-                         module.bias is not None, module.padding_mode)
-    if isinstance(module, nn.Linear):
-        return nn.Linear(module.in_features, module.out_features, module.bias is not None)
-    if isinstance(module, nn.BatchNorm2d):
-        return nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                              module.track_running_stats)
-    return None
+        fresh = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size,
+                          module.stride, module.padding, module.dilation, module.groups,
+                          module.bias is not None, module.padding_mode)
+    elif isinstance(module, nn.Linear):
+        fresh = nn.Linear(module.in_features, module.out_features, module.bias is not None)
+    elif isinstance(module, nn.BatchNorm2d):
+        fresh = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                               module.track_running_stats)
+    else:
+        return None
+    with torch.no_grad():
+        for name, tensor in [*fresh.named_parameters(), *fresh.named_buffers()]:
+            tensor.copy_(getattr(module, name))
+    fresh.train(module.training)
+    return fresh
 
 
 def speedups(measured: dict, reference: dict) -> dict:

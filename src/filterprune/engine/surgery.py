@@ -88,13 +88,14 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
 
 
 def zero_pruned(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> nn.Module:
-    """Zeroes in place the output channels ``apply_plan`` would remove, keeping the shapes.
+    """Zeroes in place the filters ``apply_plan`` would remove (weight rows and biases of the
+    members of every pruned group), keeping the shapes: Soft Filter Pruning (He et al., IJCAI
+    2018, §3.2, Alg. 1).
 
-    The members' weight rows and biases and their followers' per-channel parameters (BatchNorm
-    weight and bias, depthwise filters) of the removed channels are set to 0, so the removed
-    channels output exactly 0 after their BatchNorm; running statistics are kept. The model
-    keeps training with the zeroed filters (Soft Filter Pruning, He et al., IJCAI 2018, §3),
-    and ``apply_plan`` at the end gives the same outputs in eval mode.
+    Their BatchNorms and depthwise followers are left as they are, as in SFP: zeroing BatchNorm
+    gamma would stop every gradient to the zeroed filters (and zeroing beta too, through
+    ReLU'(0) = 0), while SFP keeps training them so that they can come back. So a zeroed channel
+    still outputs its BatchNorm shift; ``apply_plan`` removes it for good.
 
     Args:
         model: the network, modified in place.
@@ -109,15 +110,11 @@ def zero_pruned(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> 
     """
     check_plan(plan, graph)
     modules = dict(model.named_modules())
-    masks = {name: kept for name, kept in plan.kept.items() if name not in graph.followers}
-    for name, layout in graph.followers.items():
-        index = layout_index(layout, plan.kept)
-        if index is not None:
-            masks[name] = index.tolist()
     with torch.no_grad():
-        for name, kept in masks.items():
-            module = modules[name]
-            for param in (module.weight, getattr(module, "bias", None)):
+        for name, kept in plan.kept.items():
+            if name in graph.followers:
+                continue
+            for param in (modules[name].weight, modules[name].bias):
                 if param is not None:
                     removed = torch.ones(param.shape[0], dtype=torch.bool, device=param.device)
                     removed[kept] = False

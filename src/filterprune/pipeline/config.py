@@ -113,8 +113,8 @@ class DeployConfig(_Strict):
     batch size for at least ``min_run_time_s`` seconds."""
 
     enabled: bool = True
-    batch_sizes: list[int] = Field(default_factory=lambda: [1, 256])
-    min_run_time_s: float = Field(0.5, gt=0)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], min_length=1)
+    min_run_time_s: float = Field(0.2, gt=0)
     rounds: int = Field(3, ge=1)
 
 
