@@ -236,3 +236,53 @@ def test_without_methods_and_deployment_the_report_has_no_comparison(tmp_path, c
     assert "Methods compared" not in (out / "report.md").read_text()
     assert not (out / "compare_accuracy_vs_macs.png").exists()
     assert filterprune.load(out / "pruned-50.safetensors").features[0].out_channels == 16
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_interrupted_method_stages_resume_to_the_same_models(tmp_path, config, monkeypatch):
+    """SFP (its zeroing), unstructured (its masks) and online clustering, each stopped after its
+    first retraining epoch and resumed, end with the weights of an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    import filterprune.training.loop as loop
+
+    data = yaml.safe_load(config.read_text())
+    data["prune"]["ratios"] = [0.5]
+    data["retrain"]["epochs"] = 2
+    data |= {"sensitivity": {"enabled": False}, "deploy": {"enabled": False}, "methods": [
+        {"name": "sfp", "kind": "sfp"},
+        {"name": "unstructured", "kind": "unstructured"},
+        {"name": "online", "kind": "cluster", "describe": "features", "online": True},
+    ]}
+    cfg = parse_config(data)
+    quiet = {"progress": False, "log": lambda _: None}
+    run_pipeline(cfg, tmp_path / "whole", **quiet)
+
+    save = loop.save_training_state
+    targets = {"sfp-50", "unstructured-50", "online-50"}
+
+    def save_then_stop(path, *args, **kwargs):
+        save(path, *args, **kwargs)
+        stage = path.name.removesuffix(".state.safetensors")
+        if stage in targets:
+            targets.remove(stage)
+            raise Interrupted(stage)
+
+    monkeypatch.setattr(loop, "save_training_state", save_then_stop)
+    stopped = []
+    for _ in range(4):
+        try:
+            run_pipeline(cfg, tmp_path / "resumed", resume=bool(stopped), **quiet)
+            break
+        except Interrupted as e:
+            stopped.append(str(e))
+    assert stopped == ["sfp-50", "unstructured-50", "online-50"]
+    for stage in stopped:
+        whole = load_file(str(tmp_path / "whole" / f"{stage}.safetensors"))
+        resumed = load_file(str(tmp_path / "resumed" / f"{stage}.safetensors"))
+        assert whole.keys() == resumed.keys()
+        assert all(torch.equal(whole[k], resumed[k]) for k in whole), stage
