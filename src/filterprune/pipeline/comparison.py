@@ -1,11 +1,12 @@
 """The comparison section of report.md: methods x ratios with measured deployment metrics.
 
-One row per method and ratio (the one-shot L1 sweep is the method ``l1``; the others come from
-``methods:``, filterprune.pipeline.methods), with top-1 after retraining, MACs, parameters and,
-when the deployment stage ran (filterprune.pipeline.deployment), latency at the smallest and
-largest batch size, throughput, the measured speed-up over the baseline, the MAC speed-up
-(baseline MACs / MACs) and their ratio: how much of the MAC reduction became real speed. Two
-plots draw top-1 against MACs and against latency, one line per method.
+One row per method and ratio (the one-shot sweep is the method ``<criterion> one-shot``, e.g.
+``l1 one-shot``; the others come from ``methods:``, filterprune.pipeline.methods), with top-1
+after retraining, MACs, parameters and, when the deployment stage ran
+(filterprune.pipeline.deployment), latency at the smallest and largest batch size, throughput,
+the measured speed-up over the baseline, the MAC speed-up (baseline MACs / MACs) and their
+ratio: how much of the MAC reduction became real speed. Two plots draw top-1 against MACs and
+against latency, one line per method.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ COMPARE_MACS_PNG = "compare_accuracy_vs_macs.png"
 COMPARE_LATENCY_PNG = "compare_accuracy_vs_latency.png"
 TITLES = {COMPARE_MACS_PNG: "Top-1 vs MACs, per method",
           COMPARE_LATENCY_PNG: "Top-1 vs measured latency, per method"}
-SWEEP = "l1"
 
 
 def method_rows(results: dict) -> dict[str, list[dict]]:
-    """Method name -> its rows sorted by ratio, the one-shot sweep first (as ``l1``)."""
-    methods = {SWEEP: results["pruning"], **results.get("methods", {})}
+    """Method name -> its rows sorted by ratio, the one-shot sweep first (``l1 one-shot``; method
+    names have no spaces, so it cannot clash with one)."""
+    methods = {f"{results['criterion']} one-shot": results["pruning"],
+               **results.get("methods", {})}
     return {name: sorted(rows, key=lambda row: row["ratio"]) for name, rows in methods.items()}
 
 
