@@ -177,6 +177,8 @@ def test_duplicate_method_names_are_refused():
         parse_config({"methods": [{"name": "a", "kind": "sfp"}, {"name": "a", "kind": "l1"}]})
     with pytest.raises(FilterpruneError, match="methods.0.kind"):
         parse_config({"methods": [{"name": "a", "kind": "magic"}]})
+    with pytest.raises(FilterpruneError, match="deploy.batch_sizes.1"):
+        parse_config({"deploy": {"batch_sizes": [1, 0]}})
 
 
 def test_one_run_compares_every_method(tmp_path, config):
@@ -286,3 +288,18 @@ def test_interrupted_method_stages_resume_to_the_same_models(tmp_path, config, m
         resumed = load_file(str(tmp_path / "resumed" / f"{stage}.safetensors"))
         assert whole.keys() == resumed.keys()
         assert all(torch.equal(whole[k], resumed[k]) for k in whole), stage
+
+
+def test_distill_hooks_follow_the_switch_and_leave_the_baseline_alone():
+    from types import SimpleNamespace
+
+    from filterprune.pipeline.methods import distill_hooks
+
+    session = SimpleNamespace(config=parse_config({"distill": {"temperature": 2.0, "alpha": 1.0}}),
+                              device=torch.device("cpu"))
+    baseline = nn.Linear(4, 3)
+    assert distill_hooks(session, baseline, False) == {}
+    loss_fn = distill_hooks(session, baseline, True)["loss_fn"]
+    x = torch.randn(5, 4)
+    assert loss_fn(baseline(x), x, torch.zeros(5, dtype=torch.long)).abs().item() < 1e-6
+    assert baseline.training and all(p.requires_grad for p in baseline.parameters())

@@ -6,7 +6,7 @@ Unknown keys, wrong types and out-of-range values are errors that name the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -100,11 +100,13 @@ class MethodConfig(_Strict):
 
 
 class DistillConfig(_Strict):
-    """Knowledge distillation while retraining (filterprune.training.distill): temperature T and
-    the weight ``alpha`` of the soft term."""
+    """Knowledge distillation from the baseline while retraining (filterprune.training.distill):
+    temperature T, the weight ``alpha`` of the soft term, and whether the one-shot sweep's
+    retraining distills too (``sweep``; methods choose with their own ``distill``)."""
 
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1)
+    sweep: bool = False
 
 
 class DeployConfig(_Strict):
@@ -113,7 +115,8 @@ class DeployConfig(_Strict):
     batch size for at least ``min_run_time_s`` seconds."""
 
     enabled: bool = True
-    batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], min_length=1)
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 64],
+                                                           min_length=1)
     min_run_time_s: float = Field(0.2, gt=0)
     rounds: int = Field(3, ge=1)
 

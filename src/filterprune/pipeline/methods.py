@@ -86,11 +86,7 @@ def run_method(
     stage = method_stage(method, ratio)
     cfg = session.config.prune
     ratios = resolve_ratios(graph, ratio, cfg.skip)
-    hooks = {}
-    if method.distill:
-        teacher = copy.deepcopy(model).to(session.device)
-        hooks["loss_fn"] = distillation_loss(teacher, session.config.distill.temperature,
-                                             session.config.distill.alpha)
+    hooks = distill_hooks(session, model, method.distill)
     extra = {}
     if method.kind == "unstructured":
         student = copy.deepcopy(model).to(session.device)
@@ -115,6 +111,16 @@ def run_method(
         student = apply_plan(student, plan, graph)
     row = pruned_row(session, student, plan, stage, ratio, baseline, before, out_dir, log)
     return {"method": method.name, "kind": method.kind, "distill": method.distill, **row, **extra}
+
+
+def distill_hooks(session: Session, teacher: nn.Module, enabled: bool) -> dict:
+    """The training hooks of a retraining that distills from ``teacher`` (a copy is used), with
+    the run's ``distill`` settings; none when not ``enabled``."""
+    if not enabled:
+        return {}
+    cfg = session.config.distill
+    teacher = copy.deepcopy(teacher).to(session.device)
+    return {"loss_fn": distillation_loss(teacher, cfg.temperature, cfg.alpha)}
 
 
 def _selection(

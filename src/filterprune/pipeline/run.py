@@ -43,7 +43,7 @@ from filterprune.errors import FilterpruneError
 from filterprune.models import model_arguments
 from filterprune.pipeline.config import RunConfig, load_config
 from filterprune.pipeline.deployment import deploy_stage
-from filterprune.pipeline.methods import pruned_row, run_methods
+from filterprune.pipeline.methods import distill_hooks, pruned_row, run_methods
 from filterprune.pipeline.report import write_report
 from filterprune.training import TrainSettings, evaluate, train
 from filterprune.training.loop import console
@@ -340,7 +340,8 @@ def prune_and_retrain(
                           cfg.strategy, cfg.round_to)
     pruned = apply_plan(model, plan, graph)
     before = session.evaluate(pruned)
-    session.train(pruned, session.config.retrain, stage, stages.state(stage))
+    session.train(pruned, session.config.retrain, stage, stages.state(stage),
+                  **distill_hooks(session, model, session.config.distill.sweep))
     return pruned_row(session, pruned, plan, stage, ratio, baseline, before, out_dir, log)
 
 
