@@ -1,8 +1,9 @@
 """The deployment stage: every model of a run measured side by side (filterprune.deploy).
 
-The baseline and every pruned model are loaded from their model files and timed in interleaved
-rounds (round 1: every model, then round 2, ...), so slow drifts of a shared machine touch them
-alike; each figure is the median over the rounds. Each pruned model is also timed against the
+The baseline and every pruned model are loaded from their model files, run once to warm up, and
+timed in interleaved rounds (round 1: every model, then round 2, ..., each round starting one
+model further), so slow drifts of a shared machine and the position in a round touch them alike;
+each figure is the median over the rounds. Each pruned model is also timed against the
 same network built directly at its widths (``filterprune.deploy.rebuilt``): the ratio of their
 latencies should be 1.00 (no wrappers, masks or index operations left behind by surgery).
 """
@@ -49,8 +50,12 @@ def _measure_all(session: Session, names: list[str], out_dir: Path, log: Log) ->
     def run(model: torch.nn.Module) -> dict:
         return measure(model, shape, cfg.batch_sizes, session.device, cfg.min_run_time_s)
 
-    rounds = [{name: (run(models[name]), run(direct[name])) for name in names}
-              for _ in range(cfg.rounds)]
+    for model in [*models.values(), *direct.values()]:  # warm-up: first calls are slow
+        measure(model, shape, cfg.batch_sizes, session.device, min_run_time_s=1e-3)
+    rounds = []
+    for k in range(cfg.rounds):  # round k starts at the k-th model: no model is always first
+        order = names[k % len(names):] + names[:k % len(names)]
+        rounds.append({name: (run(models[name]), run(direct[name])) for name in order})
     measured = {}
     for name in names:
         metrics = median_of([r[name][0] for r in rounds])
