@@ -20,7 +20,6 @@ size (``ru_maxrss``) is not used: it only ever grows and mixes in everything the
 from __future__ import annotations
 
 import copy
-import statistics
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -197,7 +196,9 @@ def speedups(measured: dict, reference: dict) -> dict:
             for batch, row in measured.items() if batch in reference}
 
 
-def median_of(runs: Sequence[dict]) -> dict:
-    """Merges repeated ``measure`` results: per batch size and key, the median across runs."""
-    return {batch: {key: statistics.median(run[batch][key] for run in runs)
-                    for key in runs[0][batch]} for batch in runs[0]}
+def fastest_of(runs: Sequence[dict]) -> dict:
+    """Merges repeated ``measure`` results of one model: per batch size, the row of the run with
+    the lowest latency. Other processes on a shared machine only ever add time, so the fastest
+    run is the best estimate of the model's own speed (its ``iqr_ms`` shows the spread within)."""
+    return {batch: min((run[batch] for run in runs), key=lambda row: row["latency_ms"])
+            for batch in runs[0]}

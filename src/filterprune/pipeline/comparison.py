@@ -60,9 +60,10 @@ def comparison_lines(results: dict, fmt_count, table) -> list[str]:
                    f"vs same widths built directly {both}", f"peak MB b={large}", "size MB"]
         lines += [
             f"Measured on {deploy['device']} with {deploy['threads']} thread(s): latency is the "
-            "median of one forward pass (IQR in brackets) over interleaved rounds; speed-up = "
-            "baseline latency / latency; MAC speed-up = baseline MACs / MACs; their ratio is the "
-            "share of the MAC reduction that became real speed. \"vs same widths\" is the "
+            "median of one forward pass (IQR in brackets) in the fastest of "
+            f"{deploy['rounds']} interleaved rounds; speed-up = baseline latency / "
+            "latency; MAC speed-up = baseline MACs / MACs; their ratio is the share of the MAC "
+            "reduction that became real speed. \"vs same widths\" is the "
             "latency over that of the same network built directly at its widths (1.00 = "
             "nothing left behind by pruning). Peak MB: tensor memory of one forward pass beyond "
             "the weights; size MB: the safetensors model file.", ""]

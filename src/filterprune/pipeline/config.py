@@ -111,8 +111,8 @@ class DistillConfig(_Strict):
 
 class DeployConfig(_Strict):
     """Deployment metrics of the baseline and every pruned model (filterprune.deploy), measured
-    side by side in one stage: ``rounds`` interleaved rounds (median kept), each timing every
-    batch size for at least ``min_run_time_s`` seconds."""
+    side by side in one stage: ``rounds`` interleaved rounds (the fastest kept), each timing
+    every batch size for at least ``min_run_time_s`` seconds."""
 
     enabled: bool = True
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 64],

@@ -2,10 +2,11 @@
 
 The baseline and every pruned model are loaded from their model files, run once to warm up, and
 timed in interleaved rounds (round 1: every model, then round 2, ..., each round starting one
-model further), so slow drifts of a shared machine and the position in a round touch them alike;
-each figure is the median over the rounds. Each pruned model is also timed against the
-same network built directly at its widths (``filterprune.deploy.rebuilt``): the ratio of their
-latencies should be 1.00 (no wrappers, masks or index operations left behind by surgery).
+model further), so slow drifts of a shared machine and the position in a round touch them
+alike; each model keeps, per batch size, its fastest round (``filterprune.deploy.fastest_of``).
+Each pruned model is also timed against the same network built directly at its widths
+(``filterprune.deploy.rebuilt``): the ratio of their latencies should be 1.00 (no wrappers,
+masks or index operations left behind by surgery).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from filterprune.checkpoint import load_model
-from filterprune.deploy import file_size_mb, measure, median_of, rebuilt, speedups
+from filterprune.deploy import fastest_of, file_size_mb, measure, rebuilt, speedups
 
 if TYPE_CHECKING:
     from filterprune.pipeline.run import Log, Session, Stages
@@ -29,7 +30,7 @@ def deploy_stage(
     ``deploy.enabled`` is false.
 
     Returns:
-        ``{"device", "threads", "batch_sizes", "models": {stage: {"size_mb", "metrics":
+        ``{"device", "threads", "batch_sizes", "rounds", "models": {stage: {"size_mb", "metrics":
         {batch: {latency_ms, iqr_ms, images_per_s, peak_memory_mb}}, "same_widths":
         {batch: latency / latency of the directly built model}}}}``.
     """
@@ -58,8 +59,8 @@ def _measure_all(session: Session, names: list[str], out_dir: Path, log: Log) ->
         rounds.append({name: (run(models[name]), run(direct[name])) for name in order})
     measured = {}
     for name in names:
-        metrics = median_of([r[name][0] for r in rounds])
-        same = median_of([r[name][1] for r in rounds])
+        metrics = fastest_of([r[name][0] for r in rounds])
+        same = fastest_of([r[name][1] for r in rounds])
         measured[name] = {
             "size_mb": file_size_mb(out_dir / f"{name}.safetensors"),
             "metrics": metrics,
@@ -68,4 +69,4 @@ def _measure_all(session: Session, names: list[str], out_dir: Path, log: Log) ->
         latencies = ", ".join(f"batch {b}: {m['latency_ms']:.3f} ms" for b, m in metrics.items())
         log(f"deploy {name}: {latencies}")
     return {"device": str(session.device), "threads": torch.get_num_threads(),
-            "batch_sizes": list(cfg.batch_sizes), "models": measured}
+            "batch_sizes": list(cfg.batch_sizes), "rounds": cfg.rounds, "models": measured}
