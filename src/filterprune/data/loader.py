@@ -103,6 +103,11 @@ class BatchLoader:
         """Number of samples N the loader iterates over."""
         return self.labels.shape[0]
 
+    def head(self, n: int) -> torch.Tensor:
+        """The first ``n`` images (fewer if there are fewer), normalised, never augmented: float32
+        (n, C, H, W) on ``device`` (e.g. calibration images for feature-map statistics)."""
+        return self.images[:n].float().mul_(self._scale).sub_(self._shift)
+
     def __len__(self) -> int:
         """Number of batches per epoch."""
         n = self.num_samples

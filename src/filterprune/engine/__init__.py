@@ -3,16 +3,24 @@
 It knows nothing of training, data, the CLI or reports.
 """
 
+from filterprune.engine.cluster import cluster_representatives, select_by_clustering
 from filterprune.engine.criteria import CRITERIA, get_criterion, l1_norm, l2_norm
 from filterprune.engine.graph import RESIDUAL_POLICIES, ChannelGroup, DependencyGraph, trace
-from filterprune.engine.plan import PruningPlan, kept_count, resolve_ratios, select_filters
+from filterprune.engine.plan import (
+    PruningPlan,
+    decide_groups,
+    kept_count,
+    resolve_ratios,
+    select_filters,
+)
 from filterprune.engine.profile import Profile, profile
 from filterprune.engine.pruner import PruneResult, plan_pruning, prune
-from filterprune.engine.surgery import apply_plan
+from filterprune.engine.surgery import apply_plan, zero_pruned
 
 __all__ = [
     "CRITERIA", "RESIDUAL_POLICIES", "ChannelGroup", "DependencyGraph", "Profile", "PruneResult",
     "PruningPlan",
-    "apply_plan", "get_criterion", "kept_count", "l1_norm", "l2_norm", "plan_pruning", "profile",
-    "prune", "resolve_ratios", "select_filters", "trace",
+    "apply_plan", "cluster_representatives", "decide_groups", "get_criterion", "kept_count",
+    "l1_norm", "l2_norm", "plan_pruning", "profile", "prune", "resolve_ratios",
+    "select_by_clustering", "select_filters", "trace", "zero_pruned",
 ]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -283,16 +283,53 @@ def select_filters(
         if not any(fnmatch.fnmatchcase(name, key) for g in graph.groups for name in g.members):
             raise FilterpruneError(f"unknown layer or pattern '{key}' in score_by: it names no "
                                    "layer producing channels")
+
+    def highest(group: ChannelGroup, keep: int) -> list[int]:
+        scorers = [name for name in group.members
+                   if any(fnmatch.fnmatchcase(name, key) for key in score_by)] or group.members
+        scores = sum(score(_weight(name, modules[name], graph, plan, strategy))
+                     for name in scorers)
+        return _top(scores, keep, group.chunks)
+
+    return decide_groups(model, graph, ratios, highest, plan, round_to)
+
+
+Chooser = Callable[[ChannelGroup, int], Sequence[int]]
+
+
+def decide_groups(
+    model: nn.Module,
+    graph: DependencyGraph,
+    ratios: Mapping[str, float],
+    choose: Chooser,
+    plan: PruningPlan,
+    round_to: int = 1,
+) -> PruningPlan:
+    """Fills ``plan`` group by group, in forward order, with the indices ``choose`` keeps.
+
+    The common loop of every selection rule (``select_filters``, the clustering rule of
+    ``filterprune.engine.cluster``): the kept count of each group follows from its ratio
+    (``kept_count``), every member keeps the same indices, and the depthwise followers of pruned
+    groups are listed too (``follower_convs``).
+
+    Args:
+        model: the network (not modified).
+        graph: its dependency graph.
+        ratios: layer name -> ratio, as returned by ``resolve_ratios``.
+        choose: (group, number to keep) -> the kept indices (any order, no repeats).
+        plan: the plan to fill (its criterion/strategy fields are the caller's record).
+        round_to: round kept counts to a multiple of this.
+
+    Returns:
+        ``plan``, filled.
+    """
+    modules = dict(model.named_modules())
     groups = {id(group): group for group in graph.layers.values()}
     for group in groups.values():
         keep = kept_count(group.out_channels, group_ratio(group, ratios), round_to)
         if keep == group.out_channels:
             continue
-        scorers = [name for name in group.members
-                   if any(fnmatch.fnmatchcase(name, key) for key in score_by)] or group.members
-        scores = sum(score(_weight(name, modules[name], graph, plan, strategy))
-                     for name in scorers)
-        kept = _top(scores, keep, group.chunks)
+        kept = sorted(int(i) for i in choose(group, keep))
         for name in group.members:
             plan.kept[name] = kept
             plan.widths[name] = group.out_channels

@@ -97,6 +97,41 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
     return pruned
 
 
+def zero_pruned(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> nn.Module:
+    """Zeroes in place the filters ``apply_plan`` would remove (weight rows and biases of the
+    members of every pruned group), keeping the shapes: Soft Filter Pruning (He et al., IJCAI
+    2018, §3.2, Alg. 1).
+
+    Their BatchNorms and depthwise followers are left as they are, as in SFP: zeroing BatchNorm
+    gamma would stop every gradient to the zeroed filters (and zeroing beta too, through
+    ReLU'(0) = 0), while SFP keeps training them so that they can come back. So a zeroed channel
+    still outputs its BatchNorm shift; ``apply_plan`` removes it for good.
+
+    Args:
+        model: the network, modified in place.
+        plan: kept filters per layer.
+        graph: the dependency graph of ``model``.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        FilterpruneError: the plan does not fit ``model`` (see ``check_plan``).
+    """
+    check_plan(plan, graph)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, kept in plan.kept.items():
+            if name in graph.followers:
+                continue
+            for param in (modules[name].weight, modules[name].bias):
+                if param is not None:
+                    removed = torch.ones(param.shape[0], dtype=torch.bool, device=param.device)
+                    removed[kept] = False
+                    param[removed] = 0
+    return model
+
+
 def _select(param: torch.Tensor | None, index: torch.Tensor, dim: int) -> None:
     if param is not None:
         param.data = param.data.index_select(dim, index.to(param.device)).clone()

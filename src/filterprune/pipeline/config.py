@@ -6,7 +6,7 @@ Unknown keys, wrong types and out-of-range values are errors that name the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -89,6 +89,58 @@ class SensitivityConfig(_Strict):
     _ratios = field_validator("ratios")(_check_ratios)
 
 
+class MethodConfig(_Strict):
+    """One pruning method compared with the one-shot L1 sweep at every ratio of ``prune.ratios``
+    (filterprune.pipeline.methods). Its stages and model files are named ``<name>-<ratio %>``.
+
+    Attributes:
+        name: label in the report and stage names (letters, digits, ``-``, ``_``).
+        kind: ``l1`` one-shot by ``prune.criterion`` (Li et al. 2017); ``sfp`` Soft Filter
+            Pruning (He et al. 2018); ``unstructured`` per-weight magnitude pruning of the convs
+            (torch.nn.utils.prune) at the fraction of conv weights the filter-pruned model
+            removes; ``cluster`` one filter kept per cluster of similar filters.
+        distill: retrain with knowledge distillation from the baseline (``distill`` section).
+        scope: ``unstructured``: ``local`` (each conv at the fraction) or ``global`` (one
+            threshold over all convs).
+        describe: ``cluster``: filters described by their ``weights`` or their ``features``
+            (output maps on ``calibration_images`` training images).
+        online: ``cluster``: re-cluster and zero the redundant filters after every retraining
+            epoch (as SFP does with norms), removing them at the end; else cluster once, offline.
+        calibration_images: ``cluster`` with ``features``: images whose feature maps describe
+            the filters.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    kind: Literal["l1", "sfp", "unstructured", "cluster"]
+    distill: bool = False
+    scope: Literal["local", "global"] = "local"
+    describe: Literal["weights", "features"] = "weights"
+    online: bool = False
+    calibration_images: int = Field(32, ge=1)
+
+
+class DistillConfig(_Strict):
+    """Knowledge distillation from the baseline while retraining (filterprune.training.distill):
+    temperature T, the weight ``alpha`` of the soft term, and whether the one-shot sweep's
+    retraining distills too (``sweep``; methods choose with their own ``distill``)."""
+
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1)
+    sweep: bool = False
+
+
+class DeployConfig(_Strict):
+    """Deployment metrics of the baseline and every pruned model (filterprune.deploy), measured
+    side by side in one stage: ``rounds`` interleaved rounds (the fastest kept), each timing
+    every batch size for at least ``min_run_time_s`` seconds."""
+
+    enabled: bool = True
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 64],
+                                                           min_length=1)
+    min_run_time_s: float = Field(0.2, gt=0)
+    rounds: int = Field(3, ge=1)
+
+
 def _retrain_default() -> TrainSettings:
     return TrainSettings(epochs=3, lr=0.01, schedule="cosine")
 
@@ -101,6 +153,10 @@ class RunConfig(_Strict):
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1``...
         deterministic: restrict torch to deterministic algorithms (same seed, same weights).
         baseline: a model file to start from instead of training the baseline.
+        methods: pruning methods compared with the one-shot L1 sweep (default: none, the sweep
+            alone).
+        distill: distillation settings of the methods with ``distill: true``.
+        deploy: deployment metrics (latency, throughput, memory, file size).
     """
 
     seed: int = 0
@@ -113,6 +169,18 @@ class RunConfig(_Strict):
     prune: PruneConfig = Field(default_factory=PruneConfig)
     sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
     baseline: str | None = None
+    methods: list[MethodConfig] = Field(default_factory=list)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_names(cls, methods: list[MethodConfig]) -> list[MethodConfig]:
+        names = [m.name for m in methods]
+        repeated = sorted({n for n in names if names.count(n) > 1} | ({"pruned"} & set(names)))
+        if repeated:
+            raise ValueError(f"method names must be unique and not 'pruned': {repeated}")
+        return methods
 
     @model_validator(mode="after")
     def _plan_fits_the_model(self) -> RunConfig:

@@ -18,6 +18,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from filterprune._io import atomic_write, atomic_write_text
+from filterprune.pipeline.comparison import TITLES as COMPARISON_TITLES
+from filterprune.pipeline.comparison import comparison_figures, comparison_lines, point_label
 
 REPORT_NAME = "report.md"
 SENSITIVITY_PNG = "sensitivity.png"
@@ -61,6 +63,8 @@ def write_report(results: dict, out_dir: str | Path) -> list[Path]:
     }
     if sensitivity is not None:
         figures = {SENSITIVITY_PNG: _sensitivity_figure(sensitivity, baseline["top1"]), **figures}
+    if _compares(results):
+        figures |= comparison_figures(results)
     text = _render_markdown(results, pruning, list(figures))
 
     written = []
@@ -73,6 +77,11 @@ def write_report(results: dict, out_dir: str | Path) -> list[Path]:
     if sensitivity is None:
         (out / SENSITIVITY_PNG).unlink(missing_ok=True)
     return written
+
+
+def _compares(results: dict) -> bool:
+    """Whether the report has the methods/deployment section (filterprune.pipeline.comparison)."""
+    return bool(results.get("methods")) or results.get("deploy") is not None
 
 
 # --- formatting -------------------------------------------------------------------------------
@@ -168,22 +177,21 @@ def _render_markdown(results: dict, pruning: list[dict], plots: list[str]) -> st
         lines += ["", "## Sensitivity of each layer pruned alone (no retraining)", ""]
         lines += _sensitivity_section(sensitivity, baseline["top1"])
 
+    if _compares(results):
+        lines += [""] + comparison_lines(results, _human, _table)
+
     titles = {
         SENSITIVITY_PNG: "Sensitivity to pruning",
         FILTER_NORMS_PNG: "Sorted filter L1 norms",
         ACCURACY_VS_MACS_PNG: "Top-1 accuracy vs MACs",
         ACCURACY_VS_PARAMS_PNG: "Top-1 accuracy vs parameters",
+        **COMPARISON_TITLES,
     }
     lines += ["", "## Plots"]
     for name in plots:
         lines += ["", f"![{titles[name]}]({name})"]
     lines += ["", f"Wall time: {results['wall_time_s']:.1f} s.", ""]
     return "\n".join(lines)
-
-
-def point_label(row: dict) -> str:
-    """A pruning point's label: its ratio (``0.5``) or its named plan."""
-    return row.get("plan") or f"{row['ratio']:g}"
 
 
 def _pruning_table(pruning: list[dict], baseline: dict) -> list[str]:

@@ -10,7 +10,6 @@ run: every stage seeds its random number generators from the run's seed and its 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform
@@ -44,6 +43,8 @@ from filterprune.errors import FilterpruneError
 from filterprune.models import model_arguments
 from filterprune.paper import named_plan
 from filterprune.pipeline.config import RunConfig, load_config
+from filterprune.pipeline.deployment import deploy_stage
+from filterprune.pipeline.methods import distill_hooks, pruned_row, run_methods
 from filterprune.pipeline.report import write_report
 from filterprune.training import TrainSettings, evaluate, train
 from filterprune.training.loop import console
@@ -67,9 +68,11 @@ class Session:
         return evaluate(model, self.test_batches, self.device)
 
     def train(
-        self, model: nn.Module, settings: TrainSettings, stage: str, state_path: Path
+        self, model: nn.Module, settings: TrainSettings, stage: str, state_path: Path,
+        **hooks: Callable,
     ) -> list[dict]:
-        """Trains ``model`` for one stage, resuming from ``state_path`` if it exists."""
+        """Trains ``model`` for one stage, resuming from ``state_path`` if it exists; ``hooks``
+        (``loss_fn``, ``on_epoch_end``) are passed to ``filterprune.training.train``."""
         loader = self.train_batches
         if settings.batch_size != loader.batch_size:
             loader = _loaders(self.config, self.dataset, self.device, settings.batch_size)[0]
@@ -77,7 +80,8 @@ class Session:
         torch.manual_seed(seed)
         loader.generator.manual_seed(seed)
         return train(model, loader, settings, self.device, description=stage,
-                     progress=self.progress, state_path=state_path, rng=loader.generator)
+                     progress=self.progress, state_path=state_path, rng=loader.generator,
+                     **hooks)
 
 
 class Stages:
@@ -347,26 +351,13 @@ def prune_and_retrain(
         plan = select_filters(model, graph, resolve_ratios(graph, point, cfg.skip),
                               cfg.criterion, cfg.strategy, cfg.round_to, cfg.score_by)
     pruned = apply_plan(model, plan, graph)
-    cost = profile(pruned, session.spec.example_input())
     before = session.evaluate(pruned)
-    session.train(pruned, session.config.retrain, stage, stages.state(stage))
-    after = session.evaluate(pruned)
-    spec = copy.copy(session.spec)
-    spec.plan = plan if spec.plan is None else spec.plan.then(plan)
-    save_model(out_dir / f"{stage}.safetensors", pruned, spec)
-    log(f"{stage}: {cost.macs / 1e6:.2f}M MACs, top-1 {before['top1']:.2f}% -> "
-        f"{after['top1']:.2f}% after retraining")
-    return {
-        "ratio": None if isinstance(point, str) else point,
-        "plan": point if isinstance(point, str) else None, "macs": cost.macs, "params": cost.params,
-        "params_conv_linear": cost.params_conv_linear,
-        "macs_reduction": 1 - cost.macs / baseline["macs"],
-        "params_reduction": 1 - cost.params / baseline["params"],
-        "top1_before": before["top1"], "top1_after": after["top1"],
-        "top5_before": before["top5"], "top5_after": after["top5"],
-        "retrain_epochs": session.config.retrain.epochs,
-        "kept": {name: len(kept) for name, kept in plan.kept.items()},
-    }
+    session.train(pruned, session.config.retrain, stage, stages.state(stage),
+                  **distill_hooks(session, model, session.config.distill.sweep))
+    named = point if isinstance(point, str) else None
+    row = pruned_row(session, pruned, plan, stage, None if named else point, baseline, before,
+                     out_dir, log)
+    return {**row, "plan": named}
 
 
 def run_pipeline(
@@ -428,6 +419,8 @@ def run_pipeline(
             for p in pruning_points(config)
         ],
     }
+    results["methods"] = run_methods(session, model, graph, baseline, stages, out_dir, log)
+    results["deploy"] = deploy_stage(session, results, stages, out_dir, log)
     results["wall_time_s"] = time.perf_counter() - start
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     write_report(results, out_dir)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +23,8 @@ from filterprune.errors import FilterpruneError
 from filterprune.training.state import load_training_state, save_training_state
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+# (logits (B, K), images (B, C, H, W), labels (B,)) -> scalar loss; default: cross-entropy.
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 # Progress bars and log lines share one stderr console, so they do not interleave; stdout is
 # left to results (``--json``).
 console = Console(stderr=True)
@@ -81,8 +83,10 @@ def train(
     progress: bool = True,
     state_path: str | Path | None = None,
     rng: torch.Generator | None = None,
+    loss_fn: LossFn | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> list[dict]:
-    """Trains ``model`` in place with cross-entropy.
+    """Trains ``model`` in place with cross-entropy (or ``loss_fn``).
 
     Args:
         model: the network (moved to ``device``).
@@ -95,6 +99,9 @@ def train(
         state_path: if given, the training state (model, optimizer, RNG states, epoch) is written
             there atomically after every epoch, and training resumes from it if it exists.
         rng: the generator that orders and augments ``batches``, saved and restored with the state.
+        loss_fn: replaces cross-entropy (e.g. ``filterprune.training.distill.distillation_loss``).
+        on_epoch_end: called with the finished epoch's number (1-based) before the state is
+            saved (e.g. Soft Filter Pruning zeroes filters there).
 
     Returns:
         One dict per epoch: ``epoch``, ``lr``, ``loss`` (mean), ``top1`` (training, %), ``time_s``.
@@ -121,7 +128,8 @@ def train(
             start, total_loss, correct, seen = time.perf_counter(), 0.0, 0, 0
             for images, labels in batches:
                 logits = model(images)
-                loss = F.cross_entropy(logits, labels)
+                loss = (F.cross_entropy(logits, labels) if loss_fn is None
+                        else loss_fn(logits, images, labels))
                 if not torch.isfinite(loss):
                     raise FilterpruneError(
                         f"training diverged: loss is {loss.item()} in epoch {epoch + 1}; "
@@ -142,6 +150,8 @@ def train(
                 "top1": 100.0 * correct / max(1, seen),
                 "time_s": time.perf_counter() - start,
             })
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1)
             if state_path is not None:
                 save_training_state(state_path, model, optimizer, epoch + 1, history, rng)
     return history
