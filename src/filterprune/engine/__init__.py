@@ -3,7 +3,15 @@
 It knows nothing of training, data, the CLI or reports.
 """
 
-from filterprune.engine.criteria import CRITERIA, get_criterion, l1_norm, l2_norm
+from filterprune.engine.activations import ACTIVATION_CRITERIA, activation_scores
+from filterprune.engine.criteria import (
+    CRITERIA,
+    get_criterion,
+    l1_largest,
+    l1_norm,
+    l2_norm,
+    random_criterion,
+)
 from filterprune.engine.graph import RESIDUAL_POLICIES, ChannelGroup, DependencyGraph, trace
 from filterprune.engine.plan import PruningPlan, kept_count, resolve_ratios, select_filters
 from filterprune.engine.profile import Profile, profile
@@ -11,8 +19,9 @@ from filterprune.engine.pruner import PruneResult, plan_pruning, prune
 from filterprune.engine.surgery import apply_plan
 
 __all__ = [
-    "CRITERIA", "RESIDUAL_POLICIES", "ChannelGroup", "DependencyGraph", "Profile", "PruneResult",
+    "ACTIVATION_CRITERIA", "CRITERIA", "RESIDUAL_POLICIES", "ChannelGroup", "DependencyGraph", "Profile", "PruneResult",
     "PruningPlan",
-    "apply_plan", "get_criterion", "kept_count", "l1_norm", "l2_norm", "plan_pruning", "profile",
-    "prune", "resolve_ratios", "select_filters", "trace",
+    "activation_scores", "apply_plan", "get_criterion", "kept_count", "l1_largest", "l1_norm",
+    "l2_norm", "plan_pruning", "profile", "prune", "random_criterion", "resolve_ratios",
+    "select_filters", "trace",
 ]

@@ -237,6 +237,7 @@ def select_filters(
     criterion: str | Criterion = "l1",
     strategy: str = "independent",
     round_to: int = 1,
+    scores: Mapping[str, torch.Tensor] | None = None,
 ) -> PruningPlan:
     """Decides which filters each group keeps: the highest-scoring ones.
 
@@ -254,19 +255,22 @@ def select_filters(
             kernels that read feature maps already removed from the producing layer, deciding
             layers in forward order (Li et al. 2017, §3.3, Fig. 3).
         round_to: round kept counts to a multiple of this (1 = the paper's rule).
+        scores: precomputed scores (C_out,) per layer name, e.g. the activation criteria of
+            ``filterprune.engine.activations``; they replace ``criterion`` (then only the
+            plan's label) and ``strategy`` (no weights are scored) for the pruned groups.
 
     Returns:
         The plan. Ties between equal scores keep the lower index.
 
     Raises:
-        FilterpruneError: unknown criterion or strategy, round_to < 1, or members of a group
-            given different ratios.
+        FilterpruneError: unknown criterion or strategy, round_to < 1, members of a group
+            given different ratios, or ``scores`` lacking a pruned layer or of the wrong length.
     """
     if strategy not in STRATEGIES:
         raise FilterpruneError(f"unknown strategy '{strategy}' (known: {', '.join(STRATEGIES)})")
     if round_to < 1:
         raise FilterpruneError(f"round_to must be >= 1, got {round_to}")
-    score = get_criterion(criterion)
+    score = None if scores is not None else get_criterion(criterion)
     modules = dict(model.named_modules())
     plan = PruningPlan(
         criterion=getattr(criterion, "__name__", "custom") if callable(criterion) else criterion,
@@ -278,9 +282,12 @@ def select_filters(
         keep = kept_count(group.out_channels, group_ratio(group, ratios), round_to)
         if keep == group.out_channels:
             continue
-        scores = sum(score(_weight(name, modules[name], graph, plan, strategy))
-                     for name in group.members)
-        order = torch.sort(scores, descending=True, stable=True).indices
+        total = sum(
+            score(_weight(name, modules[name], graph, plan, strategy)) if score is not None
+            else _given(scores, name, group.out_channels)
+            for name in group.members
+        )
+        order = torch.sort(total, descending=True, stable=True).indices
         kept = sorted(order[:keep].tolist())
         for name in group.members:
             plan.kept[name] = kept
@@ -304,6 +311,18 @@ def follower_convs(
         if index is not None:
             follows[name] = index.tolist()
     return follows
+
+
+def _given(scores: Mapping[str, torch.Tensor], name: str, channels: int) -> torch.Tensor:
+    """The precomputed scores of layer ``name``, checked to be one per filter."""
+    if name not in scores:
+        raise FilterpruneError(f"no precomputed scores for layer '{name}'")
+    given = torch.as_tensor(scores[name]).float()
+    if given.shape != (channels,):
+        raise FilterpruneError(
+            f"precomputed scores of '{name}' have shape {tuple(given.shape)}, expected ({channels},)"
+        )
+    return given
 
 
 def _weight(
