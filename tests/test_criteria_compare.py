@@ -1,5 +1,7 @@
 """Criteria of Li et al. 2017, §4.5: largest-L1, random, and activation-based (Fig. 8, 9)."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -99,3 +101,30 @@ def test_activation_scores_rejects_non_convs_and_no_data():
         activation_scores(net, [torch.zeros(1, 1, 3, 3)], ["7"])
     with pytest.raises(FilterpruneError, match="at least one"):
         activation_scores(net, [], ["0"])
+
+
+def test_criteria_command_writes_json_plot_and_table(tmp_path, config, capsys):
+    from filterprune.checkpoint import ModelSpec, save_model
+    from filterprune.cli import main
+
+    torch.manual_seed(0)
+    spec = ModelSpec("scnnb", {"num_classes": 10, "in_channels": 1}, (1, 1, 28, 28))
+    checkpoint = save_model(tmp_path / "m.safetensors", spec.build(), spec)
+    out = tmp_path / "criteria"
+    argv = ["criteria", str(config), "--checkpoint", str(checkpoint), "--ratios", "0.5", "0.9",
+            "--images", "64", "--out", str(out)]
+    assert main(argv + ["--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (out / "criteria.png").stat().st_size > 0
+    assert json.loads((out / "criteria.json").read_text())["criteria"] == result["criteria"]
+    assert list(result["criteria"]) == ["l1", "l2", "random", "l1-largest", *ACTIVATION_CRITERIA]
+    for per_layer in result["criteria"].values():
+        assert list(per_layer) == ["features.0", "features.4"]
+        assert all(len(accs) == 2 and all(0 <= a <= 100 for a in accs)
+                   for accs in per_layer.values())
+    assert result["images"] == 64
+    assert main(argv + ["--criteria", "l1", "mean-std"]) == 0
+    table = capsys.readouterr().out
+    assert "mean-std" in table and "features.4" in table and "random" not in table
+    assert main(argv + ["--criteria", "l3"]) == 2
+    assert "unknown criterion 'l3'" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import sys
 
 import filterprune
 from filterprune.cli import (
+    criteria,
     evaluate,
     export,
     finetune,
@@ -20,7 +21,7 @@ from filterprune.cli import (
 )
 from filterprune.errors import FilterpruneError
 
-COMMANDS = (run, train, sensitivity, prune, finetune, evaluate, summary, export)
+COMMANDS = (run, train, sensitivity, criteria, prune, finetune, evaluate, summary, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

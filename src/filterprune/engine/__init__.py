@@ -19,8 +19,8 @@ from filterprune.engine.pruner import PruneResult, plan_pruning, prune
 from filterprune.engine.surgery import apply_plan
 
 __all__ = [
-    "ACTIVATION_CRITERIA", "CRITERIA", "RESIDUAL_POLICIES", "ChannelGroup", "DependencyGraph", "Profile", "PruneResult",
-    "PruningPlan",
+    "ACTIVATION_CRITERIA", "CRITERIA", "RESIDUAL_POLICIES", "ChannelGroup", "DependencyGraph",
+    "Profile", "PruneResult", "PruningPlan",
     "activation_scores", "apply_plan", "get_criterion", "kept_count", "l1_largest", "l1_norm",
     "l2_norm", "plan_pruning", "profile", "prune", "random_criterion", "resolve_ratios",
     "select_filters", "trace",

@@ -320,7 +320,8 @@ def _given(scores: Mapping[str, torch.Tensor], name: str, channels: int) -> torc
     given = torch.as_tensor(scores[name]).float()
     if given.shape != (channels,):
         raise FilterpruneError(
-            f"precomputed scores of '{name}' have shape {tuple(given.shape)}, expected ({channels},)"
+            f"precomputed scores of '{name}' have shape {tuple(given.shape)}, "
+            f"expected ({channels},)"
         )
     return given
 

@@ -301,19 +301,23 @@ def filter_norms(model: nn.Module, graph: DependencyGraph) -> dict[str, list[flo
 
 
 def sensitivity(
-    session: Session, model: nn.Module, graph: DependencyGraph, ratios: list[float], log: Log
+    session: Session, model: nn.Module, graph: DependencyGraph, ratios: list[float], log: Log,
+    criterion: str | None = None, scores: dict[str, torch.Tensor] | None = None,
 ) -> dict:
     """Each prunable layer pruned alone at each ratio, evaluated without retraining (Fig. 2b).
+
+    ``criterion`` (default ``prune.criterion``) or precomputed ``scores`` choose the filters
+    (``select_filters``); the criteria comparison (§4.5) runs this once per criterion.
 
     Returns:
         ``{"ratios": [...], "layers": {name: [top-1 % per ratio]}}``.
     """
-    criterion = session.config.prune.criterion
+    criterion = criterion or session.config.prune.criterion
     layers: dict[str, list[float]] = {}
     for name in graph.layers:
         accuracies = []
         for ratio in ratios:
-            plan = select_filters(model, graph, {name: ratio}, criterion)
+            plan = select_filters(model, graph, {name: ratio}, criterion, scores=scores)
             accuracies.append(session.evaluate(apply_plan(model, plan, graph))["top1"])
         layers[name] = accuracies
         log(f"sensitivity {name}: " + " ".join(f"{a:.1f}" for a in accuracies))
