@@ -47,8 +47,13 @@ class DataConfig(_Strict):
 
 
 class PruneConfig(_Strict):
-    """One-shot pruning sweep: every prunable layer at each ratio, minus ``skip`` (patterns);
-    ``residual`` is the residual policy (``filterprune.engine.graph.trace``)."""
+    """Pruning sweep: every prunable layer at each ratio, minus ``skip`` (patterns);
+    ``residual`` is the residual policy (``filterprune.engine.graph.trace``).
+
+    ``schedule``: ``one-shot`` prunes all layers at once, then retrains; ``iterative`` prunes
+    one layer (channel group) at a time in forward order, retraining ``iterative_epochs``
+    epochs after each, then retrains as one-shot does (Li et al. 2017, §3.4).
+    """
 
     criterion: Literal["l1", "l2"] = "l1"
     strategy: Literal[STRATEGIES] = "independent"
@@ -56,15 +61,19 @@ class PruneConfig(_Strict):
     ratios: list[float] = Field(default_factory=lambda: list(SWEEP))
     skip: list[str] = Field(default_factory=list)
     round_to: int = Field(1, ge=1)
+    schedule: Literal["one-shot", "iterative"] = "one-shot"
+    iterative_epochs: int = Field(1, ge=0)
 
     _ratios = field_validator("ratios")(_check_ratios)
 
 
 class SensitivityConfig(_Strict):
-    """Each prunable layer pruned alone at each ratio, evaluated without retraining (Fig. 2b)."""
+    """Each prunable layer pruned alone at each ratio, evaluated without retraining (Fig. 2b),
+    or after ``retrain_epochs`` epochs of retraining with the ``retrain`` settings (Fig. 2c)."""
 
     enabled: bool = True
     ratios: list[float] = Field(default_factory=lambda: list(SWEEP))
+    retrain_epochs: int = Field(0, ge=0)
 
     _ratios = field_validator("ratios")(_check_ratios)
 
@@ -81,6 +90,8 @@ class RunConfig(_Strict):
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1``...
         deterministic: restrict torch to deterministic algorithms (same seed, same weights).
         baseline: a model file to start from instead of training the baseline.
+        scratch: from-scratch controls trained for every pruned model: ``E`` (the baseline's
+            epochs) and/or ``B`` (the baseline's compute), Liu et al. 2019.
     """
 
     seed: int = 0
@@ -93,6 +104,7 @@ class RunConfig(_Strict):
     prune: PruneConfig = Field(default_factory=PruneConfig)
     sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
     baseline: str | None = None
+    scratch: list[Literal["E", "B"]] = Field(default_factory=list)
 
 
 def _set(data: dict, assignment: str) -> None:

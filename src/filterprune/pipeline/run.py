@@ -10,7 +10,6 @@ run: every stage seeds its random number generators from the run's seed and its 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform
@@ -44,6 +43,14 @@ from filterprune.errors import FilterpruneError
 from filterprune.models import model_arguments
 from filterprune.pipeline.config import RunConfig, load_config
 from filterprune.pipeline.report import write_report
+from filterprune.pipeline.schedules import (
+    percent,
+    prune_iteratively,
+    scratch_epochs,
+    sensitivity_retrained,
+    train_from_scratch,
+    with_plan,
+)
 from filterprune.training import TrainSettings, evaluate, train
 from filterprune.training.loop import console
 
@@ -326,26 +333,28 @@ def sensitivity(
 
 def pruned_stage(ratio: float) -> str:
     """Name of the stage (and model file) of one-shot pruning at ``ratio``: ``pruned-50``."""
-    return f"pruned-{round(ratio * 100):02d}"
+    return f"pruned-{percent(ratio)}"
 
 
 def prune_and_retrain(
     session: Session, model: nn.Module, graph: DependencyGraph, ratio: float, baseline: dict,
     stages: Stages, out_dir: Path, log: Log,
 ) -> dict:
-    """One-shot pruning of every prunable layer at ``ratio``, then retraining (§3.4)."""
+    """Pruning of every prunable layer at ``ratio`` (one-shot, or iterative with
+    ``prune.schedule``), then retraining (§3.4)."""
     stage = pruned_stage(ratio)
     cfg = session.config.prune
-    plan = select_filters(model, graph, resolve_ratios(graph, ratio, cfg.skip), cfg.criterion,
-                          cfg.strategy, cfg.round_to)
-    pruned = apply_plan(model, plan, graph)
+    ratios = resolve_ratios(graph, ratio, cfg.skip)
+    if cfg.schedule == "iterative":
+        plan, pruned = prune_iteratively(session, model, graph, ratios, stage, stages, log)
+    else:
+        plan = select_filters(model, graph, ratios, cfg.criterion, cfg.strategy, cfg.round_to)
+        pruned = apply_plan(model, plan, graph)
     cost = profile(pruned, session.spec.example_input())
     before = session.evaluate(pruned)
     session.train(pruned, session.config.retrain, stage, stages.state(stage))
     after = session.evaluate(pruned)
-    spec = copy.copy(session.spec)
-    spec.plan = plan if spec.plan is None else spec.plan.then(plan)
-    save_model(out_dir / f"{stage}.safetensors", pruned, spec)
+    save_model(out_dir / f"{stage}.safetensors", pruned, with_plan(session.spec, plan))
     log(f"ratio {ratio:.0%}: {cost.macs / 1e6:.2f}M MACs, top-1 {before['top1']:.2f}% -> "
         f"{after['top1']:.2f}% after retraining")
     return {
@@ -355,9 +364,27 @@ def prune_and_retrain(
         "params_reduction": 1 - cost.params / baseline["params"],
         "top1_before": before["top1"], "top1_after": after["top1"],
         "top5_before": before["top5"], "top5_after": after["top5"],
-        "retrain_epochs": session.config.retrain.epochs,
+        "retrain_epochs": session.config.retrain.epochs, "schedule": cfg.schedule,
         "kept": {name: len(kept) for name, kept in plan.kept.items()},
     }
+
+
+def scratch_controls(
+    session: Session, pruning: list[dict], baseline: dict, stages: Stages, out_dir: Path, log: Log
+) -> list[dict]:
+    """The ``scratch`` controls of every pruned model: its architecture trained from random
+    initialisation (``filterprune.pipeline.schedules.train_from_scratch``), one stage each."""
+    rows = []
+    for row in pruning:
+        spec = load_model(out_dir / f"{pruned_stage(row['ratio'])}.safetensors")[1]
+        for kind in session.config.scratch:
+            stage = f"scratch-{kind}-{percent(row['ratio'])}"
+            epochs = scratch_epochs(kind, session.config.train.epochs, baseline["macs"],
+                                    row["macs"])
+            result = stages.run(stage, lambda s=stage, e=epochs, p=spec: train_from_scratch(
+                session, p, e, s, stage_seed(session.config.seed, s), stages, out_dir, log))
+            rows.append({"ratio": row["ratio"], "kind": kind, **result})
+    return rows
 
 
 def run_pipeline(
@@ -407,7 +434,9 @@ def run_pipeline(
         "baseline": baseline,
         "filter_norms": filter_norms(model, graph),
         "sensitivity": (
-            stages.run("sensitivity", lambda: sensitivity(
+            stages.run("sensitivity", lambda: sensitivity_retrained(
+                session, model, graph, config.sensitivity.ratios, stages, log)
+                if config.sensitivity.retrain_epochs else sensitivity(
                 session, model, graph, config.sensitivity.ratios, log))
             if config.sensitivity.enabled else None
         ),
@@ -417,6 +446,9 @@ def run_pipeline(
             for r in config.prune.ratios
         ],
     }
+    if config.scratch:
+        results["scratch"] = scratch_controls(session, results["pruning"], baseline, stages,
+                                              out_dir, log)
     results["wall_time_s"] = time.perf_counter() - start
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     write_report(results, out_dir)
