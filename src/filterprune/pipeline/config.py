@@ -36,14 +36,17 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """Dataset name (``filterprune.data.list_datasets()``), where its files are, a training subset
-    size (None = all images) and the evaluation batch size."""
+    """Dataset name (``filterprune.data.list_datasets()``, or ``imagefolder`` for an
+    ImageNet-style folder ``data_dir`` with ``train/<class>/`` and ``val/<class>/``), where its
+    files are, a training subset size (None = all images), the evaluation batch size, and the
+    side in pixels image folders are resized and centre-cropped to (``image_size``)."""
 
     name: str = "fashion-mnist-sample"
     data_dir: str | None = None
     download: bool = False
     train_subset: int | None = Field(None, ge=1)
     eval_batch_size: int = Field(1000, ge=1)
+    image_size: int = Field(224, ge=1)
 
 
 class PruneConfig(_Strict):

@@ -30,6 +30,7 @@ import filterprune
 from filterprune._io import atomic_write_text
 from filterprune.checkpoint import ModelSpec, load_model, load_state_dict, save_model
 from filterprune.data import BatchLoader, ImageDataset, load_dataset, make_loaders
+from filterprune.data.imagefolder import IMAGE_FOLDER, load_image_folder
 from filterprune.engine import (
     DependencyGraph,
     apply_plan,
@@ -203,7 +204,11 @@ def prepare(config: RunConfig, *, progress: bool = True) -> Session:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     device = resolve_device(config.device)
-    dataset = load_dataset(config.data.name, config.data.data_dir, download=config.data.download)
+    if config.data.name == IMAGE_FOLDER:
+        dataset = load_image_folder(config.data.data_dir, config.data.image_size)
+    else:
+        dataset = load_dataset(config.data.name, config.data.data_dir,
+                               download=config.data.download)
     train_batches, test_batches = _loaders(config, dataset, device, config.train.batch_size)
     accepted = model_arguments(config.model.name)
     derived = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels,
