@@ -11,7 +11,12 @@ from filterprune.cli._common import add_config_arguments, config_from_args, quie
 from filterprune.engine import trace
 from filterprune.errors import FilterpruneError
 from filterprune.pipeline.config import SWEEP
-from filterprune.pipeline.criteria import ALL_CRITERIA, compare_criteria, criteria_figure
+from filterprune.pipeline.criteria import (
+    ALL_CRITERIA,
+    DEFAULT_IMAGES,
+    compare_criteria,
+    criteria_figure,
+)
 from filterprune.pipeline.run import load_checkpoint, prepare
 
 JSON_NAME = "criteria.json"
@@ -32,8 +37,9 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
                         help=f"criteria to compare (default: all of {', '.join(ALL_CRITERIA)})")
     parser.add_argument("--ratios", nargs="+", type=float, default=list(SWEEP), metavar="R",
                         help="fractions of filters removed (default 0.1 ... 0.9)")
-    parser.add_argument("--images", type=int, default=1000,
-                        help="training images the activation criteria use (default 1000)")
+    parser.add_argument("--images", type=int,
+                        help="training images the activation criteria use (default "
+                        f"{DEFAULT_IMAGES}, or the whole training set if smaller)")
     parser.add_argument("--out", help="output directory (default runs/<config name>-criteria)")
     parser.set_defaults(run=run, render=render)
 

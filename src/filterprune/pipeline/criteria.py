@@ -31,21 +31,31 @@ from filterprune.pipeline.run import Log, Session, sensitivity
 
 WEIGHT_CRITERIA = ("l1", "l2", "random", "l1-largest")
 ALL_CRITERIA = WEIGHT_CRITERIA + ACTIVATION_CRITERIA
+DEFAULT_IMAGES = 1000
 
 
-def training_inputs(session: Session, count: int) -> Iterator[torch.Tensor]:
-    """``count`` training images drawn at random (seeded by the run's seed), normalised as for
-    training but not augmented, in batches of ``data.eval_batch_size``.
+def image_count(session: Session, count: int | None) -> int:
+    """``count``, or ``DEFAULT_IMAGES`` capped at the training-set size when None.
 
     Raises:
         FilterpruneError: ``count`` not in [1, number of training images].
     """
-    dataset = session.dataset
-    n = len(dataset.train_labels)
+    n = len(session.dataset.train_labels)
+    if count is None:
+        return min(DEFAULT_IMAGES, n)
     if not 1 <= count <= n:
-        raise FilterpruneError(f"--images must be in [1, {n}] for {dataset.name}, got {count}")
+        raise FilterpruneError(
+            f"--images must be in [1, {n}] for {session.dataset.name}, got {count}"
+        )
+    return count
+
+
+def training_inputs(session: Session, count: int) -> Iterator[torch.Tensor]:
+    """``count`` training images drawn at random (seeded by the run's seed), normalised as for
+    training but not augmented, in batches of ``data.eval_batch_size``."""
+    dataset = session.dataset
     generator = torch.Generator().manual_seed(session.config.seed)
-    keep = torch.randperm(n, generator=generator)[:count].sort().values
+    keep = torch.randperm(len(dataset.train_labels), generator=generator)[:count].sort().values
     loader = BatchLoader(dataset.train_images[keep], dataset.train_labels[keep],
                          session.config.data.eval_batch_size, mean=dataset.mean, std=dataset.std,
                          device=session.device)
@@ -54,7 +64,7 @@ def training_inputs(session: Session, count: int) -> Iterator[torch.Tensor]:
 
 def compare_criteria(
     session: Session, model: nn.Module, graph: DependencyGraph, criteria: Sequence[str],
-    ratios: Sequence[float], images: int, log: Log,
+    ratios: Sequence[float], images: int | None, log: Log,
 ) -> dict:
     """Top-1 of every prunable layer pruned alone, per criterion and ratio (§4.5).
 
@@ -64,7 +74,8 @@ def compare_criteria(
         graph: its dependency graph.
         criteria: names from ``ALL_CRITERIA``.
         ratios: fractions of filters removed, each in [0, 1).
-        images: number of training images the activation criteria are computed on.
+        images: number of training images the activation criteria are computed on (None:
+            ``DEFAULT_IMAGES``, or all of them if fewer).
         log: receives one line per layer and criterion.
 
     Returns:
@@ -81,6 +92,7 @@ def compare_criteria(
         )
     activations = {}
     if any(c in ACTIVATION_CRITERIA for c in criteria):
+        images = image_count(session, images)
         activations = activation_scores(model.to(session.device),
                                         training_inputs(session, images), list(graph.layers))
     curves = {}
