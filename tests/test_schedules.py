@@ -104,3 +104,12 @@ def test_sensitivity_with_retraining_resumes_per_layer_and_ratio(run):
     for name in ["pruned-50.safetensors", "stages/pruned-50-step02.safetensors"]:
         first, second = load_file(str(out / name)), load_file(str(resumed / name))
         assert all(torch.equal(first[k], second[k]) for k in first), name
+
+
+def test_the_sensitivity_command_refuses_retraining(config, capsys):
+    from filterprune.cli import main
+
+    argv = ["sensitivity", str(config), "--checkpoint", "m.safetensors",
+            "--set", "sensitivity.retrain_epochs=1"]
+    assert main(argv) == 2
+    assert "runs in `filterprune run`" in capsys.readouterr().err

@@ -105,8 +105,8 @@ def prune_iteratively(
             total = done.then(step_plan)
             save_model(path, pruned, with_plan(session.spec, total))
             metrics = session.evaluate(pruned)
-            log(f"{step}: {', '.join(group.members)} keeps "
-                f"{len(step_plan.kept[group.members[0]])} / {group.out_channels}, "
+            kept = step_plan.kept.get(group.members[0], range(group.out_channels))
+            log(f"{step}: {', '.join(group.members)} keeps {len(kept)} / {group.out_channels}, "
                 f"top-1 {metrics['top1']:.2f}% after {settings.epochs} epochs")
             return {"layers": list(group.members), "plan": total.to_dict(), **metrics}
 
