@@ -250,7 +250,9 @@ def select_filters(
             (under its residual policy) are the candidates.
         ratios: layer name -> ratio, as returned by ``resolve_ratios``; a group takes the ratio
             of any of its members.
-        criterion: ``"l1"``, ``"l2"`` or a callable weight (C_out, C_in, kH, kW) -> scores (C_out,).
+        criterion: a name of ``filterprune.engine.criteria.CRITERIA`` (``"l1"``, ``"l2"``,
+            ``"l1-largest"``, ``"random"``) or a callable weight (C_out, C_in, kH, kW) ->
+            scores (C_out,).
         strategy: ``"independent"`` scores each layer's full weight; ``"greedy"`` leaves out the
             kernels that read feature maps already removed from the producing layer, deciding
             layers in forward order (Li et al. 2017, §3.3, Fig. 3).
