@@ -134,11 +134,17 @@ class NamedPlan:
         Returns:
             The plan and the dependency graph of ``model`` under this plan's residual policy.
         """
-        graph = trace(model, example_inputs, residual=self.residual)
-        ratios, skip = self.resolve(model)
-        ratios = resolve_ratios(graph, ratios, skip)
+        graph, ratios = self.resolve_on(model, example_inputs)
         plan = select_filters(model, graph, ratios, criterion, strategy, round_to, self.score_by)
         return plan, graph
+
+    def resolve_on(
+        self, model: nn.Module, example_inputs: torch.Tensor
+    ) -> tuple[DependencyGraph, dict[str, float]]:
+        """The dependency graph of ``model`` under this plan's residual policy and the ratio of
+        each layer it prunes (``filterprune.engine.resolve_ratios``)."""
+        graph = trace(model, example_inputs, residual=self.residual)
+        return graph, resolve_ratios(graph, *self.resolve(model))
 
 
 def paper_layer_ids(model: nn.Module) -> dict[str, int]:
@@ -297,10 +303,10 @@ def _errors(paths: Sequence[str | Path]) -> dict[str, dict]:
             errors.setdefault(results["model"], {})["error"] = 100 - results["baseline"]["top1"]
             for point in results.get("pruning", []):
                 if point.get("plan"):
-                    row = errors.setdefault(point["plan"], {})
-                    row["error"] = 100 - point["top1_after"]
-                    if point.get("scratch_top1") is not None:
-                        row["scratch_error"] = 100 - point["scratch_top1"]
+                    errors.setdefault(point["plan"], {})["error"] = 100 - point["top1_after"]
+            for control in results.get("scratch") or []:
+                if control.get("plan") and control["kind"] == "E":  # the paper's scratch-train
+                    errors.setdefault(control["plan"], {})["scratch_error"] = 100 - control["top1"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise FilterpruneError(f"cannot read results file {path}: {e}") from None
     return errors

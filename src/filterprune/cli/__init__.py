@@ -9,6 +9,7 @@ import sys
 
 import filterprune
 from filterprune.cli import (
+    criteria,
     evaluate,
     export,
     finetune,
@@ -21,7 +22,9 @@ from filterprune.cli import (
 )
 from filterprune.errors import FilterpruneError
 
-COMMANDS = (run, train, sensitivity, prune, finetune, evaluate, summary, export, paper_table)
+COMMANDS = (
+    run, train, sensitivity, criteria, prune, finetune, evaluate, summary, export, paper_table,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ import json
 from filterprune._io import atomic_write_text
 from filterprune.cli._common import add_config_arguments, config_from_args, quiet
 from filterprune.engine import trace
+from filterprune.errors import FilterpruneError
 from filterprune.pipeline.run import load_checkpoint, prepare, sensitivity
 
 
@@ -25,6 +26,9 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     config = config_from_args(args)
+    if config.sensitivity.retrain_epochs:
+        raise FilterpruneError("sensitivity with retraining (sensitivity.retrain_epochs > 0) runs "
+                               "in `filterprune run`, whose stages make it resumable")
     session = prepare(config, progress=False)
     model = load_checkpoint(session, args.checkpoint)
     graph = trace(model, session.spec.example_input())

@@ -3,8 +3,16 @@
 It knows nothing of training, data, the CLI or reports.
 """
 
+from filterprune.engine.activations import ACTIVATION_CRITERIA, activation_scores
 from filterprune.engine.cluster import cluster_representatives, select_by_clustering
-from filterprune.engine.criteria import CRITERIA, get_criterion, l1_norm, l2_norm
+from filterprune.engine.criteria import (
+    CRITERIA,
+    get_criterion,
+    l1_largest,
+    l1_norm,
+    l2_norm,
+    random_criterion,
+)
 from filterprune.engine.graph import RESIDUAL_POLICIES, ChannelGroup, DependencyGraph, trace
 from filterprune.engine.plan import (
     PruningPlan,
@@ -18,9 +26,10 @@ from filterprune.engine.pruner import PruneResult, plan_pruning, prune
 from filterprune.engine.surgery import apply_plan, zero_pruned
 
 __all__ = [
-    "CRITERIA", "RESIDUAL_POLICIES", "ChannelGroup", "DependencyGraph", "Profile", "PruneResult",
-    "PruningPlan",
-    "apply_plan", "cluster_representatives", "decide_groups", "get_criterion", "kept_count",
-    "l1_norm", "l2_norm", "plan_pruning", "profile", "prune", "resolve_ratios",
-    "select_by_clustering", "select_filters", "trace", "zero_pruned",
+    "ACTIVATION_CRITERIA", "CRITERIA", "RESIDUAL_POLICIES", "ChannelGroup", "DependencyGraph",
+    "Profile", "PruneResult", "PruningPlan",
+    "activation_scores", "apply_plan", "cluster_representatives", "decide_groups",
+    "get_criterion", "kept_count", "l1_largest", "l1_norm", "l2_norm", "plan_pruning", "profile",
+    "prune", "random_criterion", "resolve_ratios", "select_by_clustering", "select_filters",
+    "trace", "zero_pruned",
 ]

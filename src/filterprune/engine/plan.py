@@ -240,6 +240,7 @@ def select_filters(
     strategy: str = "independent",
     round_to: int = 1,
     score_by: Sequence[str] = (),
+    scores: Mapping[str, torch.Tensor] | None = None,
 ) -> PruningPlan:
     """Decides which filters each group keeps: the highest-scoring ones.
 
@@ -253,26 +254,32 @@ def select_filters(
             (under its residual policy) are the candidates.
         ratios: layer name -> ratio, as returned by ``resolve_ratios``; a group takes the ratio
             of any of its members.
-        criterion: ``"l1"``, ``"l2"`` or a callable weight (C_out, C_in, kH, kW) -> scores (C_out,).
+        criterion: a name of ``filterprune.engine.criteria.CRITERIA`` (``"l1"``, ``"l2"``,
+            ``"l1-largest"``, ``"random"``) or a callable weight (C_out, C_in, kH, kW) ->
+            scores (C_out,).
         strategy: ``"independent"`` scores each layer's full weight; ``"greedy"`` leaves out the
             kernels that read feature maps already removed from the producing layer, deciding
             layers in forward order (Li et al. 2017, §3.3, Fig. 3).
         round_to: round kept counts to a multiple of this (1 = the paper's rule).
         score_by: names or glob patterns of the members that score their group (e.g. the 1x1
             projection shortcuts, §3.3 pruned-C); groups with no such member use all members.
+        scores: precomputed scores (C_out,) per layer name, e.g. the activation criteria of
+            ``filterprune.engine.activations``; they replace ``criterion`` (then only the
+            plan's label) and ``strategy`` (no weights are scored) for the pruned groups.
 
     Returns:
         The plan. Ties between equal scores keep the lower index.
 
     Raises:
         FilterpruneError: unknown criterion or strategy, round_to < 1, members of a group
-            given different ratios, or a ``score_by`` entry that names no member of any group.
+            given different ratios, a ``score_by`` entry that names no member of any group, or
+            ``scores`` lacking a pruned layer or of the wrong length.
     """
     if strategy not in STRATEGIES:
         raise FilterpruneError(f"unknown strategy '{strategy}' (known: {', '.join(STRATEGIES)})")
     if round_to < 1:
         raise FilterpruneError(f"round_to must be >= 1, got {round_to}")
-    score = get_criterion(criterion)
+    score = None if scores is not None else get_criterion(criterion)
     modules = dict(model.named_modules())
     plan = PruningPlan(
         criterion=getattr(criterion, "__name__", "custom") if callable(criterion) else criterion,
@@ -287,9 +294,12 @@ def select_filters(
     def highest(group: ChannelGroup, keep: int) -> list[int]:
         scorers = [name for name in group.members
                    if any(fnmatch.fnmatchcase(name, key) for key in score_by)] or group.members
-        scores = sum(score(_weight(name, modules[name], graph, plan, strategy))
-                     for name in scorers)
-        return _top(scores, keep, group.chunks)
+        total = sum(
+            score(_weight(name, modules[name], graph, plan, strategy)) if score is not None
+            else _given(scores, name, group.out_channels)
+            for name in scorers
+        )
+        return _top(total, keep, group.chunks)
 
     return decide_groups(model, graph, ratios, highest, plan, round_to)
 
@@ -361,6 +371,19 @@ def follower_convs(
         if index is not None:
             follows[name] = index.tolist()
     return follows
+
+
+def _given(scores: Mapping[str, torch.Tensor], name: str, channels: int) -> torch.Tensor:
+    """The precomputed scores of layer ``name``, checked to be one per filter."""
+    if name not in scores:
+        raise FilterpruneError(f"no precomputed scores for layer '{name}'")
+    given = torch.as_tensor(scores[name]).float()
+    if given.shape != (channels,):
+        raise FilterpruneError(
+            f"precomputed scores of '{name}' have shape {tuple(given.shape)}, "
+            f"expected ({channels},)"
+        )
+    return given
 
 
 def _weight(

@@ -37,23 +37,31 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """Dataset name (``filterprune.data.list_datasets()``), where its files are, a training subset
-    size (None = all images) and the evaluation batch size."""
+    """Dataset name (``filterprune.data.list_datasets()``, or ``imagefolder`` for an
+    ImageNet-style folder ``data_dir`` with ``train/<class>/`` and ``val/<class>/``), where its
+    files are, a training subset size (None = all images), the evaluation batch size, and the
+    side in pixels image folders are resized and centre-cropped to (``image_size``)."""
 
     name: str = "fashion-mnist-sample"
     data_dir: str | None = None
     download: bool = False
     train_subset: int | None = Field(None, ge=1)
     eval_batch_size: int = Field(1000, ge=1)
+    image_size: int = Field(224, ge=1)
 
 
 class PruneConfig(_Strict):
-    """One-shot pruning sweep: every prunable layer at each ratio, minus ``skip`` (patterns);
+    """Pruning sweep: every prunable layer at each ratio, minus ``skip`` (patterns);
     ``residual`` is the residual policy (``filterprune.engine.graph.trace``); ``score_by`` names
     the members that score a shared group (``filterprune.engine.plan.select_filters``).
     ``plans`` names configurations of the paper (``filterprune.paper.NAMED_PLANS``, each with its
     own ratios, skip list and residual policy), each pruned as one more point; giving them makes
-    the sweep empty unless ``ratios`` is given too."""
+    the sweep empty unless ``ratios`` is given too.
+
+    ``schedule``: ``one-shot`` prunes all layers at once, then retrains; ``iterative`` prunes
+    one layer (channel group) at a time in forward order, retraining ``iterative_epochs``
+    epochs after each, then retrains as one-shot does (Li et al. 2017, §3.4).
+    """
 
     criterion: Literal["l1", "l2"] = "l1"
     strategy: Literal[STRATEGIES] = "independent"
@@ -63,6 +71,8 @@ class PruneConfig(_Strict):
     round_to: int = Field(1, ge=1)
     score_by: list[str] = Field(default_factory=list)
     plans: list[str] = Field(default_factory=list)
+    schedule: Literal["one-shot", "iterative"] = "one-shot"
+    iterative_epochs: int = Field(1, ge=0)
 
     _ratios = field_validator("ratios")(_check_ratios)
 
@@ -81,10 +91,12 @@ class PruneConfig(_Strict):
 
 
 class SensitivityConfig(_Strict):
-    """Each prunable layer pruned alone at each ratio, evaluated without retraining (Fig. 2b)."""
+    """Each prunable layer pruned alone at each ratio, evaluated without retraining (Fig. 2b),
+    or after ``retrain_epochs`` epochs of retraining with the ``retrain`` settings (Fig. 2c)."""
 
     enabled: bool = True
     ratios: list[float] = Field(default_factory=lambda: list(SWEEP))
+    retrain_epochs: int = Field(0, ge=0)
 
     _ratios = field_validator("ratios")(_check_ratios)
 
@@ -157,6 +169,8 @@ class RunConfig(_Strict):
             alone).
         distill: distillation settings of the methods with ``distill: true``.
         deploy: deployment metrics (latency, throughput, memory, file size).
+        scratch: from-scratch controls trained for every pruned model: ``E`` (the baseline's
+            epochs) and/or ``B`` (the baseline's compute), Liu et al. 2019.
     """
 
     seed: int = 0
@@ -169,6 +183,7 @@ class RunConfig(_Strict):
     prune: PruneConfig = Field(default_factory=PruneConfig)
     sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
     baseline: str | None = None
+    scratch: list[Literal["E", "B"]] = Field(default_factory=list)
     methods: list[MethodConfig] = Field(default_factory=list)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)

@@ -41,6 +41,7 @@ from filterprune.engine import (
     zero_pruned,
 )
 from filterprune.pipeline.config import MethodConfig
+from filterprune.pipeline.schedules import with_plan
 from filterprune.training.distill import distillation_loss
 
 if TYPE_CHECKING:
@@ -200,9 +201,7 @@ def pruned_row(
     """
     cost = profile(model, session.spec.example_input())
     after = session.evaluate(model)
-    spec = copy.copy(session.spec)
-    if plan is not None:
-        spec.plan = plan if spec.plan is None else spec.plan.then(plan)
+    spec = session.spec if plan is None else with_plan(session.spec, plan)
     save_model(out_dir / f"{stage}.safetensors", model, spec)
     log(f"{stage}: {cost.macs / 1e6:.2f}M MACs, top-1 {before['top1']:.2f}% -> "
         f"{after['top1']:.2f}% after retraining")

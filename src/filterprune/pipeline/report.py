@@ -164,17 +164,22 @@ def _render_markdown(results: dict, pruning: list[dict], plots: list[str]) -> st
         f"{_human(baseline['params'])} params; trained {baseline['epochs']} epochs in "
         f"{baseline['train_time_s']:.1f} s.",
         "",
-        "## One-shot pruning of all layers",
+        f"## {_schedule_title(pruning)} pruning of all layers",
         "",
     ]
     lines += _pruning_table(pruning, baseline)
     epochs = sorted({row["retrain_epochs"] for row in pruning})
     if epochs:
         lines += ["", f"Retraining epochs per pruned model: {', '.join(map(str, epochs))}."]
+    if results.get("scratch"):
+        lines += ["", "## Pruned architectures trained from scratch (controls)", ""]
+        lines += _scratch_table(results["scratch"], pruning)
 
     sensitivity = results.get("sensitivity")
     if sensitivity is not None:
-        lines += ["", "## Sensitivity of each layer pruned alone (no retraining)", ""]
+        retrained = sensitivity.get("retrain_epochs", 0)
+        how = f"retrained {retrained} epochs" if retrained else "no retraining"
+        lines += ["", f"## Sensitivity of each layer pruned alone ({how})", ""]
         lines += _sensitivity_section(sensitivity, baseline["top1"])
 
     if _compares(results):
@@ -231,6 +236,29 @@ def _pruning_table(pruning: list[dict], baseline: dict) -> list[str]:
             ]
         rows.append(cells)
     return _table(header, rows)
+
+
+def _schedule_title(pruning: list[dict]) -> str:
+    """"One-shot" or "Iterative" (Li et al. 2017, §3.4), from the rows' schedule."""
+    iterative = any(row.get("schedule") == "iterative" for row in pruning)
+    return "Iterative" if iterative else "One-shot"
+
+
+def _scratch_table(scratch: list[dict], pruning: list[dict]) -> list[str]:
+    """Renders the from-scratch controls (scratch-E, scratch-B) next to pruned + retrained."""
+    pruned = {row["stage"]: row for row in pruning}
+    rows = [
+        [point_label(pruned[row["pruned"]]), f"scratch-{row['kind']}", str(row["epochs"]),
+         _acc(row["top1"]), _acc(pruned[row["pruned"]]["top1_after"])]
+        for row in sorted(scratch, key=lambda row: (-pruned[row["pruned"]]["macs"], row["kind"]))
+    ]
+    lines = ["The pruned architecture re-initialised at random and trained with the baseline's "
+             "settings: scratch-E for the baseline's epochs, scratch-B for its compute (epochs x "
+             "baseline MACs / pruned MACs; Liu et al. 2019).", ""]
+    return lines + _table(
+        ["ratio / plan", "control", "epochs", "top-1 from scratch", "top-1 pruned + retrained"],
+        rows
+    )
 
 
 def _sensitivity_section(sensitivity: dict, baseline_top1: float) -> list[str]:

@@ -30,6 +30,7 @@ import filterprune
 from filterprune._io import atomic_write_text
 from filterprune.checkpoint import ModelSpec, load_model, load_state_dict, save_model
 from filterprune.data import BatchLoader, ImageDataset, load_dataset, make_loaders
+from filterprune.data.imagefolder import IMAGE_FOLDER, load_image_folder
 from filterprune.engine import (
     DependencyGraph,
     apply_plan,
@@ -46,6 +47,13 @@ from filterprune.pipeline.config import RunConfig, load_config
 from filterprune.pipeline.deployment import deploy_stage
 from filterprune.pipeline.methods import distill_hooks, pruned_row, run_methods
 from filterprune.pipeline.report import write_report
+from filterprune.pipeline.schedules import (
+    percent,
+    prune_iteratively,
+    scratch_epochs,
+    sensitivity_retrained,
+    train_from_scratch,
+)
 from filterprune.training import TrainSettings, evaluate, train
 from filterprune.training.loop import console
 
@@ -201,7 +209,11 @@ def prepare(config: RunConfig, *, progress: bool = True) -> Session:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     device = resolve_device(config.device)
-    dataset = load_dataset(config.data.name, config.data.data_dir, download=config.data.download)
+    if config.data.name == IMAGE_FOLDER:
+        dataset = load_image_folder(config.data.data_dir, config.data.image_size)
+    else:
+        dataset = load_dataset(config.data.name, config.data.data_dir,
+                               download=config.data.download)
     train_batches, test_batches = _loaders(config, dataset, device, config.train.batch_size)
     accepted = model_arguments(config.model.name)
     derived = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels,
@@ -306,19 +318,23 @@ def filter_norms(model: nn.Module, graph: DependencyGraph) -> dict[str, list[flo
 
 
 def sensitivity(
-    session: Session, model: nn.Module, graph: DependencyGraph, ratios: list[float], log: Log
+    session: Session, model: nn.Module, graph: DependencyGraph, ratios: list[float], log: Log,
+    criterion: str | None = None, scores: dict[str, torch.Tensor] | None = None,
 ) -> dict:
     """Each prunable layer pruned alone at each ratio, evaluated without retraining (Fig. 2b).
+
+    ``criterion`` (default ``prune.criterion``) or precomputed ``scores`` choose the filters
+    (``select_filters``); the criteria comparison (§4.5) runs this once per criterion.
 
     Returns:
         ``{"ratios": [...], "layers": {name: [top-1 % per ratio]}}``.
     """
-    criterion = session.config.prune.criterion
+    criterion = criterion or session.config.prune.criterion
     layers: dict[str, list[float]] = {}
     for name in graph.layers:
         accuracies = []
         for ratio in ratios:
-            plan = select_filters(model, graph, {name: ratio}, criterion)
+            plan = select_filters(model, graph, {name: ratio}, criterion, scores=scores)
             accuracies.append(session.evaluate(apply_plan(model, plan, graph))["top1"])
         layers[name] = accuracies
         log(f"sensitivity {name}: " + " ".join(f"{a:.1f}" for a in accuracies))
@@ -326,13 +342,13 @@ def sensitivity(
 
 
 def pruned_stage(point: float | str) -> str:
-    """Name of the stage (and model file) of one-shot pruning at a ratio (``pruned-50``) or by a
-    named plan (its name)."""
-    return point if isinstance(point, str) else f"pruned-{round(point * 100):02d}"
+    """Name of the stage (and model file) of pruning at a ratio (``pruned-50``) or by a named
+    plan (its name)."""
+    return point if isinstance(point, str) else f"pruned-{percent(point)}"
 
 
 def pruning_points(config: RunConfig) -> list[float | str]:
-    """The one-shot pruning points of a run: its named plans, then each ratio."""
+    """The pruning points of a run: its named plans, then each ratio."""
     return [*config.prune.plans, *config.prune.ratios]
 
 
@@ -340,24 +356,49 @@ def prune_and_retrain(
     session: Session, model: nn.Module, graph: DependencyGraph, point: float | str,
     baseline: dict, stages: Stages, out_dir: Path, log: Log,
 ) -> dict:
-    """One-shot pruning of every prunable layer at a ratio, or by a named plan of the paper
-    (``filterprune.paper``), then retraining (§3.4)."""
+    """Pruning of every prunable layer at a ratio or by a named plan of the paper
+    (``filterprune.paper``; with its own residual policy), one-shot or iterative
+    (``prune.schedule``), then retraining (§3.4)."""
     stage = pruned_stage(point)
     cfg = session.config.prune
     if isinstance(point, str):
-        plan, graph = named_plan(point).plan(model, session.spec.example_input(), cfg.criterion,
-                                             cfg.strategy, cfg.round_to)
+        named = named_plan(point)
+        graph, ratios = named.resolve_on(model, session.spec.example_input())
+        score_by = named.score_by
     else:
-        plan = select_filters(model, graph, resolve_ratios(graph, point, cfg.skip),
-                              cfg.criterion, cfg.strategy, cfg.round_to, cfg.score_by)
-    pruned = apply_plan(model, plan, graph)
+        ratios, score_by = resolve_ratios(graph, point, cfg.skip), cfg.score_by
+    if cfg.schedule == "iterative":
+        plan, pruned = prune_iteratively(session, model, graph, ratios, score_by, stage, stages,
+                                         log)
+    else:
+        plan = select_filters(model, graph, ratios, cfg.criterion, cfg.strategy, cfg.round_to,
+                              score_by)
+        pruned = apply_plan(model, plan, graph)
     before = session.evaluate(pruned)
     session.train(pruned, session.config.retrain, stage, stages.state(stage),
                   **distill_hooks(session, model, session.config.distill.sweep))
-    named = point if isinstance(point, str) else None
-    row = pruned_row(session, pruned, plan, stage, None if named else point, baseline, before,
-                     out_dir, log)
-    return {**row, "plan": named}
+    row = pruned_row(session, pruned, plan, stage, None if isinstance(point, str) else point,
+                     baseline, before, out_dir, log)
+    return {**row, "plan": point if isinstance(point, str) else None, "schedule": cfg.schedule}
+
+
+def scratch_controls(
+    session: Session, pruning: list[dict], baseline: dict, stages: Stages, out_dir: Path, log: Log
+) -> list[dict]:
+    """The ``scratch`` controls of every pruned model: its architecture trained from random
+    initialisation (``filterprune.pipeline.schedules.train_from_scratch``), one stage each."""
+    rows = []
+    for row in pruning:
+        spec = load_model(out_dir / f"{row['stage']}.safetensors")[1]
+        for kind in session.config.scratch:
+            stage = f"scratch-{kind}-{row['plan'] or percent(row['ratio'])}"
+            epochs = scratch_epochs(kind, session.config.train.epochs, baseline["macs"],
+                                    row["macs"])
+            result = stages.run(stage, lambda s=stage, e=epochs, p=spec: train_from_scratch(
+                session, p, e, s, stage_seed(session.config.seed, s), stages, out_dir, log))
+            rows.append({"ratio": row["ratio"], "plan": row["plan"], "pruned": row["stage"],
+                         "kind": kind, **result})
+    return rows
 
 
 def run_pipeline(
@@ -409,7 +450,9 @@ def run_pipeline(
         "baseline": baseline,
         "filter_norms": filter_norms(model, graph),
         "sensitivity": (
-            stages.run("sensitivity", lambda: sensitivity(
+            stages.run("sensitivity", lambda: sensitivity_retrained(
+                session, model, graph, config.sensitivity.ratios, stages, log)
+                if config.sensitivity.retrain_epochs else sensitivity(
                 session, model, graph, config.sensitivity.ratios, log))
             if config.sensitivity.enabled else None
         ),
@@ -420,6 +463,9 @@ def run_pipeline(
         ],
     }
     results["methods"] = run_methods(session, model, graph, baseline, stages, out_dir, log)
+    if config.scratch:
+        results["scratch"] = scratch_controls(session, results["pruning"], baseline, stages,
+                                              out_dir, log)
     results["deploy"] = deploy_stage(session, results, stages, out_dir, log)
     results["wall_time_s"] = time.perf_counter() - start
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
