@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from filterprune.engine.graph import RESIDUAL_POLICIES
 from filterprune.engine.plan import STRATEGIES, check_ratio
 from filterprune.errors import FilterpruneError
+from filterprune.pipeline.sensitivity import METHODS
 from filterprune.training.loop import TrainSettings
 
 SWEEP = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -61,9 +62,12 @@ class PruneConfig(_Strict):
 
 
 class SensitivityConfig(_Strict):
-    """Each prunable layer pruned alone at each ratio, evaluated without retraining (Fig. 2b)."""
+    """Each prunable layer pruned alone at each ratio, evaluated without retraining (Fig. 2b);
+    ``method`` ``shared-prefix`` (no copies, fast) or ``copies`` (the reference, same numbers:
+    filterprune.pipeline.sensitivity)."""
 
     enabled: bool = True
+    method: Literal[METHODS] = "shared-prefix"
     ratios: list[float] = Field(default_factory=lambda: list(SWEEP))
 
     _ratios = field_validator("ratios")(_check_ratios)

@@ -44,6 +44,7 @@ from filterprune.errors import FilterpruneError
 from filterprune.models import model_arguments
 from filterprune.pipeline.config import RunConfig, load_config
 from filterprune.pipeline.report import write_report
+from filterprune.pipeline.sensitivity import sensitivity_plans, top1_by_copies, top1_shared_prefix
 from filterprune.training import TrainSettings, evaluate, train
 from filterprune.training.loop import console
 
@@ -308,14 +309,13 @@ def sensitivity(
     Returns:
         ``{"ratios": [...], "layers": {name: [top-1 % per ratio]}}``.
     """
-    criterion = session.config.prune.criterion
-    layers: dict[str, list[float]] = {}
-    for name in graph.layers:
-        accuracies = []
-        for ratio in ratios:
-            plan = select_filters(model, graph, {name: ratio}, criterion)
-            accuracies.append(session.evaluate(apply_plan(model, plan, graph))["top1"])
-        layers[name] = accuracies
+    plans = sensitivity_plans(model, graph, list(graph.layers), ratios,
+                              session.config.prune.criterion)
+    if session.config.sensitivity.method == "copies":
+        layers = top1_by_copies(model, graph, plans, session.evaluate)
+    else:
+        layers = top1_shared_prefix(model, graph, plans, session.test_batches, session.device)
+    for name, accuracies in layers.items():
         log(f"sensitivity {name}: " + " ".join(f"{a:.1f}" for a in accuracies))
     return {"ratios": list(ratios), "layers": layers}
 

@@ -147,6 +147,20 @@ def train(
     return history
 
 
+def topk_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Whether each sample's label is among its top-k classes, k = 1..min(5, classes).
+
+    Args:
+        logits: (B, classes).
+        labels: int64 (B,).
+
+    Returns:
+        bool (B, k): column 0 is top-1, ``any`` over the columns top-5.
+    """
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    return top == labels[:, None]
+
+
 def evaluate(model: nn.Module, batches: Batches, device: torch.device | str = "cpu") -> dict:
     """Top-1 (and, for >= 100 classes, top-5) accuracy in % and mean cross-entropy.
 
@@ -168,8 +182,7 @@ def evaluate(model: nn.Module, batches: Batches, device: torch.device | str = "c
         for images, labels in batches:
             logits = model(images)
             total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            hits = top == labels[:, None]
+            hits = topk_hits(logits, labels)
             correct1 += hits[:, 0].sum().item()
             correct5 += hits.any(dim=1).sum().item()
             seen += len(labels)
