@@ -15,7 +15,7 @@ from filterprune.engine.graph import RESIDUAL_POLICIES
 from filterprune.engine.plan import STRATEGIES, check_ratio
 from filterprune.errors import FilterpruneError
 from filterprune.pipeline.sensitivity import METHODS
-from filterprune.training.loop import TrainSettings
+from filterprune.training.loop import ComputeSettings, TrainSettings
 
 SWEEP = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
@@ -85,6 +85,8 @@ class RunConfig(_Strict):
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1``...
         deterministic: restrict torch to deterministic algorithms (same seed, same weights).
         baseline: a model file to start from instead of training the baseline.
+        compute: memory format, bf16 autocast and torch.compile of training and evaluation
+            (all off by default).
     """
 
     seed: int = 0
@@ -97,6 +99,7 @@ class RunConfig(_Strict):
     prune: PruneConfig = Field(default_factory=PruneConfig)
     sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
     baseline: str | None = None
+    compute: ComputeSettings = Field(default_factory=ComputeSettings)
 
 
 def _set(data: dict, assignment: str) -> None:

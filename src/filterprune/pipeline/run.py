@@ -64,7 +64,7 @@ class Session:
     progress: bool = True
 
     def evaluate(self, model: nn.Module) -> dict:
-        return evaluate(model, self.test_batches, self.device)
+        return evaluate(model, self.test_batches, self.device, self.config.compute)
 
     def train(
         self, model: nn.Module, settings: TrainSettings, stage: str, state_path: Path
@@ -77,7 +77,8 @@ class Session:
         torch.manual_seed(seed)
         loader.generator.manual_seed(seed)
         return train(model, loader, settings, self.device, description=stage,
-                     progress=self.progress, state_path=state_path, rng=loader.generator)
+                     progress=self.progress, state_path=state_path, rng=loader.generator,
+                     compute=self.config.compute)
 
 
 class Stages:
@@ -314,7 +315,8 @@ def sensitivity(
     if session.config.sensitivity.method == "copies":
         layers = top1_by_copies(model, graph, plans, session.evaluate)
     else:
-        layers = top1_shared_prefix(model, graph, plans, session.test_batches, session.device)
+        layers = top1_shared_prefix(model, graph, plans, session.test_batches, session.device,
+                                    session.config.compute)
     for name, accuracies in layers.items():
         log(f"sensitivity {name}: " + " ".join(f"{a:.1f}" for a in accuracies))
     return {"ratios": list(ratios), "layers": layers}

@@ -21,7 +21,7 @@ from torch import nn
 
 from filterprune.engine import DependencyGraph, PruningPlan, apply_plan, select_filters
 from filterprune.engine.variants import PrunedVariants
-from filterprune.training.loop import Batches, topk_hits
+from filterprune.training.loop import Batches, ComputeSettings, topk_hits
 
 METHODS = ("shared-prefix", "copies")
 
@@ -46,7 +46,7 @@ def top1_by_copies(
 
 def top1_shared_prefix(
     model: nn.Module, graph: DependencyGraph, plans: dict[str, list[PruningPlan]],
-    batches: Batches, device: torch.device | str = "cpu",
+    batches: Batches, device: torch.device | str = "cpu", compute: ComputeSettings | None = None,
 ) -> dict[str, list[float]]:
     """Top-1 (%) of the model each plan prunes, without copies (see the module docstring).
 
@@ -56,6 +56,7 @@ def top1_shared_prefix(
         plans: layer name -> plans (``sensitivity_plans``).
         batches: (images (B, C, H, W), labels (B,)) on ``device``.
         device: where to evaluate.
+        compute: memory format and autocast of the forward passes, as in ``evaluate``.
 
     Returns:
         Layer name -> top-1 % per plan, as ``evaluate`` counts it.
@@ -63,11 +64,14 @@ def top1_shared_prefix(
     Raises:
         FilterpruneError: plain torch.fx cannot trace the model (use ``top1_by_copies``).
     """
-    variants = PrunedVariants(model.to(device), graph, plans)
+    compute = compute or ComputeSettings()
+    variants = PrunedVariants(compute.prepare(model, device), graph, plans)
     correct = {name: [0] * len(layer_plans) for name, layer_plans in plans.items()}
     seen = 0
     for images, labels in batches:
-        for name, number, logits in variants(images):
+        with compute.autocast(device):
+            outputs = variants(compute.batch(images))
+        for name, number, logits in outputs:
             correct[name][number] += topk_hits(logits, labels)[:, 0].sum().item()
         seen += len(labels)
     return {name: [100.0 * c / max(1, seen) for c in counts] for name, counts in correct.items()}
