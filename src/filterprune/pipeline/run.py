@@ -28,6 +28,7 @@ import yaml
 from torch import nn
 
 import filterprune
+from filterprune import distributed
 from filterprune._io import atomic_write_text
 from filterprune.checkpoint import ModelSpec, load_model, load_state_dict, save_model
 from filterprune.data import BatchLoader, ImageDataset, load_dataset, make_loaders
@@ -71,7 +72,7 @@ class Session:
     ) -> list[dict]:
         """Trains ``model`` for one stage, resuming from ``state_path`` if it exists."""
         loader = self.train_batches
-        if settings.batch_size != loader.batch_size:
+        if settings.batch_size != self.config.train.batch_size:
             loader = _loaders(self.config, self.dataset, self.device, settings.batch_size)[0]
         seed = stage_seed(self.config.seed, stage)
         torch.manual_seed(seed)
@@ -100,13 +101,20 @@ class Stages:
         return self.root / f"{name}.state.safetensors"
 
     def run(self, name: str, compute: Callable[[], dict]) -> dict:
-        """The result of stage ``name``: read back if finished, else computed and recorded."""
+        """The result of stage ``name``: read back if finished, else computed and recorded
+        (by rank 0 under torchrun; every rank computes it and waits for the record)."""
         done = self.root / f"{name}.json"
-        if done.is_file():
+        finished = done.is_file()
+        distributed.barrier()  # every rank looks before rank 0 can write
+        if finished:
             return json.loads(done.read_text())
         result = compute()
-        atomic_write_text(done, json.dumps(result, indent=2))
-        self.state(name).unlink(missing_ok=True)
+
+        def record() -> None:
+            atomic_write_text(done, json.dumps(result, indent=2))
+            self.state(name).unlink(missing_ok=True)
+
+        distributed.on_main(record)
         return result
 
 
@@ -119,7 +127,8 @@ def _loaders(
     config: RunConfig, dataset: ImageDataset, device: torch.device, batch_size: int
 ) -> tuple[BatchLoader, BatchLoader]:
     return make_loaders(dataset, batch_size, config.data.eval_batch_size, seed=config.seed,
-                        device=device, train_subset=config.data.train_subset)
+                        device=device, train_subset=config.data.train_subset,
+                        rank=distributed.rank(), world_size=distributed.world_size())
 
 
 def resolve_device(name: str) -> torch.device:
@@ -129,13 +138,15 @@ def resolve_device(name: str) -> torch.device:
         FilterpruneError: an unknown device name or an unavailable CUDA device.
     """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError as e:
         raise FilterpruneError(f"unknown device '{name}'") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FilterpruneError(f"device '{name}' requested but CUDA is not available")
+    if device == torch.device("cuda") and distributed.active():
+        return torch.device("cuda", torch.cuda.current_device())  # torchrun's LOCAL_RANK
     return device
 
 
@@ -182,9 +193,15 @@ def open_run(out_dir: Path, config: RunConfig, resume: bool) -> Stages:
     """
     if resume:
         check_resume(out_dir, config)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
-    return Stages(out_dir, resume)
+
+    def write() -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "config.yaml",
+                          yaml.safe_dump(config.model_dump(), sort_keys=False))
+        Stages(out_dir, resume)  # clears the stage files unless resuming
+
+    distributed.on_main(write)
+    return Stages(out_dir, resume=True)
 
 
 def prepare(config: RunConfig, *, progress: bool = True) -> Session:
@@ -206,15 +223,17 @@ def prepare(config: RunConfig, *, progress: bool = True) -> Session:
     kwargs = {k: v for k, v in derived.items() if k in accepted} | config.model.kwargs
     shape = (1, dataset.in_channels, dataset.image_size, dataset.image_size)
     spec = ModelSpec(config.model.name, kwargs, shape)
-    return Session(config, dataset, train_batches, test_batches, device, spec, progress)
+    return Session(config, dataset, train_batches, test_batches, device, spec,
+                   progress and distributed.is_main())
 
 
 def environment(session: Session) -> dict:
-    """Package and torch versions, device and seed, written next to every result."""
+    """Package and torch versions, device, seed and number of processes (torchrun), written
+    next to every result."""
     return {
         "filterprune": filterprune.__version__, "torch": torch.__version__,
         "python": platform.python_version(), "device": str(session.device),
-        "seed": session.config.seed,
+        "seed": session.config.seed, "processes": distributed.world_size(),
     }
 
 
@@ -279,7 +298,7 @@ def _train_baseline(
         log(f"training {config.model.name} on {session.dataset.name} for "
             f"{config.train.epochs} epochs")
         history = session.train(model, config.train, "baseline", stages.state("baseline"))
-    save_model(out_dir / "baseline.safetensors", model, session.spec)
+    distributed.on_main(lambda: save_model(out_dir / "baseline.safetensors", model, session.spec))
     cost = profile(model, session.spec.example_input())
     metrics = session.evaluate(model)
     log(f"baseline top-1 {metrics['top1']:.2f}%, {cost.macs / 1e6:.2f}M MACs, "
@@ -310,16 +329,22 @@ def sensitivity(
     Returns:
         ``{"ratios": [...], "layers": {name: [top-1 % per ratio]}}``.
     """
-    plans = sensitivity_plans(model, graph, list(graph.layers), ratios,
-                              session.config.prune.criterion)
+    mine = list(graph.layers)[distributed.rank() :: distributed.world_size()]  # torchrun: a share
+    plans = sensitivity_plans(model, graph, mine, ratios, session.config.prune.criterion)
     if session.config.sensitivity.method == "copies":
-        layers = top1_by_copies(model, graph, plans, session.evaluate)
+        top1 = top1_by_copies(model, graph, plans, session.evaluate)
     else:
-        layers = top1_shared_prefix(model, graph, plans, session.test_batches, session.device,
-                                    session.config.compute)
+        top1 = top1_shared_prefix(model, graph, plans, session.test_batches, session.device,
+                                  session.config.compute)
+    gathered = distributed.gather_dicts(top1)
+    layers = {name: gathered[name] for name in graph.layers}
     for name, accuracies in layers.items():
         log(f"sensitivity {name}: " + " ".join(f"{a:.1f}" for a in accuracies))
     return {"ratios": list(ratios), "layers": layers}
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def pruned_stage(ratio: float) -> str:
@@ -343,7 +368,7 @@ def prune_and_retrain(
     after = session.evaluate(pruned)
     spec = copy.copy(session.spec)
     spec.plan = plan if spec.plan is None else spec.plan.then(plan)
-    save_model(out_dir / f"{stage}.safetensors", pruned, spec)
+    distributed.on_main(lambda: save_model(out_dir / f"{stage}.safetensors", pruned, spec))
     log(f"ratio {ratio:.0%}: {cost.macs / 1e6:.2f}M MACs, top-1 {before['top1']:.2f}% -> "
         f"{after['top1']:.2f}% after retraining")
     return {
@@ -386,6 +411,7 @@ def run_pipeline(
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
+    log = log if distributed.is_main() else _silent
     stages = open_run(out_dir, config, resume)
     session = prepare(config, progress=progress)
     model = initial_model(session, log)
@@ -416,7 +442,11 @@ def run_pipeline(
         ],
     }
     results["wall_time_s"] = time.perf_counter() - start
-    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
-    write_report(results, out_dir)
+
+    def write() -> None:
+        atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
+        write_report(results, out_dir)
+
+    distributed.on_main(write)
     log(f"report written to {out_dir / 'report.md'} ({results['wall_time_s']:.0f} s)")
     return results

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
+from filterprune import distributed
 from filterprune.errors import FilterpruneError
 from filterprune.training.state import load_training_state, save_training_state
 
@@ -132,6 +133,10 @@ def train(
         rng: the generator that orders and augments ``batches``, saved and restored with the state.
         compute: memory format, autocast and compilation of the forward passes (default: none).
 
+    Under torchrun (``filterprune.distributed``), the model trains under
+    DistributedDataParallel, each rank on its share of ``batches``; only rank 0 writes the
+    state file, and every rank ends with rank 0's weights and buffers.
+
     Returns:
         One dict per epoch: ``epoch``, ``lr``, ``loss`` (mean), ``top1`` (training, %), ``time_s``.
 
@@ -140,9 +145,9 @@ def train(
             finished epoch), or the state file does not fit.
     """
     compute = compute or ComputeSettings()
-    forward = compute.prepare(model, device)
+    forward = distributed.wrap(compute.prepare(model, device), torch.device(device))
     if compute.compile:
-        forward = torch.compile(model)
+        forward = torch.compile(forward)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=settings.lr, momentum=settings.momentum,
         weight_decay=settings.weight_decay,
@@ -182,8 +187,9 @@ def train(
                 "top1": 100.0 * correct / max(1, seen),
                 "time_s": time.perf_counter() - start,
             })
-            if state_path is not None:
+            if state_path is not None and distributed.is_main():
                 save_training_state(state_path, model, optimizer, epoch + 1, history, rng)
+    distributed.synchronize(model)
     return history
 
 
