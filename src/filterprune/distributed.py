@@ -43,15 +43,19 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env() -> None:
+def init_from_env() -> bool:
     """Joins the process group torchrun describes (``WORLD_SIZE`` > 1 in the environment);
-    on a machine with CUDA, selects the GPU ``LOCAL_RANK``. Does nothing otherwise.
+    on a machine with CUDA, selects the GPU ``LOCAL_RANK``. Does nothing otherwise, or if the
+    group is already initialised.
+
+    Returns:
+        Whether it joined (then call ``shutdown`` when done).
 
     Raises:
         FilterpruneError: the process group cannot be initialised.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return
+        return False
     backend = "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -60,12 +64,12 @@ def init_from_env() -> None:
         dist.init_process_group(backend)
     except (RuntimeError, ValueError) as e:
         raise FilterpruneError(f"cannot join the process group: {e}") from e
+    return True
 
 
 def shutdown() -> None:
-    """Leaves the process group, if joined."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leaves the process group ``init_from_env`` joined."""
+    dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Runs one command; returns the exit code (0 success, 2 bad input)."""
     args = build_parser().parse_args(argv)
+    joined = False
     try:
-        distributed.init_from_env()  # under torchrun (see filterprune.distributed)
+        joined = distributed.init_from_env()  # under torchrun (see filterprune.distributed)
         result = args.run(args)
         printing = distributed.is_main()  # rank 0 only
     except FilterpruneError as e:
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"filterprune {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        distributed.shutdown()
+        if joined:
+            distributed.shutdown()
     if printing:
         print(json.dumps(result, indent=2) if args.json else args.render(result))
     return 0

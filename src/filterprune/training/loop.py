@@ -65,7 +65,7 @@ class TrainSettings(BaseModel):
 
 
 class ComputeSettings(BaseModel):
-    """How forward passes run; the numbers they compute stay those of the model.
+    """How forward passes run: memory format, precision and compilation.
 
     Attributes:
         channels_last: model weights and input batches in channels-last memory format (NHWC),
