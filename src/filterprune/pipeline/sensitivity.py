@@ -6,8 +6,8 @@ Two ways give the same numbers, with the filters chosen by the same engine call
 
 - ``shared-prefix`` (default): no copies; for each batch the unpruned forward pass runs once and
   every (layer, ratio) reuses it up to the layer's consumers
-  (filterprune.engine.variants.PrunedVariants). Works on every model the engine traces, residual
-  and depthwise nets included.
+  (filterprune.engine.variants.PrunedVariants). Works on every model torch.fx traces whole
+  (no module left to ``ignore``), residual, concatenating and depthwise nets included.
 - ``copies``: the reference; a copy of the model pruned by ``apply_plan`` and evaluated per
   (layer, ratio).
 """
