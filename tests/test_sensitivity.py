@@ -4,8 +4,7 @@ import pytest
 import torch
 from test_graph_general import BottleneckNet, ConcatNet, LinearSENet, randomize_bn
 
-from filterprune.engine import apply_plan, trace
-from filterprune.engine.variants import PrunedVariants
+from filterprune.engine import PrunedVariants, apply_plan, trace
 from filterprune.errors import FilterpruneError
 from filterprune.models import create_model
 from filterprune.pipeline.config import load_config

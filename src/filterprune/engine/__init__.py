@@ -9,10 +9,11 @@ from filterprune.engine.plan import PruningPlan, kept_count, resolve_ratios, sel
 from filterprune.engine.profile import Profile, profile
 from filterprune.engine.pruner import PruneResult, plan_pruning, prune
 from filterprune.engine.surgery import apply_plan
+from filterprune.engine.variants import PrunedVariants
 
 __all__ = [
     "CRITERIA", "RESIDUAL_POLICIES", "ChannelGroup", "DependencyGraph", "Profile", "PruneResult",
-    "PruningPlan",
+    "PrunedVariants", "PruningPlan",
     "apply_plan", "get_criterion", "kept_count", "l1_norm", "l2_norm", "plan_pruning", "profile",
     "prune", "resolve_ratios", "select_filters", "trace",
 ]

@@ -19,8 +19,13 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from filterprune.engine import DependencyGraph, PruningPlan, apply_plan, select_filters
-from filterprune.engine.variants import PrunedVariants
+from filterprune.engine import (
+    DependencyGraph,
+    PrunedVariants,
+    PruningPlan,
+    apply_plan,
+    select_filters,
+)
 from filterprune.training.loop import Batches, ComputeSettings, topk_hits
 
 METHODS = ("shared-prefix", "copies")
