@@ -130,10 +130,11 @@ def test_run_prunes_by_a_named_plan(tmp_path, data_dir, capsys):
     config = tmp_path / "config.yaml"
     config.write_text(json.dumps({
         "model": {"name": "resnet56"},
-        "data": {"name": "fashion-mnist", "data_dir": str(data_dir), "eval_batch_size": 50},
+        "data": {"name": "fashion-mnist", "data_dir": str(data_dir), "eval_batch_size": 50,
+                 "train_subset": 100},
         "train": {"epochs": 1, "batch_size": 50}, "retrain": {"epochs": 1, "batch_size": 50},
         "prune": {"plans": ["resnet56-pruned-A", "resnet56-pruned-B"], "ratios": [0.5]},
-        "sensitivity": {"enabled": False},
+        "sensitivity": {"enabled": False}, "deploy": {"enabled": False}, "scratch": ["E"],
     }))
     out = tmp_path / "run"
     assert main(["run", str(config), "--out", str(out), "--json"]) == 0
@@ -145,3 +146,7 @@ def test_run_prunes_by_a_named_plan(tmp_path, data_dir, capsys):
     for stage in ("resnet56-pruned-A", "resnet56-pruned-B", "pruned-50"):
         assert (out / f"{stage}.safetensors").is_file()
     assert "resnet56-pruned-B" in (out / "report.md").read_text()
+    scratch = json.loads((out / "results.json").read_text())["scratch"]
+    assert [(c["plan"], c["kind"]) for c in scratch] == [
+        ("resnet56-pruned-A", "E"), ("resnet56-pruned-B", "E"), (None, "E")]
+    assert (out / "scratch-E-resnet56-pruned-B.safetensors").is_file()

@@ -8,6 +8,7 @@ import json
 import sys
 
 import filterprune
+from filterprune import distributed
 from filterprune.cli import (
     criteria,
     evaluate,
@@ -45,8 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Runs one command; returns the exit code (0 success, 2 bad input)."""
     args = build_parser().parse_args(argv)
+    joined = False
     try:
+        joined = distributed.init_from_env()  # under torchrun (see filterprune.distributed)
         result = args.run(args)
+        printing = distributed.is_main()  # rank 0 only
     except FilterpruneError as e:
         if args.debug:
             raise
@@ -55,5 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"filterprune {args.command}: interrupted", file=sys.stderr)
         return 130
-    print(json.dumps(result, indent=2) if args.json else args.render(result))
+    finally:
+        if joined:
+            distributed.shutdown()
+    if printing:
+        print(json.dumps(result, indent=2) if args.json else args.render(result))
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from filterprune import distributed
 from filterprune.checkpoint import save_model
 from filterprune.cli._common import (
     add_config_arguments,
@@ -38,7 +39,8 @@ def run(args: argparse.Namespace) -> dict:
     def finetune() -> dict:
         before = session.evaluate(model)["top1"]
         session.train(model, config.retrain, "finetune", stages.state("finetune"))
-        path = save_model(out / "finetuned.safetensors", model, session.spec)
+        path = out / "finetuned.safetensors"
+        distributed.on_main(lambda: save_model(path, model, session.spec))
         return {"checkpoint": str(path), "top1_before": before,
                 "top1_after": session.evaluate(model)["top1"], "epochs": config.retrain.epochs}
 

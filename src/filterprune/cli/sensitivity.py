@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from filterprune import distributed
 from filterprune._io import atomic_write_text
 from filterprune.cli._common import add_config_arguments, config_from_args, quiet
 from filterprune.engine import trace
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> dict:
     result = {"baseline_top1": session.evaluate(model)["top1"],
               **sensitivity(session, model, graph, config.sensitivity.ratios, quiet)}
     if args.out:
-        atomic_write_text(args.out, json.dumps(result, indent=2))
+        distributed.on_main(lambda: atomic_write_text(args.out, json.dumps(result, indent=2)))
     return result
 
 

@@ -41,6 +41,10 @@ class BatchLoader:
         drop_last: Drop the final batch if it holds fewer than ``batch_size`` samples.
         generator: CPU generator for shuffling and augmentation; None uses torch's global RNG.
         device: Device the data is moved to and batches are produced on.
+        rank: With ``world_size`` > 1, this process's share of each epoch: the first
+            ``N - N % world_size`` samples of the epoch's order, every ``world_size``-th from
+            ``rank`` on. All ranks use the same seed, so the shares are disjoint.
+        world_size: Number of processes sharing each epoch.
 
     Raises:
         FilterpruneError: Wrong dtypes or shapes, mismatched lengths, ``batch_size`` < 1,
@@ -62,6 +66,8 @@ class BatchLoader:
         drop_last: bool = False,
         generator: torch.Generator | None = None,
         device: str | torch.device = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise FilterpruneError(
@@ -92,6 +98,7 @@ class BatchLoader:
         self.flip = flip
         self.drop_last = drop_last
         self.generator = generator
+        self.rank, self.world_size = rank, world_size
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         # (x / 255 - mean) / std == x * scale - shift
@@ -100,8 +107,8 @@ class BatchLoader:
 
     @property
     def num_samples(self) -> int:
-        """Number of samples N the loader iterates over."""
-        return self.labels.shape[0]
+        """Number of samples the loader iterates over per epoch (this rank's share of N)."""
+        return self.labels.shape[0] // self.world_size
 
     def head(self, n: int) -> torch.Tensor:
         """The first ``n`` images (fewer if there are fewer), normalised, never augmented: float32
@@ -115,11 +122,13 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield one epoch of (images float32 (B, C, H, W), labels int64 (B,)) on ``device``."""
-        n = self.num_samples
+        n = self.labels.shape[0]
         if self.shuffle:
             order = torch.randperm(n, generator=self.generator).to(self.device)
         else:
             order = torch.arange(n, device=self.device)
+        if self.world_size > 1:
+            order = order[: n - n % self.world_size][self.rank :: self.world_size]
         for i in range(len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
             images = self.images[index]
@@ -161,6 +170,8 @@ def make_loaders(
     seed: int,
     device: str | torch.device = "cpu",
     train_subset: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[BatchLoader, BatchLoader]:
     """Build the training and test loaders of a dataset.
 
@@ -176,6 +187,11 @@ def make_loaders(
         seed: Seeds the generator used for the subset draw, shuffling and augmentation.
         device: Device the data is moved to and batches are produced on.
         train_subset: If given, train on this many training samples drawn at random (seeded).
+        rank: This process's rank when ``world_size`` processes train together: the training
+            loader yields its share of each epoch (``BatchLoader``) in batches of
+            ``batch_size // world_size`` (at least 1), so a step of all ranks covers
+            ``batch_size`` samples. The test loader is whole on every rank.
+        world_size: Number of processes training together.
 
     Returns:
         (train loader, test loader).
@@ -193,6 +209,8 @@ def make_loaders(
             )
         keep = torch.randperm(n, generator=generator)[:train_subset].sort().values
         images, labels = images[keep], labels[keep]
+    batch_size = max(1, batch_size // world_size)
+    n = labels.shape[0] // world_size
     train = BatchLoader(
         images,
         labels,
@@ -201,9 +219,11 @@ def make_loaders(
         std=dataset.std,
         shuffle=True,
         augment=dataset.augment,
-        drop_last=labels.shape[0] > batch_size > 1 and labels.shape[0] % batch_size == 1,
+        drop_last=n > batch_size > 1 and n % batch_size == 1,
         generator=generator,
         device=device,
+        rank=rank,
+        world_size=world_size,
     )
     test = BatchLoader(
         dataset.test_images,

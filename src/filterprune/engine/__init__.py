@@ -24,10 +24,11 @@ from filterprune.engine.plan import (
 from filterprune.engine.profile import Profile, profile
 from filterprune.engine.pruner import PruneResult, plan_pruning, prune
 from filterprune.engine.surgery import apply_plan, zero_pruned
+from filterprune.engine.variants import PrunedVariants
 
 __all__ = [
     "ACTIVATION_CRITERIA", "CRITERIA", "RESIDUAL_POLICIES", "ChannelGroup", "DependencyGraph",
-    "Profile", "PruneResult", "PruningPlan",
+    "Profile", "PruneResult", "PrunedVariants", "PruningPlan",
     "activation_scores", "apply_plan", "cluster_representatives", "decide_groups",
     "get_criterion", "kept_count", "l1_largest", "l1_norm", "l2_norm", "plan_pruning", "profile",
     "prune", "random_criterion", "resolve_ratios", "select_by_clustering", "select_filters",

@@ -15,7 +15,8 @@ from filterprune.engine.graph import RESIDUAL_POLICIES
 from filterprune.engine.plan import STRATEGIES, check_ratio
 from filterprune.errors import FilterpruneError
 from filterprune.paper import named_plan
-from filterprune.training.loop import TrainSettings
+from filterprune.pipeline.sensitivity import METHODS
+from filterprune.training.loop import ComputeSettings, TrainSettings
 
 SWEEP = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
@@ -92,9 +93,12 @@ class PruneConfig(_Strict):
 
 class SensitivityConfig(_Strict):
     """Each prunable layer pruned alone at each ratio, evaluated without retraining (Fig. 2b),
-    or after ``retrain_epochs`` epochs of retraining with the ``retrain`` settings (Fig. 2c)."""
+    or after ``retrain_epochs`` epochs of retraining with the ``retrain`` settings (Fig. 2c).
+    Without retraining, ``method`` ``shared-prefix`` (no copies, fast) or ``copies`` (the
+    reference, same numbers: filterprune.pipeline.sensitivity)."""
 
     enabled: bool = True
+    method: Literal[METHODS] = "shared-prefix"
     ratios: list[float] = Field(default_factory=lambda: list(SWEEP))
     retrain_epochs: int = Field(0, ge=0)
 
@@ -171,6 +175,8 @@ class RunConfig(_Strict):
         deploy: deployment metrics (latency, throughput, memory, file size).
         scratch: from-scratch controls trained for every pruned model: ``E`` (the baseline's
             epochs) and/or ``B`` (the baseline's compute), Liu et al. 2019.
+        compute: memory format, bf16 autocast and torch.compile of training and evaluation
+            (all off by default).
     """
 
     seed: int = 0
@@ -184,6 +190,7 @@ class RunConfig(_Strict):
     sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
     baseline: str | None = None
     scratch: list[Literal["E", "B"]] = Field(default_factory=list)
+    compute: ComputeSettings = Field(default_factory=ComputeSettings)
     methods: list[MethodConfig] = Field(default_factory=list)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)

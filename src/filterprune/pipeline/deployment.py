@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from filterprune import distributed
 from filterprune.checkpoint import load_model
 from filterprune.deploy import fastest_of, file_size_mb, measure, rebuilt, speedups
 
@@ -27,7 +28,7 @@ def deploy_stage(
     session: Session, results: dict, stages: Stages, out_dir: Path, log: Log
 ) -> dict | None:
     """Measures the baseline and every model of ``results`` (stage ``deploy``), or None when
-    ``deploy.enabled`` is false.
+    ``deploy.enabled`` is false (and on ranks other than 0 under torchrun).
 
     Returns:
         ``{"device", "threads", "batch_sizes", "rounds", "models": {stage: {"size_mb", "metrics":
@@ -39,7 +40,9 @@ def deploy_stage(
         return None
     names = ["baseline"] + [row["stage"] for row in results["pruning"]] + [
         row["stage"] for rows in results["methods"].values() for row in rows]
-    return stages.run("deploy", lambda: _measure_all(session, names, out_dir, log))
+    # under torchrun, rank 0 alone measures (ranks measuring at once would slow each other)
+    return stages.run("deploy", lambda: distributed.on_main(
+        lambda: _measure_all(session, names, out_dir, log)))
 
 
 def _measure_all(session: Session, names: list[str], out_dir: Path, log: Log) -> dict:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from filterprune import distributed
 from filterprune.checkpoint import save_model
 from filterprune.engine import (
     DependencyGraph,
@@ -202,7 +203,7 @@ def pruned_row(
     cost = profile(model, session.spec.example_input())
     after = session.evaluate(model)
     spec = session.spec if plan is None else with_plan(session.spec, plan)
-    save_model(out_dir / f"{stage}.safetensors", model, spec)
+    distributed.on_main(lambda: save_model(out_dir / f"{stage}.safetensors", model, spec))
     log(f"{stage}: {cost.macs / 1e6:.2f}M MACs, top-1 {before['top1']:.2f}% -> "
         f"{after['top1']:.2f}% after retraining")
     return {

@@ -27,6 +27,7 @@ import yaml
 from torch import nn
 
 import filterprune
+from filterprune import distributed
 from filterprune._io import atomic_write_text
 from filterprune.checkpoint import ModelSpec, load_model, load_state_dict, save_model
 from filterprune.data import BatchLoader, ImageDataset, load_dataset, make_loaders
@@ -54,6 +55,7 @@ from filterprune.pipeline.schedules import (
     sensitivity_retrained,
     train_from_scratch,
 )
+from filterprune.pipeline.sensitivity import sensitivity_plans, top1_by_copies, top1_shared_prefix
 from filterprune.training import TrainSettings, evaluate, train
 from filterprune.training.loop import console
 
@@ -73,7 +75,7 @@ class Session:
     progress: bool = True
 
     def evaluate(self, model: nn.Module) -> dict:
-        return evaluate(model, self.test_batches, self.device)
+        return evaluate(model, self.test_batches, self.device, self.config.compute)
 
     def train(
         self, model: nn.Module, settings: TrainSettings, stage: str, state_path: Path,
@@ -82,14 +84,14 @@ class Session:
         """Trains ``model`` for one stage, resuming from ``state_path`` if it exists; ``hooks``
         (``loss_fn``, ``on_epoch_end``) are passed to ``filterprune.training.train``."""
         loader = self.train_batches
-        if settings.batch_size != loader.batch_size:
+        if settings.batch_size != self.config.train.batch_size:
             loader = _loaders(self.config, self.dataset, self.device, settings.batch_size)[0]
         seed = stage_seed(self.config.seed, stage)
         torch.manual_seed(seed)
         loader.generator.manual_seed(seed)
         return train(model, loader, settings, self.device, description=stage,
                      progress=self.progress, state_path=state_path, rng=loader.generator,
-                     **hooks)
+                     compute=self.config.compute, **hooks)
 
 
 class Stages:
@@ -111,13 +113,20 @@ class Stages:
         return self.root / f"{name}.state.safetensors"
 
     def run(self, name: str, compute: Callable[[], dict]) -> dict:
-        """The result of stage ``name``: read back if finished, else computed and recorded."""
+        """The result of stage ``name``: read back if finished, else computed and recorded
+        (by rank 0 under torchrun; every rank computes it and waits for the record)."""
         done = self.root / f"{name}.json"
-        if done.is_file():
+        finished = done.is_file()
+        distributed.barrier()  # every rank looks before rank 0 can write
+        if finished:
             return json.loads(done.read_text())
         result = compute()
-        atomic_write_text(done, json.dumps(result, indent=2))
-        self.state(name).unlink(missing_ok=True)
+
+        def record() -> None:
+            atomic_write_text(done, json.dumps(result, indent=2))
+            self.state(name).unlink(missing_ok=True)
+
+        distributed.on_main(record)
         return result
 
 
@@ -130,7 +139,8 @@ def _loaders(
     config: RunConfig, dataset: ImageDataset, device: torch.device, batch_size: int
 ) -> tuple[BatchLoader, BatchLoader]:
     return make_loaders(dataset, batch_size, config.data.eval_batch_size, seed=config.seed,
-                        device=device, train_subset=config.data.train_subset)
+                        device=device, train_subset=config.data.train_subset,
+                        rank=distributed.rank(), world_size=distributed.world_size())
 
 
 def resolve_device(name: str) -> torch.device:
@@ -140,13 +150,15 @@ def resolve_device(name: str) -> torch.device:
         FilterpruneError: an unknown device name or an unavailable CUDA device.
     """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError as e:
         raise FilterpruneError(f"unknown device '{name}'") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FilterpruneError(f"device '{name}' requested but CUDA is not available")
+    if device == torch.device("cuda") and distributed.active():
+        return torch.device("cuda", torch.cuda.current_device())  # torchrun's LOCAL_RANK
     return device
 
 
@@ -193,9 +205,15 @@ def open_run(out_dir: Path, config: RunConfig, resume: bool) -> Stages:
     """
     if resume:
         check_resume(out_dir, config)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
-    return Stages(out_dir, resume)
+
+    def write() -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "config.yaml",
+                          yaml.safe_dump(config.model_dump(), sort_keys=False))
+        Stages(out_dir, resume)  # clears the stage files unless resuming
+
+    distributed.on_main(write)
+    return Stages(out_dir, resume=True)
 
 
 def prepare(config: RunConfig, *, progress: bool = True) -> Session:
@@ -221,15 +239,17 @@ def prepare(config: RunConfig, *, progress: bool = True) -> Session:
     kwargs = {k: v for k, v in derived.items() if k in accepted} | config.model.kwargs
     shape = (1, dataset.in_channels, dataset.image_size, dataset.image_size)
     spec = ModelSpec(config.model.name, kwargs, shape)
-    return Session(config, dataset, train_batches, test_batches, device, spec, progress)
+    return Session(config, dataset, train_batches, test_batches, device, spec,
+                   progress and distributed.is_main())
 
 
 def environment(session: Session) -> dict:
-    """Package and torch versions, device and seed, written next to every result."""
+    """Package and torch versions, device, seed and number of processes (torchrun), written
+    next to every result."""
     return {
         "filterprune": filterprune.__version__, "torch": torch.__version__,
         "python": platform.python_version(), "device": str(session.device),
-        "seed": session.config.seed,
+        "seed": session.config.seed, "processes": distributed.world_size(),
     }
 
 
@@ -294,7 +314,7 @@ def _train_baseline(
         log(f"training {config.model.name} on {session.dataset.name} for "
             f"{config.train.epochs} epochs")
         history = session.train(model, config.train, "baseline", stages.state("baseline"))
-    save_model(out_dir / "baseline.safetensors", model, session.spec)
+    distributed.on_main(lambda: save_model(out_dir / "baseline.safetensors", model, session.spec))
     cost = profile(model, session.spec.example_input())
     metrics = session.evaluate(model)
     log(f"baseline top-1 {metrics['top1']:.2f}%, {cost.macs / 1e6:.2f}M MACs, "
@@ -329,16 +349,23 @@ def sensitivity(
     Returns:
         ``{"ratios": [...], "layers": {name: [top-1 % per ratio]}}``.
     """
-    criterion = criterion or session.config.prune.criterion
-    layers: dict[str, list[float]] = {}
-    for name in graph.layers:
-        accuracies = []
-        for ratio in ratios:
-            plan = select_filters(model, graph, {name: ratio}, criterion, scores=scores)
-            accuracies.append(session.evaluate(apply_plan(model, plan, graph))["top1"])
-        layers[name] = accuracies
+    mine = list(graph.layers)[distributed.rank() :: distributed.world_size()]  # torchrun: a share
+    plans = sensitivity_plans(model, graph, mine, ratios,
+                              criterion or session.config.prune.criterion, scores)
+    if session.config.sensitivity.method == "copies":
+        top1 = top1_by_copies(model, graph, plans, session.evaluate)
+    else:
+        top1 = top1_shared_prefix(model, graph, plans, session.test_batches, session.device,
+                                  session.config.compute)
+    gathered = distributed.gather_dicts(top1)
+    layers = {name: gathered[name] for name in graph.layers}
+    for name, accuracies in layers.items():
         log(f"sensitivity {name}: " + " ".join(f"{a:.1f}" for a in accuracies))
     return {"ratios": list(ratios), "layers": layers}
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def pruned_stage(point: float | str) -> str:
@@ -429,6 +456,7 @@ def run_pipeline(
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
+    log = log if distributed.is_main() else _silent
     stages = open_run(out_dir, config, resume)
     session = prepare(config, progress=progress)
     model = initial_model(session, log)
@@ -468,7 +496,11 @@ def run_pipeline(
                                               out_dir, log)
     results["deploy"] = deploy_stage(session, results, stages, out_dir, log)
     results["wall_time_s"] = time.perf_counter() - start
-    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
-    write_report(results, out_dir)
+
+    def write() -> None:
+        atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
+        write_report(results, out_dir)
+
+    distributed.on_main(write)
     log(f"report written to {out_dir / 'report.md'} ({results['wall_time_s']:.0f} s)")
     return results

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from filterprune import distributed
 from filterprune.checkpoint import ModelSpec, load_model, save_model
 from filterprune.engine import DependencyGraph, PruningPlan, apply_plan, select_filters, trace
 
@@ -105,7 +106,7 @@ def prune_iteratively(
             pruned = apply_plan(current, step_plan, current_graph)
             session.train(pruned, settings, step, stages.state(step))
             total = done.then(step_plan)
-            save_model(path, pruned, with_plan(session.spec, total))
+            distributed.on_main(lambda: save_model(path, pruned, with_plan(session.spec, total)))
             metrics = session.evaluate(pruned)
             kept = step_plan.kept.get(group.members[0], range(group.out_channels))
             log(f"{step}: {', '.join(group.members)} keeps {len(kept)} / {group.out_channels}, "
@@ -168,7 +169,7 @@ def train_from_scratch(
     model = spec.build()
     settings = session.config.train.model_copy(update={"epochs": epochs})
     history = session.train(model, settings, stage, stages.state(stage))
-    save_model(out_dir / f"{stage}.safetensors", model, spec)
+    distributed.on_main(lambda: save_model(out_dir / f"{stage}.safetensors", model, spec))
     metrics = session.evaluate(model)
     log(f"{stage}: trained from scratch {epochs} epochs, top-1 {metrics['top1']:.2f}%")
     return {"epochs": epochs, **metrics, "train_time_s": sum(h["time_s"] for h in history)}

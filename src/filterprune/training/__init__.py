@@ -1,5 +1,5 @@
 """Training and evaluation loops."""
 
-from filterprune.training.loop import TrainSettings, evaluate, train
+from filterprune.training.loop import ComputeSettings, TrainSettings, evaluate, train
 
-__all__ = ["TrainSettings", "evaluate", "train"]
+__all__ = ["ComputeSettings", "TrainSettings", "evaluate", "train"]

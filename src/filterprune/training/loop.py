@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
+from filterprune import distributed
 from filterprune.errors import FilterpruneError
 from filterprune.training.state import load_training_state, save_training_state
 
@@ -65,6 +66,40 @@ class TrainSettings(BaseModel):
         return 1.0
 
 
+class ComputeSettings(BaseModel):
+    """How forward passes run: memory format, precision and compilation.
+
+    Attributes:
+        channels_last: model weights and input batches in channels-last memory format (NHWC),
+            which convolution kernels (cuDNN, oneDNN) often run faster.
+        bf16: forward passes under ``torch.autocast`` with bfloat16, on any device (BatchNorm
+            and the loss stay float32 under autocast); on CPUs without bf16 units it is slower.
+        compile: training steps run through ``torch.compile(model)`` (the first steps compile;
+            evaluation runs the model uncompiled, as each pruned model would compile anew).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    channels_last: bool = False
+    bf16: bool = False
+    compile: bool = False
+
+    def prepare(self, model: nn.Module, device: torch.device | str) -> nn.Module:
+        """Moves ``model`` to ``device`` (and to channels-last, if set); returns it."""
+        return model.to(device, memory_format=torch.channels_last if self.channels_last
+                        else torch.preserve_format)
+
+    def batch(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` (B, C, H, W) in the memory format the model expects."""
+        if self.channels_last:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def autocast(self, device: torch.device | str) -> torch.autocast:
+        """The autocast context of forward passes on ``device`` (disabled unless ``bf16``)."""
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=self.bf16)
+
+
 def _progress(enabled: bool) -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -85,6 +120,7 @@ def train(
     rng: torch.Generator | None = None,
     loss_fn: LossFn | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
+    compute: ComputeSettings | None = None,
 ) -> list[dict]:
     """Trains ``model`` in place with cross-entropy (or ``loss_fn``).
 
@@ -102,6 +138,11 @@ def train(
         loss_fn: replaces cross-entropy (e.g. ``filterprune.training.distill.distillation_loss``).
         on_epoch_end: called with the finished epoch's number (1-based) before the state is
             saved (e.g. Soft Filter Pruning zeroes filters there).
+        compute: memory format, autocast and compilation of the forward passes (default: none).
+
+    Under torchrun (``filterprune.distributed``), the model trains under
+    DistributedDataParallel, each rank on its share of ``batches``; only rank 0 writes the
+    state file, and every rank ends with rank 0's weights and buffers.
 
     Returns:
         One dict per epoch: ``epoch``, ``lr``, ``loss`` (mean), ``top1`` (training, %), ``time_s``.
@@ -110,7 +151,10 @@ def train(
         FilterpruneError: if the loss becomes NaN or infinite (the state file keeps the last
             finished epoch), or the state file does not fit.
     """
-    model.to(device)
+    compute = compute or ComputeSettings()
+    forward = distributed.wrap(compute.prepare(model, device), torch.device(device))
+    if compute.compile:
+        forward = torch.compile(forward)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=settings.lr, momentum=settings.momentum,
         weight_decay=settings.weight_decay,
@@ -127,9 +171,10 @@ def train(
             model.train()
             start, total_loss, correct, seen = time.perf_counter(), 0.0, 0, 0
             for images, labels in batches:
-                logits = model(images)
-                loss = (F.cross_entropy(logits, labels) if loss_fn is None
-                        else loss_fn(logits, images, labels))
+                with compute.autocast(device):
+                    logits = forward(compute.batch(images))
+                    loss = (F.cross_entropy(logits, labels) if loss_fn is None
+                            else loss_fn(logits, images, labels))
                 if not torch.isfinite(loss):
                     raise FilterpruneError(
                         f"training diverged: loss is {loss.item()} in epoch {epoch + 1}; "
@@ -152,23 +197,43 @@ def train(
             })
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1)
-            if state_path is not None:
+            if state_path is not None and distributed.is_main():
                 save_training_state(state_path, model, optimizer, epoch + 1, history, rng)
+    distributed.synchronize(model)
     return history
 
 
-def evaluate(model: nn.Module, batches: Batches, device: torch.device | str = "cpu") -> dict:
+def topk_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Whether each sample's label is among its top-k classes, k = 1..min(5, classes).
+
+    Args:
+        logits: (B, classes).
+        labels: int64 (B,).
+
+    Returns:
+        bool (B, k): column 0 is top-1, ``any`` over the columns top-5.
+    """
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    return top == labels[:, None]
+
+
+def evaluate(
+    model: nn.Module, batches: Batches, device: torch.device | str = "cpu",
+    compute: ComputeSettings | None = None,
+) -> dict:
     """Top-1 (and, for >= 100 classes, top-5) accuracy in % and mean cross-entropy.
 
     Args:
         model: the network (moved to ``device``; its train/eval mode is restored afterwards).
         batches: (images, labels) on ``device``.
         device: where to evaluate.
+        compute: memory format and autocast of the forward passes (``compile`` is not used).
 
     Returns:
         ``{"top1": float, "top5": float | None, "loss": float}``.
     """
-    model.to(device)
+    compute = compute or ComputeSettings()
+    compute.prepare(model, device)
     was_training = model.training
     model.eval()
     correct1 = correct5 = seen = 0
@@ -176,10 +241,10 @@ def evaluate(model: nn.Module, batches: Batches, device: torch.device | str = "c
     top5 = None
     with torch.inference_mode():
         for images, labels in batches:
-            logits = model(images)
-            total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            hits = top == labels[:, None]
+            with compute.autocast(device):
+                logits = model(compute.batch(images))
+                total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+            hits = topk_hits(logits, labels)
             correct1 += hits[:, 0].sum().item()
             correct5 += hits.any(dim=1).sum().item()
             seen += len(labels)

@@ -1,0 +1,79 @@
+"""Sensitivity analysis without copies: the same outputs and accuracies as pruned copies."""
+
+import pytest
+import torch
+from test_graph_general import BottleneckNet, ConcatNet, LinearSENet, randomize_bn
+
+from filterprune.engine import PrunedVariants, apply_plan, trace
+from filterprune.errors import FilterpruneError
+from filterprune.models import create_model
+from filterprune.pipeline.config import load_config
+from filterprune.pipeline.run import initial_model, prepare, sensitivity
+from filterprune.pipeline.sensitivity import sensitivity_plans, top1_by_copies, top1_shared_prefix
+from filterprune.training import evaluate
+
+RATIOS = [0.0, 0.5, 0.9]
+
+
+@pytest.mark.parametrize(
+    ("make", "shape", "residual"),
+    [
+        (ConcatNet, (3, 3, 4, 4), "inner"),  # concatenation, BN follower, Linear after flatten
+        (LinearSENet, (3, 3, 8, 8), "coupled"),  # a gate joining a conv and a Linear
+        (BottleneckNet, (3, 3, 8, 8), "coupled"),  # residual stages pruned together
+        (lambda: create_model("mobilenetv2", num_classes=4, width_multiplier=0.25),
+         (2, 3, 16, 16), "inner"),  # depthwise followers
+        (lambda: create_model("vgg16-lite", num_classes=4), (2, 3, 16, 16), "inner"),
+    ],
+)
+def test_variant_outputs_equal_pruned_copies(make, shape, residual):
+    torch.manual_seed(0)
+    model = randomize_bn(make())
+    x = torch.randn(shape)
+    graph = trace(model, x[:1], residual=residual)
+    plans = sensitivity_plans(model, graph, list(graph.layers), RATIOS, "l1")
+    outputs = PrunedVariants(model, graph, plans)(x)
+    assert sorted((key, n) for key, n, _ in outputs) == sorted(
+        (key, n) for key in graph.layers for n in range(len(RATIOS)))
+    with torch.no_grad():
+        for key, n, y in outputs:
+            expected = apply_plan(model, plans[key][n], graph).eval()(x)
+            torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+            if n == 0:  # ratio 0 removes nothing
+                torch.testing.assert_close(y, model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "shape"), [("scnnb", (1, 28, 28)), ("vgg16-lite", (3, 16, 16))])
+def test_shared_prefix_top1_equals_copies(name, shape):
+    torch.manual_seed(0)
+    model = randomize_bn(create_model(name, num_classes=10, in_channels=shape[0],
+                                      **({"input_size": shape[1]} if name == "scnnb" else {})))
+    images = torch.randn(40, *shape)
+    with torch.no_grad():  # labels the unpruned model gets right: pruning can only lose
+        labels = model(images).argmax(1)
+    batches = [(images[i : i + 16], labels[i : i + 16]) for i in range(0, 40, 16)]
+    graph = trace(model, images[:1])
+    plans = sensitivity_plans(model, graph, list(graph.layers), [0.1, 0.5, 0.9], "l2")
+    fast = top1_shared_prefix(model, graph, plans, batches)
+    reference = top1_by_copies(model, graph, plans, lambda m: evaluate(m, batches))
+    assert fast == reference
+    assert list(fast) == list(graph.layers)
+    assert any(a < 100 for accuracies in fast.values() for a in accuracies)
+
+
+def test_pipeline_methods_agree(config):
+    base = load_config(config, ["sensitivity.ratios=[0.5, 0.9]", "data.eval_batch_size=30"])
+    results = {}
+    for method in ("shared-prefix", "copies"):
+        session = prepare(base.model_copy(update={"sensitivity": base.sensitivity.model_copy(
+            update={"method": method})}), progress=False)
+        model = initial_model(session, print)
+        graph = trace(model, session.spec.example_input())
+        results[method] = sensitivity(session, model, graph, [0.5, 0.9], lambda line: None)
+    assert results["shared-prefix"] == results["copies"]
+    assert list(results["copies"]["layers"]) == ["features.0", "features.4"]
+
+
+def test_unknown_method_is_rejected(config):
+    with pytest.raises(FilterpruneError, match="sensitivity.method"):
+        load_config(config, ["sensitivity.method=fast"])
