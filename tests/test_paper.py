@@ -2,6 +2,7 @@
 print (Table 1; §4.1-§4.4)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from filterprune.engine import apply_plan, l1_norm, profile
 from filterprune.errors import FilterpruneError
 from filterprune.models import create_model
 from filterprune.paper import BASELINES, NAMED_PLANS, named_plan, paper_layer_ids
-from filterprune.pipeline.config import parse_config
+from filterprune.pipeline.config import load_config, parse_config
 
 # Li et al. 2017, Table 1, as printed: FLOP (= MACs) and parameters pruned, %.
 PRINTED_REDUCTIONS = {
@@ -150,3 +151,10 @@ def test_run_prunes_by_a_named_plan(tmp_path, data_dir, capsys):
     assert [(c["plan"], c["kind"]) for c in scratch] == [
         ("resnet56-pruned-A", "E"), ("resnet56-pruned-B", "E"), (None, "E")]
     assert (out / "scratch-E-resnet56-pruned-B.safetensors").is_file()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    config = load_config(path)
+    assert config.prune.plans or config.prune.ratios  # something to prune
