@@ -2,7 +2,13 @@
 
 import pytest
 import torch
-from test_graph_general import BottleneckNet, ConcatNet, LinearSENet, randomize_bn
+from test_graph_general import (
+    BottleneckNet,
+    ConcatNet,
+    LinearSENet,
+    ResNeXtBlockNet,
+    randomize_bn,
+)
 
 from filterprune.engine import PrunedVariants, apply_plan, trace
 from filterprune.errors import FilterpruneError
@@ -21,6 +27,7 @@ RATIOS = [0.0, 0.5, 0.9]
         (ConcatNet, (3, 3, 4, 4), "inner"),  # concatenation, BN follower, Linear after flatten
         (LinearSENet, (3, 3, 8, 8), "coupled"),  # a gate joining a conv and a Linear
         (BottleneckNet, (3, 3, 8, 8), "coupled"),  # residual stages pruned together
+        (ResNeXtBlockNet, (3, 3, 6, 6), "coupled"),  # grouped conv read per conv group
         (lambda: create_model("mobilenetv2", num_classes=4, width_multiplier=0.25),
          (2, 3, 16, 16), "inner"),  # depthwise followers
         (lambda: create_model("vgg16-lite", num_classes=4), (2, 3, 16, 16), "inner"),

@@ -25,7 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from filterprune.engine.graph import DependencyGraph, as_tuple, eval_mode, layout_index
+from filterprune.engine.graph import (
+    DependencyGraph,
+    as_tuple,
+    eval_mode,
+    input_weight,
+    layout_index,
+)
 from filterprune.engine.plan import PruningPlan
 from filterprune.engine.surgery import check_plan
 from filterprune.errors import FilterpruneError
@@ -57,7 +63,7 @@ class _Runner(fx.Interpreter):
             return super().call_module(target, args, kwargs)
         module = self.fetch_attr(target)
         x = args[0].index_select(1, index.to(args[0].device))
-        weight = module.weight.index_select(1, index.to(module.weight.device))
+        weight = input_weight(module, index)  # per conv group for a grouped conv
         if isinstance(module, nn.Conv2d):
             return module._conv_forward(x, weight, module.bias)
         return F.linear(x, weight, module.bias)
