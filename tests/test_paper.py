@@ -139,7 +139,9 @@ def test_run_prunes_by_a_named_plan(tmp_path, data_dir, capsys):
     }))
     out = tmp_path / "run"
     assert main(["run", str(config), "--out", str(out), "--json"]) == 0
-    a, b, half = json.loads(capsys.readouterr().out)["pruning"]
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["dataset"]["train_size"] == 100  # the subset trained on
+    a, b, half = printed["pruning"]
     assert (a["plan"], b["plan"], half["plan"]) == ("resnet56-pruned-A", "resnet56-pruned-B", None)
     assert (a["ratio"], half["ratio"]) == (None, 0.5)
     assert len(a["kept"]) == 27 - 4 and set(a["kept"].values()) == {14, 28, 57}

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from filterprune.engine.criteria import CRITERIA
 from filterprune.engine.graph import RESIDUAL_POLICIES
 from filterprune.engine.plan import STRATEGIES, check_ratio
 from filterprune.errors import FilterpruneError
@@ -64,7 +65,7 @@ class PruneConfig(_Strict):
     epochs after each, then retrains as one-shot does (Li et al. 2017, §3.4).
     """
 
-    criterion: Literal["l1", "l2"] = "l1"
+    criterion: Literal[tuple(CRITERIA)] = "l1"
     strategy: Literal[STRATEGIES] = "independent"
     residual: Literal[RESIDUAL_POLICIES] = "inner"
     ratios: list[float] = Field(default_factory=lambda: list(SWEEP))

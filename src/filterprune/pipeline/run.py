@@ -468,7 +468,7 @@ def run_pipeline(
     results = {
         "model": session.spec.name,
         "dataset": {"name": session.dataset.name,
-                    "train_size": len(session.dataset.train_labels),
+                    "train_size": config.data.train_subset or len(session.dataset.train_labels),
                     "test_size": len(session.dataset.test_labels),
                     "num_classes": session.dataset.num_classes},
         "criterion": config.prune.criterion,
