@@ -84,3 +84,28 @@ def test_pipeline_methods_agree(config):
 def test_unknown_method_is_rejected(config):
     with pytest.raises(FilterpruneError, match="sensitivity.method"):
         load_config(config, ["sensitivity.method=fast"])
+
+
+class DataDependent(torch.nn.Module):
+    """Wraps a model with control flow on values: torch.fx cannot trace it, the recorder can."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x) if x.abs().sum() >= 0 else -self.net(x)
+
+
+def test_models_fx_cannot_trace_fall_back_to_copies(config):
+    session = prepare(load_config(config, ["data.eval_batch_size=30"]), progress=False)
+    plain = initial_model(session, print)
+    wrapped = DataDependent(plain)
+    assert not PrunedVariants.supports(wrapped) and PrunedVariants.supports(plain)
+    lines = []
+    graph = trace(wrapped, session.spec.example_input())  # recorded
+    result = sensitivity(session, wrapped, graph, [0.5], lines.append)
+    assert "evaluating pruned copies" in lines[0]
+    reference = sensitivity(session, plain, trace(plain, session.spec.example_input()), [0.5],
+                            lambda line: None)
+    assert result["layers"] == {f"net.{name}": top1 for name, top1 in reference["layers"].items()}

@@ -69,6 +69,13 @@ class _Runner(fx.Interpreter):
         return F.linear(x, weight, module.bias)
 
 
+def _symbolic_trace(model: nn.Module) -> fx.GraphModule | Exception:
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as e:  # fx raises many types
+        return e
+
+
 class PrunedVariants:
     """Computes, for each of many pruning plans, the output of the model that plan would prune,
     sharing the unpruned computation before each plan's consumers.
@@ -94,16 +101,20 @@ class PrunedVariants:
         [('features.0', 0, (2, 10))]
     """
 
+    @staticmethod
+    def supports(model: nn.Module) -> bool:
+        """Whether plain torch.fx traces ``model`` whole (else evaluate pruned copies)."""
+        return not isinstance(_symbolic_trace(model), Exception)
+
     def __init__(
         self, model: nn.Module, graph: DependencyGraph, plans: Mapping[str, Sequence[PruningPlan]]
     ) -> None:
-        try:
-            gm = fx.symbolic_trace(model)
-        except Exception as e:  # fx raises many types
+        gm = _symbolic_trace(model)
+        if isinstance(gm, Exception):
             raise FilterpruneError(
-                f"torch.fx cannot trace {type(model).__name__} ({str(e).splitlines()[0]}); "
+                f"torch.fx cannot trace {type(model).__name__} ({str(gm).splitlines()[0]}); "
                 "evaluate copies pruned with apply_plan instead"
-            ) from e
+            ) from gm
         self.model = model
         self.runner = _Runner(gm)
         self.nodes = list(gm.graph.nodes)

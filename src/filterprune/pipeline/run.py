@@ -34,6 +34,7 @@ from filterprune.data import BatchLoader, ImageDataset, load_dataset, make_loade
 from filterprune.data.imagefolder import IMAGE_FOLDER, load_image_folder
 from filterprune.engine import (
     DependencyGraph,
+    PrunedVariants,
     apply_plan,
     l1_norm,
     profile,
@@ -344,7 +345,8 @@ def sensitivity(
     """Each prunable layer pruned alone at each ratio, evaluated without retraining (Fig. 2b).
 
     ``criterion`` (default ``prune.criterion``) or precomputed ``scores`` choose the filters
-    (``select_filters``); the criteria comparison (§4.5) runs this once per criterion.
+    (``select_filters``); the criteria comparison (§4.5) runs this once per criterion. The
+    ``shared-prefix`` method falls back to pruned copies for models torch.fx cannot trace.
 
     Returns:
         ``{"ratios": [...], "layers": {name: [top-1 % per ratio]}}``.
@@ -352,7 +354,11 @@ def sensitivity(
     mine = list(graph.layers)[distributed.rank() :: distributed.world_size()]  # torchrun: a share
     plans = sensitivity_plans(model, graph, mine, ratios,
                               criterion or session.config.prune.criterion, scores)
-    if session.config.sensitivity.method == "copies":
+    method = session.config.sensitivity.method
+    if method == "shared-prefix" and not PrunedVariants.supports(model):
+        log("sensitivity: torch.fx cannot trace the model whole; evaluating pruned copies")
+        method = "copies"
+    if method == "copies":
         top1 = top1_by_copies(model, graph, plans, session.evaluate)
     else:
         top1 = top1_shared_prefix(model, graph, plans, session.test_batches, session.device,
