@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from filterprune.cli import main
+from filterprune.cli.run import render
 from filterprune.engine import apply_plan, l1_norm, profile
 from filterprune.errors import FilterpruneError
 from filterprune.models import create_model
@@ -141,6 +142,8 @@ def test_run_prunes_by_a_named_plan(tmp_path, data_dir, capsys):
     assert main(["run", str(config), "--out", str(out), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["dataset"]["train_size"] == 100  # the subset trained on
+    text = render(printed)  # the table printed without --json
+    assert "resnet56-pruned-B" in text.splitlines()[3] and "0.5" in text.splitlines()[4]
     a, b, half = printed["pruning"]
     assert (a["plan"], b["plan"], half["plan"]) == ("resnet56-pruned-A", "resnet56-pruned-B", None)
     assert (a["ratio"], half["ratio"]) == (None, 0.5)

@@ -10,6 +10,7 @@ from filterprune.cli._common import (
     config_from_args,
     output_dir,
 )
+from filterprune.pipeline.comparison import point_label
 from filterprune.pipeline.run import run_pipeline
 
 
@@ -17,7 +18,8 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
         "run", parents=[common], help="the main job: train, sensitivity, prune, retrain, report",
         description="Train (or load) the baseline, analyse each layer's sensitivity, prune all "
-        "layers one-shot at each ratio, retrain, and write report.md, results.json and plots.",
+        "layers at each ratio of prune.ratios and by each named plan of prune.plans, retrain, "
+        "and write report.md, results.json and plots.",
     )
     add_config_arguments(parser)
     add_output_arguments(parser, "output directory (default: runs/<config name>)")
@@ -34,8 +36,8 @@ def run(args: argparse.Namespace) -> dict:
 def render(result: dict) -> str:
     base = result["baseline"]
     lines = [f"baseline: top-1 {base['top1']:.2f}%, {base['macs'] / 1e6:.2f}M MACs",
-             "ratio  MACs reduction  top-1 before  top-1 after"]
-    lines += [f"{r['ratio']:>5.0%}  {r['macs_reduction']:>14.1%}  {r['top1_before']:>12.2f}"
+             "ratio / plan        MACs reduction  top-1 before  top-1 after"]
+    lines += [f"{point_label(r):<18}  {r['macs_reduction']:>14.1%}  {r['top1_before']:>12.2f}"
               f"  {r['top1_after']:>11.2f}" for r in result["pruning"]]
     lines.append(f"report: {result['out_dir']}/report.md")
     return "\n".join(lines)
