@@ -13,7 +13,7 @@ from filterprune.data.datasets import (
     list_datasets,
     load_dataset,
 )
-from filterprune.data.loader import BatchLoader, make_loaders
+from filterprune.data.loader import BatchLoader, make_loaders, sample_images
 
 __all__ = [
     "DATASETS",
@@ -23,4 +23,5 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "make_loaders",
+    "sample_images",
 ]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from filterprune.data.datasets import ImageDataset
 from filterprune.errors import FilterpruneError
 
-__all__ = ["BatchLoader", "make_loaders"]
+__all__ = ["BatchLoader", "make_loaders", "sample_images"]
 
 
 class BatchLoader:
@@ -109,11 +109,6 @@ class BatchLoader:
     def num_samples(self) -> int:
         """Number of samples the loader iterates over per epoch (this rank's share of N)."""
         return self.labels.shape[0] // self.world_size
-
-    def head(self, n: int) -> torch.Tensor:
-        """The first ``n`` images (fewer if there are fewer), normalised, never augmented: float32
-        (n, C, H, W) on ``device`` (e.g. calibration images for feature-map statistics)."""
-        return self.images[:n].float().mul_(self._scale).sub_(self._shift)
 
     def __len__(self) -> int:
         """Number of batches per epoch."""
@@ -234,3 +229,17 @@ def make_loaders(
         device=device,
     )
     return train, test
+
+
+def sample_images(
+    dataset: ImageDataset, count: int, batch_size: int, seed: int,
+    device: torch.device | str = "cpu",
+) -> Iterator[torch.Tensor]:
+    """``count`` training images drawn at random (seeded), normalised as for training but not
+    augmented: float32 batches (B, C, H, W) of at most ``batch_size``, in index order (e.g. the
+    images activation statistics or feature maps are computed on)."""
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(len(dataset.train_labels), generator=generator)[:count].sort().values
+    loader = BatchLoader(dataset.train_images[keep], dataset.train_labels[keep], batch_size,
+                         mean=dataset.mean, std=dataset.std, device=device)
+    return (images for images, _ in loader)

@@ -123,8 +123,8 @@ class MethodConfig(_Strict):
             (output maps on ``calibration_images`` training images).
         online: ``cluster``: re-cluster and zero the redundant filters after every retraining
             epoch (as SFP does with norms), removing them at the end; else cluster once, offline.
-        calibration_images: ``cluster`` with ``features``: images whose feature maps describe
-            the filters.
+        calibration_images: ``cluster`` with ``features``: number of training images (drawn at
+            random, seeded by ``seed``) whose feature maps describe the filters.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")

@@ -11,14 +11,12 @@ mean-l2 and var-l2.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from filterprune.data import BatchLoader
 from filterprune.engine import (
     ACTIVATION_CRITERIA,
     CRITERIA,
@@ -48,18 +46,6 @@ def image_count(session: Session, count: int | None) -> int:
             f"--images must be in [1, {n}] for {session.dataset.name}, got {count}"
         )
     return count
-
-
-def training_inputs(session: Session, count: int) -> Iterator[torch.Tensor]:
-    """``count`` training images drawn at random (seeded by the run's seed), normalised as for
-    training but not augmented, in batches of ``data.eval_batch_size``."""
-    dataset = session.dataset
-    generator = torch.Generator().manual_seed(session.config.seed)
-    keep = torch.randperm(len(dataset.train_labels), generator=generator)[:count].sort().values
-    loader = BatchLoader(dataset.train_images[keep], dataset.train_labels[keep],
-                         session.config.data.eval_batch_size, mean=dataset.mean, std=dataset.std,
-                         device=session.device)
-    return (images for images, _ in loader)
 
 
 def compare_criteria(
@@ -94,7 +80,7 @@ def compare_criteria(
     if any(c in ACTIVATION_CRITERIA for c in criteria):
         images = image_count(session, images)
         activations = activation_scores(model.to(session.device),
-                                        training_inputs(session, images), list(graph.layers))
+                                        session.sample_images(images), list(graph.layers))
     curves = {}
     for criterion in criteria:
         if criterion in activations:

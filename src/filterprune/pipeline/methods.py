@@ -41,8 +41,9 @@ from filterprune.engine import (
     select_filters,
     zero_pruned,
 )
+from filterprune.engine.graph import eval_mode
 from filterprune.pipeline.config import MethodConfig
-from filterprune.pipeline.schedules import with_plan
+from filterprune.pipeline.schedules import percent, with_plan
 from filterprune.training.distill import distillation_loss
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ Select = Callable[[nn.Module], PruningPlan]
 
 def method_stage(method: MethodConfig, ratio: float) -> str:
     """Stage (and model file) name of ``method`` at ``ratio``: ``sfp-50``."""
-    return f"{method.name}-{round(ratio * 100):02d}"
+    return f"{method.name}-{percent(ratio)}"
 
 
 def run_methods(
@@ -135,7 +136,7 @@ def _selection(
                                           cfg.round_to)
     if method.describe == "weights":
         return lambda net: select_by_clustering(net, graph, ratios, round_to=cfg.round_to)
-    images = session.train_batches.head(method.calibration_images)
+    images = torch.cat(list(session.sample_images(method.calibration_images)))
     return lambda net: select_by_clustering(
         net, graph, ratios, feature_maps(net, images, ratios), cfg.round_to)
 
@@ -149,13 +150,10 @@ def feature_maps(model: nn.Module, images: torch.Tensor, layers: Mapping[str, fl
         lambda module, args, out, name=name: maps.__setitem__(
             name, out.detach().transpose(0, 1).flatten(1).cpu()))
         for name in layers]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model):
             model(images)
     finally:
-        model.train(was_training)
         for hook in hooks:
             hook.remove()
     return maps

@@ -17,7 +17,7 @@ import random
 import shutil
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ import filterprune
 from filterprune import distributed
 from filterprune._io import atomic_write_text
 from filterprune.checkpoint import ModelSpec, load_model, load_state_dict, save_model
-from filterprune.data import BatchLoader, ImageDataset, load_dataset, make_loaders
+from filterprune.data import BatchLoader, ImageDataset, load_dataset, make_loaders, sample_images
 from filterprune.data.imagefolder import IMAGE_FOLDER, load_image_folder
 from filterprune.engine import (
     DependencyGraph,
@@ -74,6 +74,12 @@ class Session:
     device: torch.device
     spec: ModelSpec
     progress: bool = True
+
+    def sample_images(self, count: int) -> Iterator[torch.Tensor]:
+        """``count`` training images drawn at random (seeded by the run's seed), normalised, not
+        augmented, in batches of ``data.eval_batch_size`` (``filterprune.data.sample_images``)."""
+        return sample_images(self.dataset, count, self.config.data.eval_batch_size,
+                             self.config.seed, self.device)
 
     def evaluate(self, model: nn.Module) -> dict:
         return evaluate(model, self.test_batches, self.device, self.config.compute)
