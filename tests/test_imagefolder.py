@@ -63,6 +63,9 @@ def test_a_session_takes_its_shapes_from_the_folder(folder):
     (lambda root: shutil.rmtree(root / "val"), "missing split folder 'val'"),
     (lambda root: (root / "train" / "red" / "2.jpg").write_bytes(b"garbage"), "cannot read image"),
     (lambda root: (root / "val" / "green").mkdir(), "'green' is not in the train split"),
+    (lambda root: (root / "train" / "green").mkdir(), "'train/green' holds no images"),
+    (lambda root: (root / "train" / "green").mkdir() or (root / "train" / "green" / "a.txt")
+     .write_text("notes"), "'train/green' holds no images"),
 ])
 def test_a_bad_folder_is_a_one_line_error(folder, damage, message):
     damage(folder)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,12 @@ from filterprune.errors import FilterpruneError
 from filterprune.models import create_model
 
 FORMAT = "filterprune/1"
+# The largest example input (C x H x W elements) a model file may describe: 2^27 floats = 512 MB.
+MAX_INPUT_ELEMENTS = 2**27
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 @dataclass
@@ -90,15 +97,69 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelSpec:
-        if data.get("format") != FORMAT:
-            raise FilterpruneError(f"not a {FORMAT} model file (format: {data.get('format')!r})")
-        plan = data.get("plan")
-        return cls(
-            name=data.get("name"),
-            kwargs=dict(data.get("kwargs", {})),
-            input_shape=tuple(data["input_shape"]),
-            plan=None if plan is None else PruningPlan.from_dict(plan),
-        )
+        """The description ``to_dict`` wrote, with the types of its fields checked.
+
+        Raises:
+            FilterpruneError: another format, a name that is not a string, kwargs that are not a
+                mapping from names to JSON scalars or lists, an input shape that is not
+                (1, C, H, W) of positive integers with C x H x W <= ``MAX_INPUT_ELEMENTS``, or a
+                malformed plan.
+        """
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise FilterpruneError(f"not a {FORMAT} model file (format: {found!r})")
+        name, kwargs, shape, plan = (data.get(k) for k in ("name", "kwargs", "input_shape", "plan"))
+        if name is not None and not isinstance(name, str):
+            raise FilterpruneError(f"metadata 'name' must be a string, got {name!r}")
+        kwargs = {} if kwargs is None else kwargs
+        if not isinstance(kwargs, dict) or not all(
+            isinstance(k, str) and isinstance(v, (bool, int, float, str, list, type(None)))
+            for k, v in kwargs.items()
+        ):
+            raise FilterpruneError(f"metadata 'kwargs' must map names to values, got {kwargs!r}")
+        if not (isinstance(shape, list) and len(shape) == 4 and shape[0] == 1 and all(
+                isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+                and math.prod(shape) <= MAX_INPUT_ELEMENTS):
+            raise FilterpruneError(
+                f"metadata 'input_shape' must be [1, C, H, W] of positive integers with C*H*W <= "
+                f"{MAX_INPUT_ELEMENTS}, got {shape!r}"
+            )
+        try:
+            plan = None if plan is None else PruningPlan.from_dict(plan)
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise FilterpruneError(f"metadata 'plan' is malformed: {_first_line(e)}") from None
+        return cls(name=name, kwargs=dict(kwargs), input_shape=tuple(shape), plan=plan)
+
+    def check_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Checks that the architecture this spec describes has exactly the tensors ``shapes``
+        (name -> shape, e.g. read from a file's header), building it on the meta device, which
+        allocates no memory: metadata such as ``"num_classes": 800000`` is refused before
+        anything is built for real.
+
+        Raises:
+            FilterpruneError: the spec does not build (an argument of the wrong type or value),
+                or a tensor is missing, unexpected, or of another shape.
+        """
+        try:
+            with torch.device("meta"):
+                skeleton = create_model(self.name, **self.kwargs)
+            if self.plan is not None:
+                example = torch.zeros(self.input_shape, device="meta")
+                skeleton = apply_plan(skeleton, self.plan, trace(skeleton, example))
+        except FilterpruneError:
+            raise
+        except (TypeError, ValueError, RuntimeError, IndexError, KeyError) as e:
+            raise FilterpruneError(
+                f"metadata does not build model {self.name!r} with {self.kwargs}: {_first_line(e)}"
+            ) from None
+        expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+        for key in sorted(set(expected) | set(shapes)):
+            if expected.get(key) != shapes.get(key):
+                raise FilterpruneError(
+                    f"the weights do not fit the architecture its metadata describes "
+                    f"({self.name} with {self.kwargs}): {key} is {shapes.get(key, 'missing')} in "
+                    f"the file, {expected.get(key, 'absent')} in the architecture"
+                )
 
 
 def save_model(path: str | Path, model: nn.Module, spec: ModelSpec) -> Path:
@@ -119,20 +180,32 @@ def load_model(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Mod
     Returns:
         The model with the saved weights, and its description.
 
+    Before anything is built, the metadata's types are checked and a zoo architecture is
+    compared, tensor by tensor, with the shapes in the file's header (``ModelSpec.check_shapes``),
+    so metadata that does not match the weights costs no memory.
+
     Raises:
         FilterpruneError: the file is missing, not a safetensors file, or not one of ours, or its
-            weights do not fit the architecture it describes, or it needs ``model``.
+            metadata is malformed, or its weights do not fit the architecture it describes, or
+            it needs ``model``.
     """
     path = Path(path)
+    if path.is_dir():
+        raise FilterpruneError(f"model file {path} is a directory")
     if not path.is_file():
         raise FilterpruneError(f"model file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         spec = ModelSpec.from_dict(json.loads(metadata["filterprune"]))
+        if model is None and spec.name is not None:
+            spec.check_shapes(shapes)
         state = load_file(str(path))
+    except FilterpruneError as e:
+        raise FilterpruneError(f"model file {path}: {e}") from None
     except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as e:
-        raise FilterpruneError(f"cannot read model file {path}: {e!r}") from e
+        raise FilterpruneError(f"cannot read model file {path}: {_first_line(e)}") from e
     model = spec.build(model)
     try:
         model.load_state_dict(state)
@@ -197,8 +270,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             raise FilterpruneError(f"cannot read {path}: expected .safetensors, .pt or .pth")
     except (SafetensorError, pickle.UnpicklingError, RuntimeError, OSError, EOFError) as e:
-        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise FilterpruneError(f"cannot read weights file {path}: {first_line}") from e
+        raise FilterpruneError(f"cannot read weights file {path}: {_first_line(e)}") from e
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):

@@ -240,6 +240,20 @@ class ImageDataset:
     std: tuple[float, ...]
     augment: bool
 
+    def __post_init__(self) -> None:
+        """Refuses splits of different image sizes, found at load time rather than after the
+        baseline has trained (a model sized for one split fails on the other).
+
+        Raises:
+            FilterpruneError: training and test images differ in channels, height or width.
+        """
+        train, test = tuple(self.train_images.shape[1:]), tuple(self.test_images.shape[1:])
+        if train != test:
+            raise FilterpruneError(
+                f"dataset {self.name}: training images are {_chw(train)} but test images "
+                f"{_chw(test)} (C x H x W); both splits need the same size"
+            )
+
     @property
     def num_classes(self) -> int:
         """Number of classes."""
@@ -254,6 +268,10 @@ class ImageDataset:
     def image_size(self) -> int:
         """Image height H in pixels (images are square)."""
         return self.train_images.shape[2]
+
+
+def _chw(shape: tuple[int, ...]) -> str:
+    return " x ".join(map(str, shape))
 
 
 def list_datasets() -> list[str]:

@@ -44,8 +44,8 @@ def load_image_folder(root: str | Path | None, image_size: int = 224) -> ImageDa
 
     Raises:
         FilterpruneError: no root given, a missing split folder, no class folders in ``train``,
-            a ``val`` class that ``train`` lacks, a split without images, or an image Pillow
-            cannot read.
+            a class folder in ``train`` without images, a ``val`` class that ``train`` lacks, a
+            split without images, or an image Pillow cannot read.
     """
     if root is None:
         raise FilterpruneError(f"dataset '{IMAGE_FOLDER}' needs data.data_dir (or --data-dir)")
@@ -61,6 +61,14 @@ def load_image_folder(root: str | Path | None, image_size: int = 224) -> ImageDa
         raise FilterpruneError(f"image folder {root}: no class folders in {root / 'train'}")
     splits = {split: _read_split(root / split, classes, image_size) for split in SPLITS}
     (train_images, train_labels), (test_images, test_labels) = splits["train"], splits["val"]
+    counts = torch.bincount(train_labels, minlength=len(classes)).tolist()
+    empty = [name for name, count in zip(classes, counts, strict=True) if count == 0]
+    if empty:
+        raise FilterpruneError(
+            f"image folder {root}: class folder 'train/{empty[0]}' holds no images "
+            f"({', '.join(EXTENSIONS)}); a class without training images cannot be learnt: "
+            "remove the folder or add images"
+        )
     return ImageDataset(
         name=IMAGE_FOLDER, train_images=train_images, train_labels=train_labels,
         test_images=test_images, test_labels=test_labels, classes=tuple(classes),

@@ -224,7 +224,13 @@ def _set(data: dict, assignment: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise FilterpruneError(f"override '{assignment}': '{part}' is not a section")
-    node[leaf] = yaml.safe_load(value)
+    try:
+        node[leaf] = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise FilterpruneError(
+            f"override '{assignment}': the value is not valid YAML ({str(e).splitlines()[0]}); "
+            "quote it, e.g. --set 'prune.skip=[features.0]'"
+        ) from None
 
 
 def parse_config(data: dict, overrides: list[str] = ()) -> RunConfig:
@@ -248,9 +254,11 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Reads a YAML config file and validates it (see ``parse_config``).
 
     Raises:
-        FilterpruneError: missing file, malformed YAML, or an invalid key.
+        FilterpruneError: missing file, a directory, malformed YAML, or an invalid key.
     """
     path = Path(path)
+    if path.is_dir():
+        raise FilterpruneError(f"config {path} is a directory, not a YAML file")
     if not path.is_file():
         raise FilterpruneError(f"config file not found: {path}")
     try:

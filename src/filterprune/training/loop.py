@@ -219,7 +219,7 @@ def topk_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def evaluate(
     model: nn.Module, batches: Batches, device: torch.device | str = "cpu",
-    compute: ComputeSettings | None = None,
+    compute: ComputeSettings | None = None, *, per_image: bool = False,
 ) -> dict:
     """Top-1 (and, for >= 100 classes, top-5) accuracy in % and mean cross-entropy.
 
@@ -228,9 +228,12 @@ def evaluate(
         batches: (images, labels) on ``device``.
         device: where to evaluate.
         compute: memory format and autocast of the forward passes (``compile`` is not used).
+        per_image: also return whether each image was classified right (top-1), in the order
+            of ``batches``: what ``filterprune.stats.drop_interval`` pairs two models on.
 
     Returns:
-        ``{"top1": float, "top5": float | None, "loss": float}``.
+        ``{"top1": float, "top5": float | None, "loss": float}``, with ``per_image`` also
+        ``"correct"``: bool tensor (N,) on the CPU (N bytes).
     """
     compute = compute or ComputeSettings()
     compute.prepare(model, device)
@@ -239,6 +242,7 @@ def evaluate(
     correct1 = correct5 = seen = 0
     total_loss = 0.0
     top5 = None
+    correct = []
     with torch.inference_mode():
         for images, labels in batches:
             with compute.autocast(device):
@@ -249,10 +253,14 @@ def evaluate(
             correct5 += hits.any(dim=1).sum().item()
             seen += len(labels)
             top5 = logits.shape[1] >= 100
+            if per_image:
+                correct.append(hits[:, 0].cpu())
     model.train(was_training)
-    seen = max(1, seen)
-    return {
-        "top1": 100.0 * correct1 / seen,
-        "top5": 100.0 * correct5 / seen if top5 else None,
-        "loss": total_loss / seen,
+    result = {
+        "top1": 100.0 * correct1 / max(1, seen),
+        "top5": 100.0 * correct5 / max(1, seen) if top5 else None,
+        "loss": total_loss / max(1, seen),
     }
+    if per_image:
+        result["correct"] = torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
+    return result
