@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from filterprune.engine.criteria import Criterion
-from filterprune.engine.graph import DependencyGraph, trace
+from filterprune.engine.dependencies import trace
+from filterprune.engine.graph import DependencyGraph
 from filterprune.engine.plan import PruningPlan, RatioSpec, resolve_ratios, select_filters
 from filterprune.engine.surgery import apply_plan
 
@@ -71,7 +72,7 @@ def prune(
     one forward pass on ``example_inputs`` where fx cannot trace it): the channel
     dependencies (BatchNorms, residual additions, projection shortcuts, concatenations,
     depthwise convs, squeeze-and-excitation gates, flatten into Linear) are found by
-    ``filterprune.engine.graph.trace``; grouped convs keep equal counts per conv group.
+    ``filterprune.engine.dependencies.trace``; grouped convs keep equal counts per conv group.
 
     Args:
         model: the trained network; left unchanged.
