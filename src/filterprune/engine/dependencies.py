@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
+from filterprune.engine import ops
 from filterprune.engine.graph import (
     RESIDUAL_POLICIES,
     TRACERS,
@@ -54,30 +55,9 @@ from filterprune.engine.graph import (
 from filterprune.engine.tracers import trace_graph
 from filterprune.errors import FilterpruneError
 
-_PASS_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
-    nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.PReLU, nn.MaxPool2d, nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Identity, nn.Upsample,
+_PER_CHANNEL_NORMS = (
+    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
 )
-_PASS_FUNCTIONS = {
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardtanh,
-    F.hardsigmoid, F.sigmoid, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
-    F.adaptive_max_pool2d, F.dropout, F.dropout2d, F.interpolate, torch.relu, torch.sigmoid,
-    torch.tanh, torch.clamp,
-}
-_PASS_METHODS = {
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "contiguous", "clone",
-    "detach", "float", "to",
-}
-_RESHAPES = {torch.flatten, torch.squeeze, torch.unsqueeze, torch.reshape}
-_RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze"}
-_REDUCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
-_REDUCTION_METHODS = {"mean", "sum", "amax", "amin"}
-_ADD = {operator.add, operator.iadd, operator.sub, torch.add, torch.sub, "add", "add_", "sub"}
-_MUL = {operator.mul, operator.imul, operator.truediv, torch.mul, torch.div, "mul", "mul_", "div"}
-# Shape queries read no channel values: ``x.view(x.size(0), -1)`` stays prunable.
-_SHAPE_METHODS = {"size", "dim"}
-
 
 def trace(
     model: nn.Module,
@@ -148,6 +128,7 @@ class _Builder:
         self.uses: dict[tuple[str, str], tuple] = {}  # (module, "input" | "follower") -> layout
         self.outputs: dict[str, int] = {}  # member module -> its space (shared calls reuse it)
         self.convs: dict[str, str | None] = {}  # conv name -> reason it is not a member, or None
+        self.pieces: dict[fx.Node, list] = {}  # split node -> layout of each piece
 
     # --- union-find over channel spaces ---
 
@@ -191,17 +172,20 @@ class _Builder:
         if node.op == "placeholder":
             layout = self.fresh(shape, "its channels are those of the model input")
         elif node.op == "output":
-            layout = None
             for x in inputs:
                 self.block(x, "its channels reach the model output")
+            return
+        elif node.op == "get_attr" or (node.op != "call_module" and not _has_tensors(node)):
+            return  # parameters, and shape, dtype or device queries: no channels flow
         elif node.op == "call_module":
             layout = self.visit_module(node, shape)
-        elif node.op in ("call_function", "call_method") and not _is_shape_query(node):
-            layout = self.visit_function(node, shape)
-        else:  # get_attr, shape queries
+        elif node.target in ops.SPLITS:
+            self.visit_split(node)
             return
-        if layout is None and node.op != "output":
-            reason = f"its channels reach '{self.describe(node)}', which the engine cannot " \
+        else:
+            layout = self.visit_function(node, shape)
+        if layout is None:
+            reason = f"its channels reach {self.describe(node)}, which the engine cannot " \
                      "prune through"
             for x in inputs:
                 self.block(x, reason)
@@ -210,14 +194,27 @@ class _Builder:
             self.layouts[node] = layout
 
     def describe(self, node: fx.Node) -> str:
+        """The node in the user's terms: the module, or the operation and the module calling it."""
         if node.op == "call_module":
-            return f"{node.target} ({type(self.modules[node.target]).__name__})"
-        return f"{node.name} ({getattr(node.target, '__name__', node.target)})"
+            return f"'{node.target}' ({type(self.modules[node.target]).__name__})"
+        return f"{ops.op_name(node.target)} {self.where(node)}"
+
+    def where(self, node: fx.Node) -> str:
+        """``in 'layer1.0' (BasicBlock)``: the innermost module whose forward made the node."""
+        scope = _scope(node)
+        if scope and scope in self.modules:
+            return f"in '{scope}' ({type(self.modules[scope]).__name__})"
+        return "in the model's forward"
 
     def fresh(self, shape: tuple | None, reason: str) -> tuple | None:
         if shape is None or len(shape) < 2:
             return None
         return ((self.new_space(blocked=reason), shape[1], 1),)
+
+    def stop(self, source: tuple, shape: tuple | None, reason: str) -> tuple | None:
+        """Blocks ``source`` with ``reason``; the output gets new blocked channels."""
+        self.block(source, reason)
+        return self.fresh(shape, reason)
 
     def use(self, name: str, role: str, layout: tuple) -> None:
         """Records that module ``name`` is pruned by ``layout``; a shared module joins layouts."""
@@ -238,21 +235,24 @@ class _Builder:
         if isinstance(module, nn.Linear) and source is not None and len(src_shape) == 2:
             self.use(name, "input", source)
             return self.member(name, module.out_features)
-        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d) or (
+        if isinstance(module, _PER_CHANNEL_NORMS) or (
             isinstance(module, nn.PReLU) and module.num_parameters > 1
         ):
             if source is not None:
                 self.use(name, "follower", source)
             return source
+        if isinstance(module, nn.GroupNorm | nn.LayerNorm | nn.LocalResponseNorm):
+            return None if source is None else self.stop(source, shape, _cross_norm(
+                f"'{name}' ({type(module).__name__})"))
         if isinstance(module, nn.Flatten | nn.Unflatten):
             return _reshaped(source, src_shape, shape)
-        if isinstance(module, _PASS_MODULES):
+        if isinstance(module, ops.PASS_MODULES):
             return source
         return None
 
     def source(self, node: fx.Node) -> tuple[tuple | None, tuple | None]:
         """Layout and shape of the node's first argument (None, None if it has none)."""
-        first = node.args[0] if node.args else None
+        first = node.args[0] if node.args else node.kwargs.get("input")
         if not isinstance(first, fx.Node) or first not in self.layouts:
             return None, None
         return self.layouts[first], _shape(first)
@@ -275,8 +275,7 @@ class _Builder:
             reason = f"its channels reach grouped conv '{name}' (groups={conv.groups}) across " \
                      "its groups' boundaries"
             self.convs.setdefault(name, reason)
-            self.block(source, reason)
-            return self.fresh(shape, reason)
+            return self.stop(source, shape, reason)
         for space, channels, _ in source:
             self.split(space, channels // per_group)
         self.convs.setdefault(name, None)
@@ -298,21 +297,31 @@ class _Builder:
     def visit_function(self, node: fx.Node, shape: tuple | None) -> tuple | None:
         target = node.target
         source, src_shape = self.source(node)
+        if target is operator.getitem and node.args[0] in self.pieces:
+            return self.pieces[node.args[0]][node.args[1]]
         if shape is None or len(shape) < 2:
             return None
-        if target in _ADD or target in _MUL:
+        if target in ops.ADD or target in ops.MUL:
             return self.elementwise(node, shape)
-        if target is torch.cat:
+        if target in ops.CONCATS:
             dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
             parts = [self.layouts.get(x) for x in node.args[0]]
             return sum(parts, ()) if dim % len(shape) == 1 and None not in parts else None
+        if target in ops.CREATIONS:  # made from a shape, not from channel values
+            return self.fresh(shape, f"its channels are made by {self.describe(node)}")
         if source is None:
             return None
-        if target in _PASS_FUNCTIONS or target in _PASS_METHODS:
+        if target in ops.CONVS:
+            return self.functional_conv(node, source, shape)
+        if target in ops.CHANNEL_NORMS:
+            return self.functional_norm(node, source, shape)
+        if target in ops.CROSS_CHANNEL_NORMS:
+            return self.stop(source, shape, _cross_norm(self.describe(node)))
+        if ops.is_pass(target):
             return source
-        if target in _RESHAPES or target in _RESHAPE_METHODS:
+        if target in ops.RESHAPES or target in ops.RESHAPE_METHODS:
             return _reshaped(source, src_shape, shape)
-        if target in _REDUCTIONS or target in _REDUCTION_METHODS:
+        if target in ops.REDUCTIONS or target in ops.REDUCTION_METHODS:
             dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
             dims = dims if isinstance(dims, list | tuple) else (dims,)
             keeps = None not in dims and {d % len(src_shape) for d in dims}.isdisjoint({0, 1})
@@ -320,14 +329,91 @@ class _Builder:
         if target is F.pad:
             spatial = len(node.args[1] if len(node.args) > 1 else node.kwargs["pad"]) <= 4
             if not spatial:
-                self.block(source, f"its channels are zero-padded at '{node.name}' (a "
+                self.block(source, f"its channels are zero-padded by {self.describe(node)} (a "
                                    "channel-padding shortcut)")
             return source if spatial else None
-        if target is operator.getitem and isinstance(node.args[1], tuple):
-            index = node.args[1]
-            whole = [i == slice(None) for i in index[:2]]
-            return source if len(index) >= 2 and all(whole) else None
+        if target is operator.getitem:
+            return self.sliced(node, source, src_shape, shape)
         return None
+
+    def functional_conv(self, node: fx.Node, source: tuple, shape: tuple) -> tuple | None:
+        """``F.conv2d`` in a conv module's forward (e.g. timm's Conv2dSame: pad, then conv)."""
+        weight, bias = _arg(node, 1, "weight"), _arg(node, 2, "bias")
+        name = _owner(weight, "weight")
+        conv = self.modules.get(name)
+        if isinstance(conv, nn.Conv2d) and (bias is None or _owner(bias, "bias") == name) \
+                and _arg(node, 6, "groups", 1) == conv.groups:
+            return self.visit_conv(name, conv, source, shape)
+        scope = _scope(node)
+        reason = f"its channels reach {self.describe(node)}, whose weight is computed in the " \
+                 "forward (e.g. weight standardisation): removing input channels would change " \
+                 "the weights of the others"
+        if isinstance(self.modules.get(scope), nn.Conv2d):
+            self.convs.setdefault(scope, f"its weight is computed in its forward "
+                                         f"({type(self.modules[scope]).__name__})")
+        self.stop(source, shape, reason)
+        return self.fresh(shape, f"its channels come from {self.describe(node)}, whose weight "
+                                 "is computed in the forward")
+
+    def functional_norm(self, node: fx.Node, source: tuple, shape: tuple) -> tuple | None:
+        """``F.batch_norm`` / ``F.instance_norm``: per-channel statistics, so it follows its
+        input like BatchNorm2d, its parameters those of the module that owns them."""
+        tensors = [x for x in (*node.args[1:], *node.kwargs.values()) if isinstance(x, fx.Node)]
+        owners = {_owner(x) for x in tensors}
+        if not owners:
+            return source
+        channels = sum(c for _, c, _ in source)
+        name = owners.pop()
+        module = self.modules.get(name)
+        if owners or module is None or any(
+            t.ndim and tuple(t.shape) != (channels,)
+            for t in (*module.parameters(recurse=False), *module.buffers(recurse=False))
+        ):
+            return self.stop(source, shape, f"its channels reach {self.describe(node)}, whose "
+                             "per-channel parameters are not those of one module")
+        self.use(name, "follower", source)
+        return source
+
+    def visit_split(self, node: fx.Node) -> None:
+        """``torch.split`` / ``chunk`` / ``unbind``: along the channels at sizes fixed in the
+        forward (pruning would move them), else every piece keeps the layout."""
+        source, src_shape = self.source(node)
+        shapes = _shapes(node)
+        if source is None or shapes is None:
+            for x in node.all_input_nodes:
+                self.block(self.layouts.get(x, ()), f"its channels reach {self.describe(node)}, "
+                           "which the engine cannot prune through")
+            return
+        default = 1 if node.target in ("unbind", torch.unbind) else 2
+        dim = _arg(node, default, "dim", 0) % len(src_shape)
+        if dim != 1:
+            self.pieces[node] = [source] * len(shapes)
+            return
+        reason = f"its channels are split at fixed sizes by {self.describe(node)}: pruning " \
+                 "them would move the split"
+        self.block(source, reason)
+        self.pieces[node] = [self.fresh(s, reason) for s in shapes]
+
+    def sliced(self, node: fx.Node, source: tuple, src_shape: tuple, shape: tuple) -> tuple | None:
+        """``x[...]``: spatial slices keep the layout, and so does a channel slice that keeps
+        every channel; a channel slice at fixed positions blocks the channels."""
+        index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+        if any(i is None or isinstance(i, fx.Node) for i in index) or index.count(...) > 1:
+            return None
+        if ... in index:
+            e = index.index(...)
+            index = index[:e] + (slice(None),) * (len(src_shape) - len(index) + 1) + index[e + 1:]
+        index = index + (slice(None),) * (len(src_shape) - len(index))
+        batch, channels = index[:2]
+        if batch != slice(None) or not isinstance(channels, slice):
+            return None
+        if channels.step in (None, 1) and channels.start in (None, 0) and (
+            channels.stop is None or channels.stop >= src_shape[1]
+        ):
+            return source if shape[1] == src_shape[1] else None
+        return self.stop(source, shape, f"channels {channels.start or 0}:{channels.stop} of "
+                         f"{src_shape[1]} are taken at fixed positions by {self.describe(node)}: "
+                         "pruning would move them")
 
     def elementwise(self, node: fx.Node, shape: tuple) -> tuple | None:
         """Addition or multiplication: operands whose channels line up share their groups."""
@@ -344,9 +430,9 @@ class _Builder:
             operands.append(self.layouts[x])
         if not operands:
             return None
-        what = "added to a residual shortcut" if node.target in _ADD else "multiplied by a gate"
+        what = "added to a residual shortcut" if node.target in ops.ADD else "multiplied by a gate"
         for other in operands[1:]:
-            self.join(operands[0], other, f"its output is {what} at '{node.name}'")
+            self.join(operands[0], other, f"its output is {what} {self.where(node)}")
         return operands[0]
 
     # --- result ---
@@ -441,7 +527,36 @@ def _reshaped(source: tuple | None, src_shape: tuple | None, shape: tuple | None
     return None
 
 
-def _is_shape_query(node: fx.Node) -> bool:
-    if node.op == "call_method":
-        return node.target in _SHAPE_METHODS
-    return node.op == "call_function" and node.target is getattr and node.args[1] == "shape"
+def _shapes(node: fx.Node) -> list[tuple] | None:
+    """Shapes of the tensors of a tuple output (a split), or None."""
+    meta = node.meta.get("tensor_meta")
+    if isinstance(meta, list | tuple) and all(isinstance(m, TensorMetadata) for m in meta):
+        return [tuple(m.shape) for m in meta]
+    return None
+
+
+def _has_tensors(node: fx.Node) -> bool:
+    return _shape(node) is not None or _shapes(node) is not None
+
+
+def _scope(node: fx.Node) -> str:
+    """Qualified name of the innermost module whose forward made ``node`` ("" for the model)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return next(reversed(stack.values()))[0] if stack else ""
+
+
+def _arg(node: fx.Node, position: int, name: str, default: object = None) -> object:
+    return node.args[position] if len(node.args) > position else node.kwargs.get(name, default)
+
+
+def _owner(value: object, attribute: str | None = None) -> str | None:
+    """The module owning a parameter or buffer read by a get_attr node (with that attribute)."""
+    if not isinstance(value, fx.Node) or value.op != "get_attr":
+        return None
+    owner, _, name = value.target.rpartition(".")
+    return owner if attribute in (None, name) else None
+
+
+def _cross_norm(what: str) -> str:
+    return f"its channels reach {what}, which normalises over channels: removing channels " \
+           "changes the statistics of the others"

@@ -1,6 +1,6 @@
 """The data model of channel dependencies, and the index arithmetic on it.
 
-A :class:`DependencyGraph` (found by ``filterprune.engine.dependencies.trace``) lists the
+A :class:`DependencyGraph` (found by ``filterprune.engine.trace``) lists the
 :class:`ChannelGroup` s of a model: channels pruned at the same indices, with the layers that
 produce them (members), follow them (per-channel weights) and read them (consumers). A layer's
 input is a *layout*: the :class:`Segment` s of channels it reads, in order. ``layout_index`` and

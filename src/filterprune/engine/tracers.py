@@ -82,6 +82,9 @@ class Recorder(TorchFunctionMode):
         super().__init__()
         self.model, self.tracer = model, tracer
         self.names = {id(m): name for name, m in model.named_modules()}
+        self.tensors = {id(t): name for name, t in (*model.named_parameters(),
+                                                   *model.named_buffers())}
+        self.stack: list[tuple[str, type]] = []  # the modules whose forward is running
         self.graph = fx.Graph()
         self.nodes: dict[int, fx.Node] = {}  # id(tensor) -> the node that produced it
         self.alive: list[torch.Tensor] = []  # keeps recorded tensors (and their ids) alive
@@ -111,9 +114,13 @@ class Recorder(TorchFunctionMode):
         return name is not None and self.tracer.is_leaf_module(module, name)
 
     def enter(self, module: nn.Module, args: tuple) -> None:
+        if id(module) in self.names:
+            self.stack.append((self.names[id(module)], type(module)))
         self.depth += self.is_leaf(module)
 
     def leave(self, module: nn.Module, args: tuple, output: object) -> None:
+        if id(module) in self.names:
+            self.stack.pop()
         if not self.is_leaf(module):
             return
         self.depth -= 1
@@ -124,7 +131,9 @@ class Recorder(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         output = func(*args, **kwargs)
-        if self.depth == 0 and isinstance(output, torch.Tensor):
+        pieces = isinstance(output, tuple | list) and output and \
+            all(isinstance(x, torch.Tensor) for x in output)
+        if self.depth == 0 and (isinstance(output, torch.Tensor) or pieces):
             name = getattr(func, "__name__", "")
             if name in _DUNDERS and getattr(torch.Tensor, name, None) is func:
                 node = self.graph.call_function(_DUNDERS[name], self.args(args))
@@ -132,22 +141,35 @@ class Recorder(TorchFunctionMode):
                 node = self.graph.call_method(name, self.args(args), self.args(kwargs))
             else:
                 node = self.graph.call_function(func, self.args(args), self.args(kwargs))
-            self.bind(output, node)
+            if pieces:  # a split: one getitem node per piece, as torch.fx writes it
+                node.meta["tensor_meta"] = tuple(_extract_tensor_metadata(x) for x in output)
+                self.scope(node)
+                for i, x in enumerate(output):
+                    self.bind(x, self.graph.call_function(operator.getitem, (node, i)))
+            else:
+                self.bind(output, node)
         return output
+
+    def scope(self, node: fx.Node) -> None:
+        """Records the modules running, as torch.fx does (``nn_module_stack``)."""
+        node.meta["nn_module_stack"] = {name: (name, cls) for name, cls in self.stack}
 
     def bind(self, tensor: torch.Tensor, node: fx.Node) -> None:
         node.meta["tensor_meta"] = _extract_tensor_metadata(tensor)
+        self.scope(node)
         self.nodes[id(tensor)] = node
         self.alive.append(tensor)
 
     def args(self, value: object) -> object:
-        """``value`` with every tensor replaced by its node (a constant node if none made it)."""
+        """``value`` with every tensor replaced by its node (a get_attr node for a parameter or
+        buffer, a constant node for another tensor no recorded call made)."""
         return fx.node.map_aggregate(value, self.node_of)
 
     def node_of(self, value: object) -> object:
         if not isinstance(value, torch.Tensor):
             return value
         if id(value) not in self.nodes:
-            self.bind(value, self.graph.create_node("get_attr", "constant"))
+            target = self.tensors.get(id(value), "constant")
+            self.bind(value, self.graph.create_node("get_attr", target))
         return self.nodes[id(value)]
 
