@@ -13,7 +13,8 @@ from filterprune.engine.criteria import (
     l2_norm,
     random_criterion,
 )
-from filterprune.engine.graph import RESIDUAL_POLICIES, ChannelGroup, DependencyGraph, trace
+from filterprune.engine.dependencies import trace
+from filterprune.engine.graph import RESIDUAL_POLICIES, ChannelGroup, DependencyGraph
 from filterprune.engine.plan import (
     PruningPlan,
     decide_groups,

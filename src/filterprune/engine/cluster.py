@@ -66,7 +66,7 @@ def select_by_clustering(
 
     Args:
         model: the network whose weights describe the filters (not modified).
-        graph: its dependency graph (``filterprune.engine.graph.trace``).
+        graph: its dependency graph (``filterprune.engine.trace``).
         ratios: layer name -> ratio, as returned by ``resolve_ratios``.
         features: if given, layer name -> feature-map descriptors (C_out, D) of every member of
             every pruned group (e.g. its outputs on N images, (N, C_out, H, W) moved to

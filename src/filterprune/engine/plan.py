@@ -250,7 +250,7 @@ def select_filters(
 
     Args:
         model: the network whose weights are scored (not modified).
-        graph: its dependency graph (``filterprune.engine.graph.trace``); its prunable layers
+        graph: its dependency graph (``filterprune.engine.trace``); its prunable layers
             (under its residual policy) are the candidates.
         ratios: layer name -> ratio, as returned by ``resolve_ratios``; a group takes the ratio
             of any of its members.

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from filterprune.engine.criteria import Criterion
-from filterprune.engine.graph import DependencyGraph, trace
+from filterprune.engine.dependencies import trace
+from filterprune.engine.graph import DependencyGraph
 from filterprune.engine.plan import PruningPlan, RatioSpec, resolve_ratios, select_filters
 from filterprune.engine.surgery import apply_plan
 
@@ -42,12 +43,13 @@ def plan_pruning(
     residual: str = "inner",
     ignore: Sequence[str] = (),
     score_by: Sequence[str] = (),
+    tracer: str = "auto",
 ) -> tuple[PruningPlan, DependencyGraph]:
     """Decides which filters to remove without touching the model (review the plan, then apply).
 
     Arguments are those of ``prune``. Returns the plan and the model's dependency graph.
     """
-    graph = trace(model, example_inputs, residual=residual, ignore=ignore)
+    graph = trace(model, example_inputs, residual=residual, ignore=ignore, tracer=tracer)
     ratios = resolve_ratios(graph, ratio, skip)
     return select_filters(model, graph, ratios, criterion, strategy, round_to, score_by), graph
 
@@ -64,6 +66,7 @@ def prune(
     residual: str = "inner",
     ignore: Sequence[str] = (),
     score_by: Sequence[str] = (),
+    tracer: str = "auto",
 ) -> PruneResult:
     """Removes the lowest-scoring filters of every prunable conv (Li et al. 2017, §3).
 
@@ -71,7 +74,7 @@ def prune(
     one forward pass on ``example_inputs`` where fx cannot trace it): the channel
     dependencies (BatchNorms, residual additions, projection shortcuts, concatenations,
     depthwise convs, squeeze-and-excitation gates, flatten into Linear) are found by
-    ``filterprune.engine.graph.trace``; grouped convs keep equal counts per conv group.
+    ``filterprune.engine.trace``; grouped convs keep equal counts per conv group.
 
     Args:
         model: the trained network; left unchanged.
@@ -93,6 +96,7 @@ def prune(
         score_by: names or patterns of the group members whose scores choose a shared group's
             indices, e.g. ``["*.downsample.0"]``: the projection shortcuts' L1 norms, as in
             ResNet-34 pruned-C (§3.3); by default the sum over all members.
+        tracer: ``"auto"``, ``"fx"`` or ``"record"`` (see ``filterprune.engine.trace``).
 
     Returns:
         A PruneResult with ``.model`` (smaller and dense) and ``.plan``.
@@ -112,6 +116,6 @@ def prune(
     """
     plan, graph = plan_pruning(
         model, example_inputs, ratio=ratio, criterion=criterion, strategy=strategy, skip=skip,
-        round_to=round_to, residual=residual, ignore=ignore, score_by=score_by,
+        round_to=round_to, residual=residual, ignore=ignore, score_by=score_by, tracer=tracer,
     )
     return PruneResult(apply_plan(model, plan, graph), plan, graph)

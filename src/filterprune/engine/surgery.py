@@ -70,7 +70,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
     Args:
         model: the unpruned network.
         plan: kept filters per layer (``filterprune.engine.plan``).
-        graph: the dependency graph of ``model`` (``filterprune.engine.graph.trace``, with any
+        graph: the dependency graph of ``model`` (``filterprune.engine.trace``, with any
             residual policy).
 
     Returns:

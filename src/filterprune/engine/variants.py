@@ -82,7 +82,7 @@ class PrunedVariants:
 
     Args:
         model: the unpruned network (not modified; run in eval mode without gradients).
-        graph: its dependency graph (``filterprune.engine.graph.trace``).
+        graph: its dependency graph (``filterprune.engine.trace``).
         plans: key (e.g. the analysed layer's name) -> plans; each plan must fit ``graph``
             (``filterprune.engine.surgery.check_plan``).
 

@@ -54,7 +54,7 @@ class DataConfig(_Strict):
 
 class PruneConfig(_Strict):
     """Pruning sweep: every prunable layer at each ratio, minus ``skip`` (patterns);
-    ``residual`` is the residual policy (``filterprune.engine.graph.trace``); ``score_by`` names
+    ``residual`` is the residual policy (``filterprune.engine.trace``); ``score_by`` names
     the members that score a shared group (``filterprune.engine.plan.select_filters``).
     ``plans`` names configurations of the paper (``filterprune.paper.NAMED_PLANS``, each with its
     own ratios, skip list and residual policy), each pruned as one more point; giving them makes

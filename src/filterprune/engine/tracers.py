@@ -1,0 +1,175 @@
+"""Tracing a model into an fx graph: torch.fx symbolic tracing, or, where fx cannot trace it,
+one eager forward pass recorded op by op. Every node carries the shape of its output."""
+
+from __future__ import annotations
+
+import fnmatch
+import operator
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
+from torch.overrides import TorchFunctionMode
+
+from filterprune.engine.graph import as_tuple, eval_mode
+from filterprune.errors import FilterpruneError
+
+
+def trace_graph(
+    model: nn.Module, example_inputs: torch.Tensor | tuple, ignore: tuple[str, ...], tracer: str
+) -> fx.Graph:
+    """The fx graph of ``model`` with output shapes in ``node.meta["tensor_meta"]``.
+
+    Args:
+        model: the network (run in eval mode without gradients; its flags are restored).
+        example_inputs: inputs ``model(*example_inputs)`` accepts.
+        ignore: names or glob patterns of modules kept as leaves (not entered).
+        tracer: ``"fx"``, ``"record"`` or ``"auto"`` (fx, else record).
+
+    Raises:
+        FilterpruneError: fx cannot trace the model (with ``tracer="fx"``), or the model fails
+            on ``example_inputs``.
+    """
+    leaf_tracer = LeafTracer(ignore)
+    with eval_mode(model):
+        if tracer != "record":
+            try:
+                graph = leaf_tracer.trace(model)
+                ShapeProp(fx.GraphModule(model, graph)).propagate(*as_tuple(example_inputs))
+                return graph
+            except Exception as e:  # fx raises many types (TraceError, TypeError, ...)
+                if tracer == "fx":
+                    first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    raise FilterpruneError(
+                        f"torch.fx cannot trace {type(model).__name__}: {first_line}"
+                    ) from e
+        return Recorder(model, leaf_tracer).record(as_tuple(example_inputs))
+
+
+class LeafTracer(fx.Tracer):
+    """An fx tracer that treats ignored modules as leaves."""
+
+    def __init__(self, ignore: tuple[str, ...]) -> None:
+        super().__init__()
+        self.ignore = ignore
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return any(fnmatch.fnmatchcase(module_qualified_name, key) for key in self.ignore) or \
+            super().is_leaf_module(m, module_qualified_name)
+
+
+# Tensor operators as torch.fx writes them (the recorder sees the Tensor dunder methods).
+_DUNDERS = {
+    "__add__": operator.add, "__radd__": operator.add, "__iadd__": operator.iadd,
+    "__sub__": operator.sub, "__rsub__": operator.sub, "__mul__": operator.mul,
+    "__rmul__": operator.mul, "__imul__": operator.imul, "__truediv__": operator.truediv,
+    "__getitem__": operator.getitem,
+}
+
+
+class Recorder(TorchFunctionMode):
+    """Records one eager forward pass as an fx graph, for models torch.fx cannot trace.
+
+    Leaf modules (as the fx tracer defines them: torch.nn layers and ignored modules) become
+    ``call_module`` nodes through module hooks; torch functions and Tensor methods called
+    outside them become ``call_function`` / ``call_method`` nodes through a TorchFunctionMode,
+    each with the shape of its actual output. Data-dependent control flow is recorded along
+    the path the example inputs take (the autograd-graph approach of other tools sees the same
+    path, but not the arguments: dims, paddings and slices that the analysis needs).
+    """
+
+    def __init__(self, model: nn.Module, tracer: LeafTracer) -> None:
+        super().__init__()
+        self.model, self.tracer = model, tracer
+        self.names = {id(m): name for name, m in model.named_modules()}
+        self.tensors = {id(t): name for name, t in (*model.named_parameters(),
+                                                   *model.named_buffers())}
+        self.stack: list[tuple[str, type]] = []  # the modules whose forward is running
+        self.graph = fx.Graph()
+        self.nodes: dict[int, fx.Node] = {}  # id(tensor) -> the node that produced it
+        self.alive: list[torch.Tensor] = []  # keeps recorded tensors (and their ids) alive
+        self.depth = 0  # > 0 inside a leaf module
+
+    def record(self, inputs: tuple) -> fx.Graph:
+        for i, x in enumerate(inputs):
+            self.bind(x, self.graph.placeholder(f"input_{i}"))
+        hooks = [nn.modules.module.register_module_forward_pre_hook(self.enter),
+                 nn.modules.module.register_module_forward_hook(self.leave)]
+        try:
+            with self:
+                output = self.model(*inputs)
+        except Exception as e:
+            raise FilterpruneError(
+                f"cannot trace {type(self.model).__name__}: running it on the example inputs "
+                f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from e
+        finally:
+            for hook in hooks:
+                hook.remove()
+        self.graph.output(self.args(output))
+        return self.graph
+
+    def is_leaf(self, module: nn.Module) -> bool:
+        name = self.names.get(id(module))
+        return name is not None and self.tracer.is_leaf_module(module, name)
+
+    def enter(self, module: nn.Module, args: tuple) -> None:
+        if id(module) in self.names:
+            self.stack.append((self.names[id(module)], type(module)))
+        self.depth += self.is_leaf(module)
+
+    def leave(self, module: nn.Module, args: tuple, output: object) -> None:
+        if id(module) in self.names:
+            self.stack.pop()
+        if not self.is_leaf(module):
+            return
+        self.depth -= 1
+        if self.depth == 0 and isinstance(output, torch.Tensor):
+            node = self.graph.call_module(self.names[id(module)], self.args(args))
+            self.bind(output, node)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        output = func(*args, **kwargs)
+        pieces = isinstance(output, tuple | list) and output and \
+            all(isinstance(x, torch.Tensor) for x in output)
+        if self.depth == 0 and (isinstance(output, torch.Tensor) or pieces):
+            name = getattr(func, "__name__", "")
+            if name in _DUNDERS and getattr(torch.Tensor, name, None) is func:
+                node = self.graph.call_function(_DUNDERS[name], self.args(args))
+            elif getattr(torch.Tensor, name, None) is func:
+                node = self.graph.call_method(name, self.args(args), self.args(kwargs))
+            else:
+                node = self.graph.call_function(func, self.args(args), self.args(kwargs))
+            if pieces:  # a split: one getitem node per piece, as torch.fx writes it
+                node.meta["tensor_meta"] = tuple(_extract_tensor_metadata(x) for x in output)
+                self.scope(node)
+                for i, x in enumerate(output):
+                    self.bind(x, self.graph.call_function(operator.getitem, (node, i)))
+            else:
+                self.bind(output, node)
+        return output
+
+    def scope(self, node: fx.Node) -> None:
+        """Records the modules running, as torch.fx does (``nn_module_stack``)."""
+        node.meta["nn_module_stack"] = {name: (name, cls) for name, cls in self.stack}
+
+    def bind(self, tensor: torch.Tensor, node: fx.Node) -> None:
+        node.meta["tensor_meta"] = _extract_tensor_metadata(tensor)
+        self.scope(node)
+        self.nodes[id(tensor)] = node
+        self.alive.append(tensor)
+
+    def args(self, value: object) -> object:
+        """``value`` with every tensor replaced by its node (a get_attr node for a parameter or
+        buffer, a constant node for another tensor no recorded call made)."""
+        return fx.node.map_aggregate(value, self.node_of)
+
+    def node_of(self, value: object) -> object:
+        if not isinstance(value, torch.Tensor):
+            return value
+        if id(value) not in self.nodes:
+            target = self.tensors.get(id(value), "constant")
+            self.bind(value, self.graph.create_node("get_attr", target))
+        return self.nodes[id(value)]
+
