@@ -271,8 +271,59 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise FilterpruneError(f"cannot read {path}: expected .safetensors, .pt or .pth")
     except (SafetensorError, pickle.UnpicklingError, RuntimeError, OSError, EOFError) as e:
         raise FilterpruneError(f"cannot read weights file {path}: {_first_line(e)}") from e
-    if not isinstance(state, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
+    state = _unwrap(state)
+    if state is None:
         raise FilterpruneError(f"{path} is not a state dict (a mapping from names to tensors)")
-    return dict(state)
+    return state
+
+
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
+
+
+def _unwrap(obj: object) -> dict[str, torch.Tensor] | None:
+    """The state dict in ``obj``: ``obj`` itself, or the one training scripts nest under
+    ``state_dict``, ``model`` or ``model_state_dict``; the ``module.`` prefix that
+    DistributedDataParallel adds to every name is removed."""
+    if isinstance(obj, Mapping) and not _is_state_dict(obj):
+        obj = next((obj[k] for k in ("state_dict", "model_state_dict", "model")
+                    if _is_state_dict(obj.get(k))), None)
+    if not _is_state_dict(obj):
+        return None
+    if all(k.startswith("module.") for k in obj):
+        return {k.removeprefix("module."): v for k, v in obj.items()}
+    return dict(obj)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Loads a weights file (see :func:`load_state_dict`) into ``model``, in place.
+
+    Every tensor must fit: the same names and shapes as ``model.state_dict()``.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        FilterpruneError: the file is unreadable, or does not fit; the message names the first
+            missing, unexpected or mis-shaped tensor.
+    """
+    state, expected = load_state_dict(path), model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if misshaped:
+        k = misshaped[0]
+        raise FilterpruneError(
+            f"weights in {path} do not fit the model: {k!r} is {tuple(state[k].shape)} in the "
+            f"file, {tuple(expected[k].shape)} in the model"
+        )
+    if missing or unexpected:
+        what = f"{missing[0]!r} is missing" if missing else f"{unexpected[0]!r} is not in the model"
+        raise FilterpruneError(
+            f"weights in {path} do not fit the model: {what} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected)"
+        )
+    model.load_state_dict(state)
+    return model

@@ -3,24 +3,30 @@
 
 Images (JPEG, PNG, BMP, WebP, GIF; any mode, converted to RGB) are decoded with Pillow, their
 shorter side resized to ``image_size`` (bilinear) and centre-cropped to ``image_size`` x
-``image_size``, and held whole in memory as uint8 tensors like the other datasets, so the same
-loaders batch, augment (random crop with zero padding 4, horizontal flip) and normalise them
-(ImageNet mean and std).
+``image_size``; batches are augmented (random crop with zero padding 4, horizontal flip) and
+normalised (ImageNet mean and std) like the other datasets.
 
-Memory: 3 x image_size^2 bytes per image, 150 KB at 224 px. That suits small folders (a few
-thousand to some tens of thousands of images: 50,000 images take 7.5 GB); the full ImageNet
-training set (1.28 M images, 193 GB at 224 px) does NOT fit, and this loader does not stream.
+Memory: held whole in memory, a folder takes 3 x image_size^2 bytes per image (150 KB at 224 px;
+50,000 images take 7.5 GB; the ImageNet training set, 1.28 M images, 193 GB). A folder larger
+than a quarter of this machine's memory (or any folder with ``stream=True``) is therefore
+streamed instead: its images are decoded when read, by DataLoader workers
+(:class:`~filterprune.data.stream.StreamLoader`).
 """
 
 from __future__ import annotations
 
+import os
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
 
 from filterprune.data.datasets import ImageDataset
+from filterprune.data.stream import StreamedDataset
 from filterprune.errors import FilterpruneError
 
 IMAGE_FOLDER = "imagefolder"
@@ -30,17 +36,45 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def load_image_folder(root: str | Path | None, image_size: int = 224) -> ImageDataset:
-    """Reads an ImageNet-style folder of images into memory.
+def memory_budget() -> int:
+    """Bytes an image folder may take in memory: a quarter of this machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+class FolderImages(Dataset):
+    """Image files decoded when read: ``(uint8 (3, S, S), label)`` per item.
+
+    Args:
+        paths: the image files.
+        labels: one class index per file.
+        image_size: side S in pixels after the shorter side is resized and the centre cropped.
+    """
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int], image_size: int) -> None:
+        self.paths, self.labels, self.image_size = list(paths), list(labels), image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.tensor(_decode(self.paths[i], self.image_size)), self.labels[i]
+
+
+def load_image_folder(
+    root: str | Path | None, image_size: int = 224, *, stream: bool | None = None
+) -> ImageDataset | StreamedDataset:
+    """Reads an ImageNet-style folder of images, into memory or as a stream.
 
     Args:
         root: the folder holding ``train/`` and ``val/``.
         image_size: side in pixels of the square images after resize and centre crop.
+        stream: True: decode images when read; False: into memory; None: stream when the
+            decoded images would take more than :func:`memory_budget`.
 
     Returns:
         The dataset: ``train`` is the training split, ``val`` the test split; images uint8
         (N, 3, image_size, image_size), labels int64 (N,) indexing the sorted class folders of
-        ``train``.
+        ``train``. Streamed, the splits are :class:`FolderImages`.
 
     Raises:
         FilterpruneError: no root given, a missing split folder, no class folders in ``train``,
@@ -59,16 +93,26 @@ def load_image_folder(root: str | Path | None, image_size: int = 224) -> ImageDa
     classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
     if not classes:
         raise FilterpruneError(f"image folder {root}: no class folders in {root / 'train'}")
-    splits = {split: _read_split(root / split, classes, image_size) for split in SPLITS}
-    (train_images, train_labels), (test_images, test_labels) = splits["train"], splits["val"]
-    counts = torch.bincount(train_labels, minlength=len(classes)).tolist()
-    empty = [name for name, count in zip(classes, counts, strict=True) if count == 0]
+    files = {split: _list_split(root / split, classes) for split in SPLITS}
+    counts = Counter(files["train"][1])
+    empty = [name for label, name in enumerate(classes) if counts[label] == 0]
     if empty:
         raise FilterpruneError(
             f"image folder {root}: class folder 'train/{empty[0]}' holds no images "
             f"({', '.join(EXTENSIONS)}); a class without training images cannot be learnt: "
             "remove the folder or add images"
         )
+    count = sum(len(paths) for paths, _ in files.values())
+    if stream or (stream is None and count * 3 * image_size**2 > memory_budget()):
+        train, test = (FolderImages(*files[split], image_size) for split in SPLITS)
+        return StreamedDataset(
+            name=IMAGE_FOLDER, train=train, test=test, classes=tuple(classes),
+            mean=IMAGENET_MEAN, std=IMAGENET_STD, augment=True,
+            image_shape=(3, image_size, image_size),
+        )
+    (train_images, train_labels), (test_images, test_labels) = (
+        _read(*files[split], image_size) for split in SPLITS
+    )
     return ImageDataset(
         name=IMAGE_FOLDER, train_images=train_images, train_labels=train_labels,
         test_images=test_images, test_labels=test_labels, classes=tuple(classes),
@@ -76,10 +120,8 @@ def load_image_folder(root: str | Path | None, image_size: int = 224) -> ImageDa
     )
 
 
-def _read_split(
-    folder: Path, classes: list[str], image_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 3, S, S) uint8 and labels (N,) int64 of one split, in sorted file order."""
+def _list_split(folder: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+    """The image files of one split and their labels, in sorted file order."""
     unknown = sorted(d.name for d in folder.iterdir() if d.is_dir() and d.name not in classes)
     if unknown:
         raise FilterpruneError(
@@ -96,6 +138,13 @@ def _read_split(
         raise FilterpruneError(
             f"image folder {folder}: no images ({', '.join(EXTENSIONS)}) in its class folders"
         )
+    return paths, labels
+
+
+def _read(
+    paths: list[Path], labels: list[int], image_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, S, S) uint8 and labels (N,) int64, decoded into memory."""
     images = np.empty((len(paths), 3, image_size, image_size), dtype=np.uint8)
     for i, path in enumerate(paths):
         images[i] = _decode(path, image_size)

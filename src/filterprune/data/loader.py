@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
+from torch.utils.data import Subset
 
+from filterprune.data.augment import augment
 from filterprune.data.datasets import ImageDataset
+from filterprune.data.stream import StreamedDataset, StreamLoader
 from filterprune.errors import FilterpruneError
 
 __all__ = ["BatchLoader", "make_loaders", "sample_images"]
@@ -128,37 +130,12 @@ class BatchLoader:
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
             images = self.images[index]
             if self.augment:
-                images = self._augment(images)
+                images = augment(images, self.pad, self.flip, self.generator)
             yield images.float().mul_(self._scale).sub_(self._shift), self.labels[index]
-
-    def _augment(self, images: torch.Tensor) -> torch.Tensor:
-        """Random crop from the zero-padded batch and random horizontal flip, vectorised.
-
-        Args:
-            images: uint8 tensor (B, C, H, W).
-
-        Returns:
-            uint8 tensor (B, C, H, W).
-        """
-        b, c, h, w = images.shape
-        if self.pad:
-            p = self.pad
-            padded = F.pad(images, (p, p, p, p))
-            # Top-left corner of each crop in the padded image: shift in [-pad, pad] + pad.
-            offsets = torch.randint(0, 2 * p + 1, (2, b), generator=self.generator)
-            offsets = offsets.to(self.device)
-            rows = offsets[0, :, None] + torch.arange(h, device=self.device)  # (B, H)
-            cols = offsets[1, :, None] + torch.arange(w, device=self.device)  # (B, W)
-            padded = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * p))
-            images = padded.gather(3, cols[:, None, None, :].expand(b, c, h, w))
-        if self.flip:
-            flipped = torch.rand(b, generator=self.generator).to(self.device) < 0.5
-            images = torch.where(flipped[:, None, None, None], images.flip(3), images)
-        return images
 
 
 def make_loaders(
-    dataset: ImageDataset,
+    dataset: ImageDataset | StreamedDataset,
     batch_size: int,
     eval_batch_size: int,
     *,
@@ -167,13 +144,16 @@ def make_loaders(
     train_subset: int | None = None,
     rank: int = 0,
     world_size: int = 1,
-) -> tuple[BatchLoader, BatchLoader]:
+    workers: int = 0,
+) -> tuple[BatchLoader | StreamLoader, BatchLoader | StreamLoader]:
     """Build the training and test loaders of a dataset.
 
     The training loader shuffles every epoch and augments if ``dataset.augment`` (crop with
     zero padding 4, horizontal flip); its last batch is dropped only when it would hold a single
     sample, which BatchNorm cannot normalise in training mode. The test loader keeps the file
-    order, does not augment and keeps every sample.
+    order, does not augment and keeps every sample. A dataset held in memory gives
+    :class:`BatchLoader` s; a streamed one, :class:`~filterprune.data.stream.StreamLoader` s that
+    read it with ``workers`` DataLoader workers.
 
     Args:
         dataset: The dataset.
@@ -187,6 +167,7 @@ def make_loaders(
             ``batch_size // world_size`` (at least 1), so a step of all ranks covers
             ``batch_size`` samples. The test loader is whole on every rank.
         world_size: Number of processes training together.
+        workers: DataLoader worker processes of a streamed dataset.
 
     Returns:
         (train loader, test loader).
@@ -195,31 +176,33 @@ def make_loaders(
         FilterpruneError: ``train_subset`` not in [1, N], or invalid batch sizes.
     """
     generator = torch.Generator().manual_seed(seed)
-    images, labels = dataset.train_images, dataset.train_labels
+    streamed = isinstance(dataset, StreamedDataset)
+    n = len(dataset.train) if streamed else dataset.train_labels.shape[0]
+    keep = None
     if train_subset is not None:
-        n = labels.shape[0]
         if not 1 <= train_subset <= n:
             raise FilterpruneError(
                 f"train subset must be in [1, {n}] for {dataset.name}, got {train_subset}"
             )
         keep = torch.randperm(n, generator=generator)[:train_subset].sort().values
-        images, labels = images[keep], labels[keep]
+        n = train_subset
     batch_size = max(1, batch_size // world_size)
-    n = labels.shape[0] // world_size
-    train = BatchLoader(
-        images,
-        labels,
-        batch_size,
-        mean=dataset.mean,
-        std=dataset.std,
-        shuffle=True,
-        augment=dataset.augment,
-        drop_last=n > batch_size > 1 and n % batch_size == 1,
-        generator=generator,
-        device=device,
-        rank=rank,
-        world_size=world_size,
+    options = dict(
+        mean=dataset.mean, std=dataset.std, shuffle=True, augment=dataset.augment,
+        drop_last=n // world_size > batch_size > 1 and n // world_size % batch_size == 1,
+        generator=generator, device=device, rank=rank, world_size=world_size,
     )
+    if streamed:
+        train_set = dataset.train if keep is None else Subset(dataset.train, keep.tolist())
+        return (
+            StreamLoader(train_set, batch_size, workers=workers, **options),
+            StreamLoader(dataset.test, eval_batch_size, mean=dataset.mean, std=dataset.std,
+                         device=device, workers=workers),
+        )
+    images, labels = dataset.train_images, dataset.train_labels
+    if keep is not None:
+        images, labels = images[keep], labels[keep]
+    train = BatchLoader(images, labels, batch_size, **options)
     test = BatchLoader(
         dataset.test_images,
         dataset.test_labels,
@@ -232,14 +215,20 @@ def make_loaders(
 
 
 def sample_images(
-    dataset: ImageDataset, count: int, batch_size: int, seed: int,
+    dataset: ImageDataset | StreamedDataset, count: int, batch_size: int, seed: int,
     device: torch.device | str = "cpu",
 ) -> Iterator[torch.Tensor]:
     """``count`` training images drawn at random (seeded), normalised as for training but not
     augmented: float32 batches (B, C, H, W) of at most ``batch_size``, in index order (e.g. the
     images activation statistics or feature maps are computed on)."""
     generator = torch.Generator().manual_seed(seed)
-    keep = torch.randperm(len(dataset.train_labels), generator=generator)[:count].sort().values
-    loader = BatchLoader(dataset.train_images[keep], dataset.train_labels[keep], batch_size,
-                         mean=dataset.mean, std=dataset.std, device=device)
+    streamed = isinstance(dataset, StreamedDataset)
+    n = len(dataset.train) if streamed else len(dataset.train_labels)
+    keep = torch.randperm(n, generator=generator)[:count].sort().values
+    if streamed:
+        loader = StreamLoader(Subset(dataset.train, keep.tolist()), batch_size,
+                              mean=dataset.mean, std=dataset.std, device=device)
+    else:
+        loader = BatchLoader(dataset.train_images[keep], dataset.train_labels[keep], batch_size,
+                             mean=dataset.mean, std=dataset.std, device=device)
     return (images for images, _ in loader)

@@ -16,6 +16,7 @@ from typing import TypeVar, overload
 from torch import nn
 
 from filterprune.errors import FilterpruneError
+from filterprune.models._external import create_external, external_arguments, is_external
 
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 
@@ -81,39 +82,51 @@ def _natural_key(name: str) -> list[str | int]:
 
 def _check_name(name: str) -> None:
     if name not in _MODELS:
-        raise FilterpruneError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+        raise FilterpruneError(
+            f"unknown model {name!r}; known models: {', '.join(list_models())}, or timm:NAME, "
+            "torchvision:NAME, package.module:callable"
+        )
 
 
 def model_arguments(name: str) -> set[str]:
     """Return the keyword arguments the builder of ``name`` accepts.
 
     Args:
-        name: A registered model name.
+        name: A registered model name, or an external spec (``timm:NAME``, ``torchvision:NAME``,
+            ``package.module:callable``; see ``filterprune.models._external``).
 
     Returns:
-        The keyword names, e.g. ``{"num_classes", "in_channels", "input_size"}`` for ``scnnb``.
+        The keyword names, e.g. ``{"num_classes", "in_channels", "input_size"}`` for ``scnnb``,
+        ``{"num_classes", "in_chans"}`` for ``timm:resnet18``.
 
     Raises:
-        FilterpruneError: If ``name`` is not registered.
+        FilterpruneError: If ``name`` is not registered, or an external spec does not resolve.
     """
+    if is_external(name):
+        return external_arguments(name)
     _check_name(name)
     return set(_ARGUMENTS[name])
 
 
 def create_model(name: str, **kwargs: object) -> nn.Module:
-    """Build the registered model ``name``.
+    """Build the registered model ``name``, or the model an external spec names.
 
     Args:
-        name: A registered model name (see :func:`list_models`).
+        name: A registered model name (see :func:`list_models`), or ``timm:NAME``,
+            ``torchvision:NAME`` or ``package.module:callable`` (the package must be installed;
+            the callable importable).
         **kwargs: Keyword arguments of the builder (see :func:`model_arguments`).
 
     Returns:
-        A freshly initialised model.
+        A freshly initialised model (or, for an external builder, whatever weights it loads,
+        e.g. ``pretrained=True`` for timm).
 
     Raises:
-        FilterpruneError: If ``name`` is not registered, or a keyword is not accepted by its
-            builder.
+        FilterpruneError: If ``name`` is not registered or does not resolve, a keyword is not
+            accepted by its builder, or an external builder fails or returns no ``nn.Module``.
     """
+    if is_external(name):
+        return create_external(name, **kwargs)
     _check_name(name)
     unknown = sorted(set(kwargs) - _ARGUMENTS[name])
     if unknown:
