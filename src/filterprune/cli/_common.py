@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from filterprune import distributed
 from filterprune.errors import FilterpruneError
 from filterprune.pipeline.config import RunConfig, load_config
 
@@ -47,10 +48,19 @@ def output_dir(args: argparse.Namespace, config_path: str) -> Path:
     """``--out``, refused if it holds files (unless ``--resume`` or ``--overwrite``); by default a
     fresh ``runs/<config name>[-N]`` directory, so earlier results are never overwritten.
 
+    Under torchrun every process checks before any writes (a barrier), so a later rank never
+    finds the config rank 0 has just written and refuses the directory.
+
     Raises:
         FilterpruneError: ``--out`` is a file, a non-empty directory without ``--resume`` or
             ``--overwrite``, or ``--resume`` names no existing directory.
     """
+    out = _checked_output_dir(args, config_path)
+    distributed.barrier()
+    return out
+
+
+def _checked_output_dir(args: argparse.Namespace, config_path: str) -> Path:
     if args.resume:
         out = Path(args.out or Path("runs") / Path(config_path).stem)
         if not out.is_dir():
