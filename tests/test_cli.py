@@ -198,4 +198,4 @@ def test_pt_state_dicts_load_without_running_code(tmp_path, config, capsys):
     wrong = tmp_path / "wrong.pt"
     torch.save(create_model("resnet20").state_dict(), wrong)
     code, _, err = run_cli(capsys, "evaluate", config, "--checkpoint", wrong)
-    assert code == 2 and "do not fit scnnb" in err
+    assert code == 2 and "do not fit the model: 'features.0.weight' is missing" in err

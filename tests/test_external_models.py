@@ -76,7 +76,7 @@ def test_timm_models_take_classes_and_input_channels_and_declare_their_input():
     assert model_arguments("timm:resnet18") == {"num_classes", "in_chans"}
     model = create_model("timm:resnet18", num_classes=10, in_chans=1)
     assert model.fc.out_features == 10 and model.conv1.in_channels == 1
-    assert default_input_shape(model) == (1, 3, 224, 224)
+    assert default_input_shape("timm:resnet18", model) == (1, 3, 224, 224)
     with pytest.raises(FilterpruneError, match="unknown timm model 'resnet1'.*did you mean"):
         create_model("timm:resnet1")
 
@@ -85,7 +85,7 @@ def test_torchvision_models_take_classes():
     pytest.importorskip("torchvision")
     model = create_model("torchvision:resnet18", num_classes=10)
     assert model.fc.out_features == 10
-    assert default_input_shape(model) is None
+    assert default_input_shape("torchvision:resnet18", model) == (1, 3, 224, 224)
     with pytest.raises(FilterpruneError, match="unknown torchvision model 'resnet_18'"):
         create_model("torchvision:resnet_18")
 

@@ -2,9 +2,11 @@
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from filterprune.data import load_dataset
 from filterprune.data.split import stratified_holdout, validation_split
+from filterprune.data.stream import StreamedDataset
 from filterprune.errors import FilterpruneError
 
 
@@ -40,11 +42,30 @@ def test_a_class_of_one_image_cannot_be_split():
         stratified_holdout(torch.tensor([0, 0, 1]), 0.5, seed=0)
 
 
-def test_the_validation_dataset_holds_training_images_only():
+def test_the_validation_split_holds_training_images_only_and_fit_keeps_the_test_split():
     dataset = load_dataset("fashion-mnist-sample")
-    val = validation_split(dataset, 0.1, seed=0)
+    fit, val = validation_split(dataset, 0.1, seed=0)
     n = len(dataset.train_labels)
-    assert len(val.train_labels) + len(val.test_labels) == n
+    assert len(fit.train_labels) + len(val.test_labels) == n
+    assert torch.equal(val.train_labels, fit.train_labels)
     assert len(val.test_labels) == pytest.approx(n / 10, abs=dataset.num_classes)
     rows = {tuple(row.flatten()[::7].tolist()) for row in dataset.train_images}
     assert all(tuple(row.flatten()[::7].tolist()) in rows for row in val.test_images[:50])
+    fitted = {tuple(row.flatten()[::7].tolist()) for row in fit.train_images}
+    assert not any(tuple(row.flatten()[::7].tolist()) in fitted for row in val.test_images[:50])
+    assert torch.equal(fit.test_labels, dataset.test_labels)
+
+
+def test_a_streamed_dataset_splits_the_same_way():
+    dataset = load_dataset("fashion-mnist-sample")
+    streamed = StreamedDataset(
+        name="s", train=TensorDataset(dataset.train_images, dataset.train_labels),
+        test=TensorDataset(dataset.test_images, dataset.test_labels), classes=dataset.classes,
+        mean=(0.5,), std=(0.5,), augment=False, image_shape=tuple(dataset.train_images.shape[1:]),
+    )
+    fit, val = validation_split(streamed, 0.1, seed=0)
+    memory_fit, memory_val = validation_split(dataset, 0.1, seed=0)
+    assert len(fit.train) == len(memory_fit.train_labels)
+    assert torch.equal(torch.stack([val.test[i][1] for i in range(len(val.test))]),
+                       memory_val.test_labels)
+    assert fit.test is streamed.test

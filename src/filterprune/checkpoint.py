@@ -4,7 +4,9 @@ A model is described by its zoo name, the builder's keyword arguments, the examp
 and, for a pruned model, the pruning plan replayed on the freshly built unpruned model. A model
 of the user's own (no zoo name) is described by the plan and input shape only: loading it needs
 the unpruned model, on which the plan is replayed. Loading therefore builds the architecture from
-data and executes no code from the file (style.md rule 7).
+data and executes no code from the file. A model from outside the zoo is named by its spec
+(``timm:NAME``, ``torchvision:NAME``, ``package.module:callable``): the file only names the
+builder, which must already be importable (README, "What filterprune trusts").
 
 Example:
     >>> import tempfile, torch, filterprune
@@ -35,7 +37,8 @@ from torch import nn
 from filterprune._io import atomic_write
 from filterprune.engine import PruningPlan, apply_plan, trace
 from filterprune.errors import FilterpruneError
-from filterprune.models import create_model
+from filterprune.models import create_model, model_arguments
+from filterprune.models._external import default_input_shape, is_external
 
 FORMAT = "filterprune/1"
 # The largest example input (C x H x W elements) a model file may describe: 2^27 floats = 512 MB.
@@ -51,8 +54,9 @@ class ModelSpec:
     """Everything needed to rebuild a zoo model, pruned or not.
 
     Attributes:
-        name: zoo model name (``filterprune.models.list_models()``), or None for a model of the
-            user's own, which ``load`` then needs.
+        name: zoo model name (``filterprune.models.list_models()``) or external spec
+            (``timm:NAME``, ``torchvision:NAME``, ``package.module:callable``), or None for a
+            model of the user's own with no importable builder, which ``load`` then needs.
         kwargs: builder keyword arguments (e.g. ``num_classes``, ``in_channels``).
         input_shape: example input shape (1, C, H, W).
         plan: pruning plan applied to the unpruned model, or None.
@@ -160,6 +164,68 @@ class ModelSpec:
                     f"({self.name} with {self.kwargs}): {key} is {shapes.get(key, 'missing')} in "
                     f"the file, {expected.get(key, 'absent')} in the architecture"
                 )
+
+
+def builder_arguments(
+    name: str, kwargs: Mapping[str, object] | None, input_shape: tuple[int, int, int] | None,
+    num_classes: int | None,
+) -> dict[str, object]:
+    """``kwargs`` with what the data determines filled in where the builder of ``name`` takes
+    it: ``num_classes``, the input channels (``in_channels``, timm's ``in_chans``) and
+    ``input_size`` (H) of ``input_shape`` (C, H, W); ``kwargs`` win.
+
+    Raises:
+        FilterpruneError: ``name`` does not resolve (``model_arguments``).
+    """
+    accepted = model_arguments(name)
+    derived: dict[str, object] = {"num_classes": num_classes}
+    if input_shape is not None:
+        derived |= {"in_channels": input_shape[0], "in_chans": input_shape[0],
+                    "input_size": input_shape[1]}
+    return {k: v for k, v in derived.items() if k in accepted and v is not None} | dict(
+        kwargs or {})
+
+
+def build_model(
+    name: str, kwargs: Mapping[str, object] | None = None, *, weights: str | Path | None = None,
+    input_shape: tuple[int, int, int] | None = None, num_classes: int | None = None,
+) -> tuple[nn.Module, ModelSpec]:
+    """Builds the model a name or spec describes, with what a dataset determines filled in.
+
+    Args:
+        name: zoo name, ``timm:NAME``, ``torchvision:NAME`` or ``package.module:callable``.
+        kwargs: builder keyword arguments; they win over the filled-in values.
+        weights: a weights file loaded into the built model (``load_weights``).
+        input_shape: ``(C, H, W)`` of one input image; fills ``in_channels`` / ``in_chans`` and
+            ``input_size`` where the builder takes them. Default: the shape the model declares
+            (timm's ``pretrained_cfg``; 3 x 224 x 224 for torchvision), else the zoo
+            model's ``in_channels`` x ``input_size``
+            squared (3 x 32 x 32 unless given).
+        num_classes: fills ``num_classes`` where the builder takes it.
+
+    Returns:
+        The model and its ``ModelSpec`` (input shape ``(1, C, H, W)``; kwargs as passed to the
+        builder), ready for ``save_model``.
+
+    Raises:
+        FilterpruneError: the name does not resolve, the builder refuses its arguments, the
+            weights do not fit, or no input shape is given for a model that declares none.
+    """
+    filled = builder_arguments(name, kwargs, input_shape, num_classes)
+    model = create_model(name, **filled)
+    if weights is not None:
+        load_weights(model, weights)
+    if input_shape is not None:
+        shape = (1, *input_shape)
+    elif (declared := default_input_shape(name, model)) is not None:
+        shape = (1, int(filled.get("in_chans", declared[1])), *declared[2:])
+    elif not is_external(name):
+        size = int(filled.get("input_size", 32))
+        shape = (1, int(filled.get("in_channels", 3)), size, size)
+    else:
+        raise FilterpruneError(f"model {name!r} declares no input shape: give it (--input-shape "
+                               "C,H,W)")
+    return model, ModelSpec(name, filled, tuple(shape))
 
 
 def save_model(path: str | Path, model: nn.Module, spec: ModelSpec) -> Path:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+from torch import nn
+
 from filterprune import distributed
+from filterprune.checkpoint import ModelSpec, build_model, load_model
 from filterprune.errors import FilterpruneError
 from filterprune.pipeline.config import RunConfig, load_config
 
@@ -33,6 +37,71 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.deterministic:
         config.deterministic = True
     return config
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--checkpoint FILE`` or ``--model SPEC`` (with ``--weights``, ``--model-kwargs``,
+    ``--input-shape``, ``--num-classes``), one of them required."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help=f"{what}: a model file (.safetensors)")
+    source.add_argument(
+        "--model", metavar="SPEC",
+        help=f"{what}: a zoo name, timm:NAME, torchvision:NAME or package.module:callable",
+    )
+    parser.add_argument("--weights", help="with --model: weights to load (.safetensors, or a "
+                        ".pt/.pth state dict, read with weights_only=True)")
+    parser.add_argument("--model-kwargs", metavar="JSON", default="{}",
+                        help="with --model: builder keyword arguments, e.g. '{\"drop_rate\": 0.1}'")
+    parser.add_argument("--input-shape", metavar="C,H,W",
+                        help="with --model: one input image's shape (default: the model's own, "
+                        "e.g. timm's; 3,32,32 for zoo models)")
+    parser.add_argument("--num-classes", type=int, help="with --model: number of classes "
+                        "(default: the builder's)")
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """``"3,32,32"`` -> (3, 32, 32).
+
+    Raises:
+        FilterpruneError: not three positive integers.
+    """
+    try:
+        shape = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise FilterpruneError(
+            f"--input-shape must be C,H,W (three positive integers), got {text!r}"
+        )
+    return shape
+
+
+def model_from_args(args: argparse.Namespace) -> tuple[nn.Module, ModelSpec]:
+    """The model ``add_model_arguments`` describes, and its spec.
+
+    Raises:
+        FilterpruneError: options of ``--model`` given with ``--checkpoint``, malformed
+            ``--model-kwargs`` or ``--input-shape``, or what ``build_model`` / ``load_model``
+            raise.
+    """
+    if args.checkpoint:
+        given = [f"--{o.replace('_', '-')}" for o in ("weights", "input_shape", "num_classes")
+                 if getattr(args, o) is not None]
+        if given or args.model_kwargs != "{}":
+            raise FilterpruneError(f"{(given or ['--model-kwargs'])[0]} goes with --model; a "
+                                   "model file records its own")
+        return load_model(args.checkpoint)
+    try:
+        kwargs = json.loads(args.model_kwargs)
+    except json.JSONDecodeError as e:
+        raise FilterpruneError(f"--model-kwargs is not JSON: {e}") from None
+    if not isinstance(kwargs, dict):
+        raise FilterpruneError("--model-kwargs must be a JSON object, e.g. '{\"width\": 2}'")
+    shape = None if args.input_shape is None else parse_shape(args.input_shape)
+    if args.num_classes is not None and args.num_classes < 1:
+        raise FilterpruneError("--num-classes must be >= 1")
+    return build_model(args.model, kwargs, weights=args.weights, input_shape=shape,
+                       num_classes=args.num_classes)
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, help_out: str) -> None:

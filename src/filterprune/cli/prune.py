@@ -1,11 +1,12 @@
-"""``filterprune prune --checkpoint M --ratio R``: remove filters from a model file."""
+"""``filterprune prune (--checkpoint M | --model SPEC) --ratio R``: remove filters from a model."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from filterprune.checkpoint import load_model, save_model
+from filterprune.checkpoint import save_model
+from filterprune.cli._common import add_model_arguments, model_from_args
 from filterprune.engine import (
     RESIDUAL_POLICIES,
     PruningPlan,
@@ -21,11 +22,11 @@ from filterprune.errors import FilterpruneError
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
-        "prune", parents=[common], help="prune the filters of a model file",
+        "prune", parents=[common], help="prune the filters of a model",
         description="Score filters, keep the best ones at the given ratios and save the smaller "
         "model with its plan (OUT and OUT's .plan.json). Li et al. 2017, §3.",
     )
-    parser.add_argument("--checkpoint", required=True, help="model to prune (.safetensors)")
+    add_model_arguments(parser, "model to prune")
     parser.add_argument(
         "--ratio", action="append", default=[], metavar="R | NAME=R",
         help="fraction of filters removed, in [0, 1): one value for all prunable convs, or "
@@ -51,7 +52,8 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan and the resulting costs; write nothing")
     parser.add_argument("--out",
-                        help="pruned model file (default: <checkpoint>-pruned.safetensors)")
+                        help="pruned model file (default with --checkpoint: "
+                        "<checkpoint>-pruned.safetensors)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.set_defaults(run=run, render=render)
 
@@ -79,11 +81,15 @@ def parse_ratio(values: list[str]) -> RatioSpec:
 def run(args: argparse.Namespace) -> dict:
     if not args.ratio and not args.plan:
         raise FilterpruneError("give --ratio or --plan")
-    checkpoint = Path(args.checkpoint)
-    out = Path(args.out or checkpoint.with_name(f"{checkpoint.stem}-pruned.safetensors"))
-    if out.exists() and not args.overwrite and not args.dry_run:
+    if args.out is not None:
+        out = Path(args.out)
+    elif args.checkpoint is not None:
+        out = Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}-pruned.safetensors")
+    elif not args.dry_run:
+        raise FilterpruneError("give --out FILE for the pruned model")
+    if not args.dry_run and out.exists() and not args.overwrite:
         raise FilterpruneError(f"{out} exists (use --overwrite)")
-    model, spec = load_model(checkpoint)
+    model, spec = model_from_args(args)
     example = spec.example_input()
     if args.plan:
         graph = trace(model, example, residual=args.residual)

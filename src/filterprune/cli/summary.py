@@ -1,16 +1,13 @@
-"""``filterprune summary --model NAME``: per-layer shapes, MACs and params, pruned or not."""
+"""``filterprune summary --model SPEC``: per-layer shapes, MACs and params, pruned or not."""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import asdict
 
-import torch
-
-from filterprune.checkpoint import load_model
+from filterprune.cli._common import add_model_arguments, model_from_args
 from filterprune.engine import PruningPlan, apply_plan, profile, trace
 from filterprune.errors import FilterpruneError
-from filterprune.models import create_model, model_arguments
 from filterprune.paper import BASELINES, NAMED_PLANS, named_plan
 
 
@@ -18,36 +15,23 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
         "summary", parents=[common], help="per-layer table of shapes, MACs and params",
         description="MACs (multiply-accumulates of conv and linear layers, per image) and "
-        "parameters of a zoo model or model file, optionally after applying a plan.",
+        "parameters of a model (zoo, timm, torchvision, your own builder) or model file, "
+        "optionally after applying a plan.",
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="zoo model name (filterprune.models.list_models())")
-    source.add_argument("--checkpoint", help="model file (.safetensors)")
+    add_model_arguments(parser, "the model")
     parser.add_argument("--plan", help="pruning plan to apply first: a plan file (JSON) or a "
-                        f"named plan of the paper ({', '.join(NAMED_PLANS)})")
-    parser.add_argument("--num-classes", type=int,
-                        help="default: the named plan's dataset's, else 10")
-    parser.add_argument("--in-channels", type=int, default=3)
-    parser.add_argument("--input-size", type=int,
-                        help="input height = width, pixels (default: the named plan's, else 32)")
+                        f"named plan of the paper ({', '.join(NAMED_PLANS)}; it sets the "
+                        "default classes and input shape)")
     parser.set_defaults(run=run, render=render)
 
 
 def run(args: argparse.Namespace) -> dict:
-    if args.checkpoint:
-        model, spec = load_model(args.checkpoint)
-        name, example = spec.name, spec.example_input()
-    else:
-        name = args.model
-        paper = BASELINES.get(name) if args.plan in NAMED_PLANS else None
-        num_classes = args.num_classes or (paper.num_classes if paper else 10)
-        size = args.input_size or (paper.input_size if paper else 32)
-        if min(num_classes, args.in_channels, size) < 1:
-            raise FilterpruneError("--num-classes, --in-channels and --input-size must be >= 1")
-        given = {"num_classes": num_classes, "in_channels": args.in_channels, "input_size": size}
-        accepted = model_arguments(name)
-        model = create_model(name, **{k: v for k, v in given.items() if k in accepted})
-        example = torch.zeros(1, args.in_channels, size, size)
+    paper = BASELINES.get(args.model) if args.plan in NAMED_PLANS else None
+    if paper is not None:
+        args.num_classes = args.num_classes or paper.num_classes
+        args.input_shape = args.input_shape or f"3,{paper.input_size},{paper.input_size}"
+    model, spec = model_from_args(args)
+    name, example = spec.name, spec.example_input()
     if args.plan in NAMED_PLANS:
         named = named_plan(args.plan)
         if named.model != name:

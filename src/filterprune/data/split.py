@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+from torch.utils.data import Dataset, Subset
 
 from filterprune.data.datasets import ImageDataset
+from filterprune.data.stream import StreamedDataset
 from filterprune.errors import FilterpruneError
 
 
@@ -53,26 +55,41 @@ def stratified_holdout(
     return torch.nonzero(mask).flatten(), held_out
 
 
-def validation_split(dataset: ImageDataset, fraction: float, seed: int) -> ImageDataset:
-    """The dataset for choosing (sensitivity, criteria, plans): its training split is the
-    training set less a stratified, seeded held-out share, and its test split is that share.
-
-    The original test split is not in it; report final accuracies on ``dataset``'s test split.
+def validation_split(
+    dataset: ImageDataset | StreamedDataset, fraction: float, seed: int
+) -> tuple[ImageDataset | StreamedDataset, ImageDataset | StreamedDataset]:
+    """The dataset split for choosing (sensitivity, criteria, plans) without the test split.
 
     Args:
-        dataset: the dataset, whole.
+        dataset: the dataset, whole (in memory or streamed).
         fraction: share of each class of the training set held out, in (0, 1).
         seed: seeds the draw (the run's seed).
 
     Returns:
-        A dataset named ``<name>`` with (N - V) training and V "test" (validation) images.
+        ``(fit, validation)``: ``fit`` is ``dataset`` with its training split less the held-out
+        images (train on it; its test split is ``dataset``'s, for the reported accuracies);
+        ``validation`` has the same training split and the held-out images as its test split
+        (evaluate choices on its test split).
 
     Raises:
         FilterpruneError: see :func:`stratified_holdout`.
     """
+    if isinstance(dataset, StreamedDataset):
+        kept, held = stratified_holdout(_labels(dataset.train), fraction, seed)
+        fit = replace(dataset, train=Subset(dataset.train, kept.tolist()))
+        return fit, replace(fit, test=Subset(dataset.train, held.tolist()))
     kept, held = stratified_holdout(dataset.train_labels, fraction, seed)
-    return replace(
-        dataset,
-        train_images=dataset.train_images[kept], train_labels=dataset.train_labels[kept],
-        test_images=dataset.train_images[held], test_labels=dataset.train_labels[held],
-    )
+    fit = replace(dataset, train_images=dataset.train_images[kept],
+                  train_labels=dataset.train_labels[kept])
+    return fit, replace(fit, test_images=dataset.train_images[held],
+                        test_labels=dataset.train_labels[held])
+
+
+def _labels(dataset: Dataset) -> torch.Tensor:
+    """The labels of a map-style dataset: its ``labels`` or ``targets``, else read item by item."""
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        labels = getattr(dataset, "targets", None)
+    if labels is None:
+        labels = [dataset[i][1] for i in range(len(dataset))]
+    return torch.as_tensor(labels, dtype=torch.int64)

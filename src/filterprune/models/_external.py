@@ -120,10 +120,13 @@ def create_external(spec: str, **kwargs: object) -> nn.Module:
     return model
 
 
-def default_input_shape(model: nn.Module) -> tuple[int, ...] | None:
-    """The input shape ``(1, C, H, W)`` a model declares (timm's ``pretrained_cfg``), or None."""
+def default_input_shape(spec: str, model: nn.Module) -> tuple[int, ...] | None:
+    """The input shape ``(1, C, H, W)`` an external model declares (timm's ``pretrained_cfg``),
+    (1, 3, 224, 224) for torchvision's ImageNet classifiers, else None."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = cfg.get("input_size") if isinstance(cfg, dict) else None
     if size is not None and len(size) == 3:
         return (1, *map(int, size))
+    if spec.startswith(f"{TORCHVISION}:"):
+        return (1, 3, 224, 224)
     return None

@@ -31,16 +31,21 @@ def _check_ratios(ratios: list[float]) -> list[float]:
 
 
 class ModelConfig(_Strict):
-    """Zoo model name and builder arguments; ``num_classes``, ``in_channels`` and ``input_size``
-    are filled from the dataset unless given."""
+    """The model: a zoo name, ``timm:NAME``, ``torchvision:NAME`` or ``package.module:callable``
+    (an importable builder), its builder arguments (``num_classes``, ``in_channels`` / timm's
+    ``in_chans`` and ``input_size`` are filled from the dataset where the builder takes them,
+    unless given), and ``weights`` loaded before the baseline is trained (``train.epochs: 0``
+    keeps them as they are): safetensors, or a ``.pt``/``.pth`` state dict."""
 
     name: str = "scnnb"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = None
 
 
 class DataConfig(_Strict):
-    """Dataset name (``filterprune.data.list_datasets()``, or ``imagefolder`` for an
-    ImageNet-style folder ``data_dir`` with ``train/<class>/`` and ``val/<class>/``), where its
+    """Dataset name (``filterprune.data.list_datasets()``, ``imagefolder`` for an
+    ImageNet-style folder ``data_dir`` with ``train/<class>/`` and ``val/<class>/``, or
+    ``package.module:callable`` returning the user's own (train, test) datasets), where its
     files are, a training subset size (None = all images), the evaluation batch size, and the
     side in pixels image folders are resized and centre-cropped to (``image_size``)."""
 

@@ -29,9 +29,16 @@ from torch import nn
 import filterprune
 from filterprune import distributed
 from filterprune._io import atomic_write_text
-from filterprune.checkpoint import ModelSpec, load_model, load_state_dict, save_model
+from filterprune.checkpoint import (
+    ModelSpec,
+    builder_arguments,
+    load_model,
+    load_weights,
+    save_model,
+)
 from filterprune.data import BatchLoader, ImageDataset, load_dataset, make_loaders, sample_images
 from filterprune.data.imagefolder import IMAGE_FOLDER, load_image_folder
+from filterprune.data.stream import load_user_datasets
 from filterprune.engine import (
     DependencyGraph,
     PrunedVariants,
@@ -43,7 +50,6 @@ from filterprune.engine import (
     trace,
 )
 from filterprune.errors import FilterpruneError
-from filterprune.models import model_arguments
 from filterprune.paper import named_plan
 from filterprune.pipeline.config import RunConfig, load_config
 from filterprune.pipeline.deployment import deploy_stage
@@ -236,16 +242,16 @@ def prepare(config: RunConfig, *, progress: bool = True) -> Session:
     device = resolve_device(config.device)
     if config.data.name == IMAGE_FOLDER:
         dataset = load_image_folder(config.data.data_dir, config.data.image_size)
+    elif ":" in config.data.name:
+        dataset = load_user_datasets(config.data.name)
     else:
         dataset = load_dataset(config.data.name, config.data.data_dir,
                                download=config.data.download)
     train_batches, test_batches = _loaders(config, dataset, device, config.train.batch_size)
-    accepted = model_arguments(config.model.name)
-    derived = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels,
-               "input_size": dataset.image_size}
-    kwargs = {k: v for k, v in derived.items() if k in accepted} | config.model.kwargs
-    shape = (1, dataset.in_channels, dataset.image_size, dataset.image_size)
-    spec = ModelSpec(config.model.name, kwargs, shape)
+    shape = (dataset.in_channels, dataset.image_size, dataset.image_size)
+    kwargs = builder_arguments(config.model.name, config.model.kwargs, shape,
+                               dataset.num_classes)
+    spec = ModelSpec(config.model.name, kwargs, (1, *shape))
     return Session(config, dataset, train_batches, test_batches, device, spec,
                    progress and distributed.is_main())
 
@@ -271,15 +277,7 @@ def load_checkpoint(session: Session, path: str | Path) -> nn.Module:
             its input shape does not fit the dataset.
     """
     if Path(path).suffix in (".pt", ".pth"):
-        model = session.spec.build()
-        try:
-            model.load_state_dict(load_state_dict(path))
-        except RuntimeError as e:
-            raise FilterpruneError(
-                f"weights in {path} do not fit {session.spec.name}: "
-                f"{str(e).splitlines()[0]}"
-            ) from None
-        return model
+        return load_weights(session.spec.build(), path)
     model, spec = load_model(path)
     if tuple(spec.input_shape[1:]) != tuple(session.spec.input_shape[1:]):
         raise FilterpruneError(
@@ -297,7 +295,11 @@ def initial_model(session: Session, log: Log) -> nn.Module:
         log(f"loaded baseline {config.baseline}")
         return load_checkpoint(session, config.baseline)
     torch.manual_seed(config.seed)
-    return session.spec.build()
+    model = session.spec.build()
+    if config.model.weights is not None:
+        log(f"loaded weights {config.model.weights}")
+        load_weights(model, config.model.weights)
+    return model
 
 
 def baseline_stage(

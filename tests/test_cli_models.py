@@ -1,0 +1,111 @@
+"""Models from outside the zoo through the command line: a builder of the user's own (import
+path), timm, and a .pt state dict; pruned files that record the spec work with every command."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from filterprune.checkpoint import load_model
+from filterprune.cli import main
+
+BUILDER = '''
+from torch import nn
+
+def tiny(num_classes=10, in_channels=3):
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes),
+    )
+'''
+
+
+@pytest.fixture
+def builder(tmp_path, monkeypatch):
+    (tmp_path / "my_nets.py").write_text(BUILDER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "my_nets:tiny"
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_prune_a_builder_of_ones_own_then_summary_and_prune_the_file(tmp_path, builder, capsys):
+    out = tmp_path / "tiny-pruned.safetensors"
+    code, _, err = cli(capsys, "prune", "--model", builder, "--input-shape", "1,16,16",
+                       "--num-classes", "4", "--ratio", "0.5", "--out", out, "--json")
+    assert code == 0, err
+    model, spec = load_model(out)  # rebuilt from the recorded spec: builder + plan
+    assert spec.name == builder and spec.kwargs == {"num_classes": 4, "in_channels": 1}
+    assert [model[0].out_channels, model[3].out_channels, model[8].out_features] == [4, 8, 4]
+    code, stdout, err = cli(capsys, "summary", "--checkpoint", out, "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["input_shape"] == [1, 1, 16, 16]
+    code, _, err = cli(capsys, "prune", "--checkpoint", out, "--ratio", "0.5", "--json")
+    assert code == 0, err
+    assert load_model(tmp_path / "tiny-pruned-pruned.safetensors")[0][0].out_channels == 2
+
+
+def test_weights_of_another_tool_load_into_the_named_model(tmp_path, builder, capsys):
+    from my_nets import tiny
+
+    source = tiny(num_classes=4)
+    nn.init.normal_(source[0].weight)
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "trained.pt")
+    out = tmp_path / "p.safetensors"
+    code, _, err = cli(capsys, "prune", "--model", builder, "--weights",
+                       tmp_path / "trained.pt", "--num-classes", "4", "--input-shape", "3,8,8",
+                       "--ratio", "0.5", "--out", out)
+    assert code == 0, err
+    scores = source[0].weight.abs().sum(dim=(1, 2, 3))
+    kept = scores.topk(4).indices.sort().values
+    assert torch.equal(load_model(out)[0][0].weight, source[0].weight[kept])
+
+
+OUT = ["--out", "x.safetensors"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "no_such_module:net", *OUT], "cannot import 'no_such_module'"),
+    (["--model", "my_nets:tiny", "--input-shape", "3x32", *OUT], "--input-shape must be C,H,W"),
+    (["--model", "my_nets:tiny", "--model-kwargs", "[1]", *OUT], "must be a JSON object"),
+    (["--model", "my_nets:tiny", "--model-kwargs", '{"depth": 3}', *OUT], "building model"),
+    (["--model", "my_nets:tiny", "--weights", "missing.pt", *OUT], "missing.pt"),
+    (["--model", "my_nets:tiny"], "give --out FILE"),
+    (["--checkpoint", "m.safetensors", "--num-classes", "3"], "--num-classes goes with --model"),
+])
+def test_bad_model_options_are_one_line_and_exit_2(tmp_path, monkeypatch, builder, capsys,
+                                                   argv, message):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(capsys, "prune", *argv, "--ratio", "0.5")
+    assert code == 2 and not (tmp_path / "x.safetensors").exists()
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_prune_a_timm_model_from_the_command_line(tmp_path, capsys):
+    pytest.importorskip("timm")
+    out = tmp_path / "r18.safetensors"
+    code, _, err = cli(capsys, "prune", "--model", "timm:resnet18", "--input-shape", "3,32,32",
+                       "--num-classes", "10", "--ratio", "0.3", "--residual", "coupled",
+                       "--out", out, "--json")
+    assert code == 0, err
+    model, spec = load_model(out)
+    assert spec.kwargs == {"num_classes": 10, "in_chans": 3}
+    assert model.conv1.out_channels == 44 and model.fc.out_features == 10
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    code, stdout, err = cli(capsys, "summary", "--model", "timm:resnet18", "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["input_shape"] == [1, 3, 224, 224]  # timm's pretrained_cfg
+
+
+def test_the_main_job_trains_a_builder_of_ones_own(tmp_path, config, builder, capsys):
+    code, stdout, err = cli(capsys, "train", config, "--set", f"model.name={builder}",
+                            "--set", "train.epochs=1", "--out", tmp_path / "run", "--json")
+    assert code == 0, err
+    model, spec = load_model(json.loads(stdout)["checkpoint"])
+    assert spec.name == builder and spec.kwargs["in_channels"] == 1  # filled from the data
