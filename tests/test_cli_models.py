@@ -19,6 +19,12 @@ def tiny(num_classes=10, in_channels=3):
         nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes),
     )
+
+def upsampling(num_classes=10, in_channels=3):
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(8, 16, 2, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes),
+    )
 '''
 
 
@@ -27,6 +33,19 @@ def builder(tmp_path, monkeypatch):
     (tmp_path / "my_nets.py").write_text(BUILDER)
     monkeypatch.syspath_prepend(str(tmp_path))
     return "my_nets:tiny"
+
+
+def test_pruning_that_reaches_little_says_so_in_one_line_and_strict_fails(builder, capsys):
+    spec = builder.replace("tiny", "upsampling")
+    code, out, err = cli(capsys, "prune", "--model", spec, "--input-shape", "3,8,8",
+                         "--ratio", "0.5", "--dry-run")
+    assert code == 0 and "reached 0% of the requested conv MACs" in out
+    (line,) = err.strip().splitlines()
+    assert line.startswith("filterprune prune: warning: pruning reached 0%")
+    assert "'2' is a ConvTranspose2d" in line
+    code, _, err = cli(capsys, "prune", "--model", spec, "--input-shape", "3,8,8",
+                       "--ratio", "0.5", "--dry-run", "--strict")
+    assert code == 2 and err.startswith("filterprune prune: error: pruning reached 0%")
 
 
 def cli(capsys, *argv):

@@ -218,7 +218,7 @@ def test_smallest_l1_filters_are_removed():
     with torch.no_grad():
         model[0].weight.copy_(torch.arange(8.0)[:, None, None, None].expand(8, 3, 3, 3) - 4.5)
     # |w| per filter: 4.5 3.5 2.5 1.5 0.5 0.5 1.5 2.5 -> keep the four largest, lower index on ties
-    plan = filterprune.plan_pruning(model, torch.zeros(1, 3, 8, 8), ratio={"0": 0.5})[0]
+    plan = filterprune.plan_pruning(model, torch.zeros(1, 3, 8, 8), ratio={"0": 0.5}).plan
     assert plan.kept == {"0": [0, 1, 2, 7]}
 
 
@@ -233,8 +233,8 @@ def test_greedy_and_independent_pick_different_filters():
         # filter 0 of layer 2 is large only on the input channel that layer 1 loses
         model[2].weight.copy_(torch.tensor([[10.0, 1.0], [0.0, 3.0]]).view(2, 2, 1, 1))
     x = torch.zeros(1, 1, 4, 4)
-    independent = filterprune.plan_pruning(model, x, ratio=0.5, strategy="independent")[0]
-    greedy = filterprune.plan_pruning(model, x, ratio=0.5, strategy="greedy")[0]
+    independent = filterprune.plan_pruning(model, x, ratio=0.5, strategy="independent").plan
+    greedy = filterprune.plan_pruning(model, x, ratio=0.5, strategy="greedy").plan
     assert independent.kept == {"0": [1], "2": [0]}
     assert greedy.kept == {"0": [1], "2": [1]}
 

@@ -2,6 +2,7 @@
 convs, bottlenecks with projections, ignored modules, residual policies and coupled plans."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 import filterprune
 from filterprune.engine import PruningPlan, apply_plan, trace
 from filterprune.engine.graph import layout_index
-from filterprune.errors import FilterpruneError
+from filterprune.errors import FilterpruneError, FilterpruneWarning
 from filterprune.models import Bottleneck
 
 
@@ -48,7 +49,10 @@ def masked_reference(model: nn.Module, plan: PruningPlan, graph) -> nn.Module:
 def check_pruned(model: nn.Module, x: torch.Tensor, **kwargs) -> filterprune.PruneResult:
     """Prunes at 0.3; asserts outputs equal the masked original, and forward + backward run."""
     model = randomize_bn(model)
-    result = filterprune.prune(model, x[:1], ratio=0.3, **kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FilterpruneWarning)
+        result = filterprune.prune(model, x[:1], ratio=0.3, **kwargs)
+    assert bool(caught) == result.coverage.short  # warned exactly when under half was reached
     reference = masked_reference(model, result.plan, result.graph)
     with torch.no_grad():
         torch.testing.assert_close(result.model.eval()(x), reference(x), rtol=1e-4, atol=1e-5)
@@ -194,7 +198,7 @@ def test_se_gate_couples_the_gated_conv_with_the_gate_layer():
     assert coupled.layers["conv1"].members == ["conv1", "fc2"]
     assert [c.name for c in coupled.layers["conv1"].consumers] == ["fc1", "conv2"]
     plan = filterprune.plan_pruning(
-        LinearSENet(), torch.zeros(1, 3, 6, 6), ratio=0.5, residual="coupled")[0]
+        LinearSENet(), torch.zeros(1, 3, 6, 6), ratio=0.5, residual="coupled").plan
     assert plan.kept["conv1"] == plan.kept["fc2"] and len(plan.kept["fc2"]) == 4
 
 
@@ -262,12 +266,12 @@ def test_coupled_scores_are_the_sum_of_the_members_scores_or_of_those_named():
     with torch.no_grad():
         model.a.weight.copy_(torch.tensor([4.0, 0.0, 1.0, 0.0]).view(4, 1, 1, 1))
         model.b.weight.copy_(torch.tensor([0.0, 3.0, 1.0, 2.5]).view(4, 1, 1, 1))
-    plan, graph = filterprune.plan_pruning(model, torch.zeros(1, 1, 2, 2), ratio=0.5,
-                                           residual="coupled")
+    plan = filterprune.plan_pruning(model, torch.zeros(1, 1, 2, 2), ratio=0.5,
+                                    residual="coupled").plan
     assert plan.kept == {"a": [0, 1], "b": [0, 1]}  # sums 4, 3, 2, 2.5
     assert "residual" in trace(model, torch.zeros(1, 1, 2, 2)).not_prunable["a"]
     by_b = filterprune.plan_pruning(model, torch.zeros(1, 1, 2, 2), ratio=0.5,
-                                    residual="coupled", score_by=["b"])[0]
+                                    residual="coupled", score_by=["b"]).plan
     assert by_b.kept == {"a": [1, 3], "b": [1, 3]}  # b's scores alone: 0, 3, 1, 2.5
     with pytest.raises(FilterpruneError, match=r"'d\*' in score_by"):
         filterprune.plan_pruning(model, torch.zeros(1, 1, 2, 2), ratio=0.5, score_by=["d*"])
@@ -277,10 +281,11 @@ def test_coupled_members_need_one_ratio_and_one_set_of_indices():
     x = torch.zeros(1, 1, 2, 2)
     with pytest.raises(FilterpruneError, match="need one ratio.*'a' = 0.5, 'b' = 0.25"):
         filterprune.prune(AddNet(), x, ratio={"a": 0.5, "b": 0.25}, residual="coupled")
-    plan = filterprune.plan_pruning(AddNet(), x, ratio={"a": 0.5}, residual="coupled")[0]
+    plan = filterprune.plan_pruning(AddNet(), x, ratio={"a": 0.5}, residual="coupled").plan
     assert set(plan.kept) == {"a", "b"}  # a ratio for one member prunes the group
-    assert filterprune.plan_pruning(AddNet(), x, ratio=0.5, skip=["b"], residual="coupled")[
-        0].kept == {}
+    with pytest.warns(FilterpruneWarning, match="reached 0% of the requested conv MACs"):
+        skipped = filterprune.plan_pruning(AddNet(), x, ratio=0.5, skip=["b"], residual="coupled")
+    assert skipped.plan.kept == {}  # skipping one member leaves the whole group
     bad = PruningPlan(kept={"a": [0, 1], "b": [0, 2]}, widths={"a": 4, "b": 4})
     with pytest.raises(FilterpruneError, match="'a' and 'b' share their output channels"):
         apply_plan(AddNet(), bad, trace(AddNet(), x))

@@ -1,5 +1,7 @@
 """Property-based tests: random small ConvNets, ratios and plans never break the engine."""
 
+import warnings
+
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -7,6 +9,7 @@ from torch import nn
 
 import filterprune
 from filterprune.engine import PruningPlan, apply_plan, trace
+from filterprune.errors import FilterpruneWarning
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -49,10 +52,13 @@ def test_any_valid_ratio_prunes_without_crashing(net, data):
     ratio_in = st.floats(0, 1, exclude_max=True, allow_nan=False)
     per_layer = st.fixed_dictionaries({n: ratio_in for n in graph.layers})
     ratio = data.draw(st.one_of(ratio_in, per_layer))
-    result = filterprune.prune(model, x[:1], ratio=ratio,
-                               criterion=data.draw(st.sampled_from(["l1", "l2"])),
-                               strategy=data.draw(st.sampled_from(["independent", "greedy"])),
-                               round_to=data.draw(st.sampled_from([1, 1, 2, 4])))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FilterpruneWarning)
+        result = filterprune.prune(
+            model, x[:1], ratio=ratio, criterion=data.draw(st.sampled_from(["l1", "l2"])),
+            strategy=data.draw(st.sampled_from(["independent", "greedy"])),
+            round_to=data.draw(st.sampled_from([1, 1, 2, 4])))
+    assert bool(caught) == result.coverage.short
     modules = dict(result.model.named_modules())
     for name, layer in graph.layers.items():
         kept = result.plan.kept.get(name, range(layer.out_channels))

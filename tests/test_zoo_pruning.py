@@ -38,8 +38,9 @@ def test_zoo_model_prunes_correctly(name, residual):
 def test_coupled_prunes_more_than_inner_and_lists_every_member(name):
     x = torch.zeros(1, 3, 32, 32)
     model = create_model(name, num_classes=5)
-    inner = filterprune.plan_pruning(model, x, ratio=0.3)[0]
-    coupled, graph = filterprune.plan_pruning(model, x, ratio=0.3, residual="coupled")
+    inner = filterprune.plan_pruning(model, x, ratio=0.3).plan
+    planned = filterprune.plan_pruning(model, x, ratio=0.3, residual="coupled")
+    coupled, graph = planned.plan, planned.graph
     assert set(inner.kept) < set(coupled.kept)
     for group in graph.groups:
         kept = [coupled.kept.get(member) for member in group.members]

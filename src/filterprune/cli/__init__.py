@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 import filterprune
 from filterprune import distributed
@@ -21,7 +22,7 @@ from filterprune.cli import (
     summary,
     train,
 )
-from filterprune.errors import FilterpruneError
+from filterprune.errors import FilterpruneError, FilterpruneWarning
 
 COMMANDS = (
     run, train, sensitivity, criteria, prune, finetune, evaluate, summary, export, paper_table,
@@ -49,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     joined = False
     try:
         joined = distributed.init_from_env()  # under torchrun (see filterprune.distributed)
-        result = args.run(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", FilterpruneWarning)
+            warnings.showwarning = _one_line(args.command, warnings.showwarning)
+            result = args.run(args)
         printing = distributed.is_main()  # rank 0 only
     except FilterpruneError as e:
         if args.debug:
@@ -65,3 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     if printing:
         print(json.dumps(result, indent=2) if args.json else args.render(result))
     return 0
+
+
+def _one_line(command: str, show):
+    """A ``warnings.showwarning`` that prints FilterpruneWarnings as one line on stderr."""
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, FilterpruneWarning):
+            print(f"filterprune {command}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning

@@ -48,6 +48,9 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--round-to", type=int, default=1,
                         help="round kept filter counts to a multiple of this")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail (exit 2) instead of warning when the pruning reaches less "
+                        "than half of the requested conv MACs")
     parser.add_argument("--plan", help="apply this plan (JSON) instead of choosing filters")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan and the resulting costs; write nothing")
@@ -91,15 +94,17 @@ def run(args: argparse.Namespace) -> dict:
         raise FilterpruneError(f"{out} exists (use --overwrite)")
     model, spec = model_from_args(args)
     example = spec.example_input()
+    reach = None
     if args.plan:
         graph = trace(model, example, residual=args.residual)
         plan = PruningPlan.load(args.plan)
     else:
-        plan, graph = plan_pruning(
+        planned = plan_pruning(
             model, example, ratio=parse_ratio(args.ratio), criterion=args.criterion,
             strategy=args.strategy, skip=args.skip, round_to=args.round_to,
-            residual=args.residual, score_by=args.score_by,
+            residual=args.residual, score_by=args.score_by, strict=args.strict,
         )
+        plan, graph, reach = planned.plan, planned.graph, planned.coverage
     pruned = apply_plan(model, plan, graph)
     before, after = profile(model, example), profile(pruned, example)
     result = {
@@ -108,6 +113,7 @@ def run(args: argparse.Namespace) -> dict:
         "params_before": before.params, "params_after": after.params,
         "macs_reduction": 1 - after.macs / before.macs,
         "params_reduction": 1 - after.params / before.params,
+        "coverage": None if reach is None else reach.to_dict(),
     }
     if not args.dry_run:
         spec.plan = plan if spec.plan is None else spec.plan.then(plan)
@@ -123,6 +129,11 @@ def render(result: dict) -> str:
              f"(-{result['macs_reduction']:.1%})",
              f"params {result['params_before']:,} -> {result['params_after']:,} "
              f"(-{result['params_reduction']:.1%})"]
+    if result["coverage"] is not None:
+        reach = result["coverage"]
+        lines.append(f"reached {reach['reached_share']:.0%} of the requested conv MACs "
+                     f"({reach['prunable_share']:.0%} of all conv MACs are prunable; "
+                     f"{len(reach['blocked'])} conv(s) blocked, listed in --json)")
     if "checkpoint" in result:
         lines.append(f"saved {result['checkpoint']}")
     return "\n".join(lines)

@@ -5,6 +5,7 @@ It knows nothing of training, data, the CLI or reports.
 
 from filterprune.engine.activations import ACTIVATION_CRITERIA, activation_scores
 from filterprune.engine.cluster import cluster_representatives, select_by_clustering
+from filterprune.engine.coverage import BlockedLayer, Coverage
 from filterprune.engine.criteria import (
     CRITERIA,
     get_criterion,
@@ -23,13 +24,14 @@ from filterprune.engine.plan import (
     select_filters,
 )
 from filterprune.engine.profile import Profile, profile
-from filterprune.engine.pruner import PruneResult, plan_pruning, prune
+from filterprune.engine.pruner import PlanResult, PruneResult, plan_pruning, prune
 from filterprune.engine.surgery import apply_plan, zero_pruned
 from filterprune.engine.variants import PrunedVariants
 
 __all__ = [
-    "ACTIVATION_CRITERIA", "CRITERIA", "RESIDUAL_POLICIES", "ChannelGroup", "DependencyGraph",
-    "Profile", "PruneResult", "PrunedVariants", "PruningPlan",
+    "ACTIVATION_CRITERIA", "CRITERIA", "RESIDUAL_POLICIES", "BlockedLayer", "ChannelGroup",
+    "Coverage", "DependencyGraph", "PlanResult", "Profile", "PruneResult", "PrunedVariants",
+    "PruningPlan",
     "activation_scores", "apply_plan", "cluster_representatives", "decide_groups",
     "get_criterion", "kept_count", "l1_largest", "l1_norm", "l2_norm", "plan_pruning", "profile",
     "prune", "random_criterion", "resolve_ratios", "select_by_clustering", "select_filters",

@@ -105,7 +105,8 @@ def trace(
     builder = _Builder(dict(model.named_modules()), tuple(ignore))
     for node in graph.nodes:
         builder.visit(node)
-    convs = [name for name in names if isinstance(model.get_submodule(name), nn.Conv2d)]
+    convs = [name for name in names
+             if isinstance(model.get_submodule(name), nn.modules.conv._ConvNd)]
     return builder.finish(residual, convs)
 
 
@@ -232,6 +233,10 @@ class _Builder:
             return self.fresh(shape, f"its channels come from ignored module '{name}'")
         if isinstance(module, nn.Conv2d):
             return self.visit_conv(name, module, source, shape)
+        if isinstance(module, nn.modules.conv._ConvNd):  # Conv1d, Conv3d, transposed convs
+            self.convs.setdefault(name, f"'{name}' is a {type(module).__name__}: the engine "
+                                  "prunes the filters of Conv2d layers only")
+            return None
         if isinstance(module, nn.Linear) and source is not None and len(src_shape) == 2:
             self.use(name, "input", source)
             return self.member(name, module.out_features)

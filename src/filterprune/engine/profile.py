@@ -1,7 +1,9 @@
 """MACs and parameter counts, as Li et al. 2017 count them (Table 1).
 
 MACs are the multiply-accumulates of conv and linear layers only: for a conv,
-C_out * (C_in / groups) * kH * kW * H_out * W_out; for a linear, in_features * out_features.
+C_out * (C_in / groups) * kH * kW * H_out * W_out (Conv1d and Conv3d alike, with one or three
+kernel and output sizes; a transposed conv as torch counts it, per input position); for a
+linear, in_features * out_features.
 BatchNorm, activations, pooling and biases are not counted. FLOPs = 2 x MACs. They are measured
 with torch's FlopCounterMode (which counts exactly convolutions and matrix products) and divided
 by 2 and by the batch size of the example input, so they are per image.
@@ -20,7 +22,8 @@ from filterprune.engine.graph import as_tuple, eval_mode
 
 @dataclass(frozen=True)
 class LayerProfile:
-    """One conv or linear layer: output shape per image (C, H, W) or (F,), MACs and parameters."""
+    """One conv or linear layer: output shape per image ((C, L), (C, H, W), (C, D, H, W) or
+    (F,)), MACs and parameters."""
 
     name: str
     type: str
@@ -73,7 +76,8 @@ def profile(model: nn.Module, example_inputs: torch.Tensor | tuple) -> Profile:
     """
     inputs = as_tuple(example_inputs)
     batch = inputs[0].shape[0]
-    counted = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    counted = {n: m for n, m in model.named_modules()
+               if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
     shapes: dict[str, tuple[int, ...]] = {}
 
     def record(name: str):

@@ -8,27 +8,39 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from filterprune.engine.coverage import Coverage, coverage
 from filterprune.engine.criteria import Criterion
 from filterprune.engine.dependencies import trace
 from filterprune.engine.graph import DependencyGraph
 from filterprune.engine.plan import PruningPlan, RatioSpec, resolve_ratios, select_filters
+from filterprune.engine.profile import profile
 from filterprune.engine.surgery import apply_plan
+from filterprune.errors import FilterpruneError, warn
 
 
 @dataclass
-class PruneResult:
-    """What ``prune`` returns.
+class PlanResult:
+    """What ``plan_pruning`` returns.
 
     Attributes:
-        model: the pruned network (a new module; the input model is unchanged).
-        plan: kept output-channel indices of every conv or Linear whose output channels changed
+        plan: kept output-channel indices of every conv or Linear whose output channels change
             (every member of a pruned group; its followers and consumers change with it).
         graph: the dependency graph of the unpruned model.
+        coverage: the share of the requested conv MACs the plan reached, and every conv that
+            could not be pruned with its reason.
     """
 
-    model: nn.Module
     plan: PruningPlan
     graph: DependencyGraph
+    coverage: Coverage
+
+
+@dataclass
+class PruneResult(PlanResult):
+    """What ``prune`` returns: a PlanResult and ``model``, the pruned network (a new module;
+    the input model is unchanged)."""
+
+    model: nn.Module
 
 
 def plan_pruning(
@@ -44,14 +56,22 @@ def plan_pruning(
     ignore: Sequence[str] = (),
     score_by: Sequence[str] = (),
     tracer: str = "auto",
-) -> tuple[PruningPlan, DependencyGraph]:
-    """Decides which filters to remove without touching the model (review the plan, then apply).
+    strict: bool = False,
+) -> PlanResult:
+    """Decides which filters to remove without touching the model (review the plan, then
+    ``apply_plan``).
 
-    Arguments are those of ``prune``. Returns the plan and the model's dependency graph.
+    Arguments, warnings and errors are those of ``prune``.
     """
     graph = trace(model, example_inputs, residual=residual, ignore=ignore, tracer=tracer)
     ratios = resolve_ratios(graph, ratio, skip)
-    return select_filters(model, graph, ratios, criterion, strategy, round_to, score_by), graph
+    plan = select_filters(model, graph, ratios, criterion, strategy, round_to, score_by)
+    reach = coverage(model, graph, plan, profile(model, example_inputs), ratio, skip)
+    if reach.short:
+        if strict:
+            raise FilterpruneError(reach.describe())
+        warn(reach.describe())
+    return PlanResult(plan, graph, reach)
 
 
 def prune(
@@ -67,6 +87,7 @@ def prune(
     ignore: Sequence[str] = (),
     score_by: Sequence[str] = (),
     tracer: str = "auto",
+    strict: bool = False,
 ) -> PruneResult:
     """Removes the lowest-scoring filters of every prunable conv (Li et al. 2017, §3).
 
@@ -97,15 +118,23 @@ def prune(
             indices, e.g. ``["*.downsample.0"]``: the projection shortcuts' L1 norms, as in
             ResNet-34 pruned-C (§3.3); by default the sum over all members.
         tracer: ``"auto"``, ``"fx"`` or ``"record"`` (see ``filterprune.engine.trace``).
+        strict: raise instead of warning when the plan reaches less than half of the MACs of
+            the convs it was asked to prune.
 
     Returns:
-        A PruneResult with ``.model`` (smaller and dense) and ``.plan``.
+        A PruneResult with ``.model`` (smaller and dense), ``.plan`` and ``.coverage`` (the
+        share of the requested conv MACs reached; every blocked conv with its reason).
+
+    Warns:
+        FilterpruneWarning: the plan reached less than half of the requested conv MACs (the
+            message gives the shares and the largest blocked convs with their reasons).
 
     Raises:
         ValueError (FilterpruneError): a ratio outside [0, 1) (the message names it), an unknown
             layer name or pattern, a layer that cannot be pruned (the message names the module
             and the operation), an unknown criterion, strategy or residual policy, or a model
-            that fails on ``example_inputs``.
+            that fails on ``example_inputs``; with ``strict=True``, a plan that reached less
+            than half of the requested conv MACs.
 
     Example:
         >>> from filterprune.models import create_model
@@ -114,8 +143,10 @@ def prune(
         >>> result.model.features[0].out_channels
         16
     """
-    plan, graph = plan_pruning(
+    planned = plan_pruning(
         model, example_inputs, ratio=ratio, criterion=criterion, strategy=strategy, skip=skip,
         round_to=round_to, residual=residual, ignore=ignore, score_by=score_by, tracer=tracer,
+        strict=strict,
     )
-    return PruneResult(apply_plan(model, plan, graph), plan, graph)
+    return PruneResult(planned.plan, planned.graph, planned.coverage,
+                       apply_plan(model, planned.plan, planned.graph))
