@@ -128,3 +128,13 @@ def test_the_main_job_trains_a_builder_of_ones_own(tmp_path, config, builder, ca
     assert code == 0, err
     model, spec = load_model(json.loads(stdout)["checkpoint"])
     assert spec.name == builder and spec.kwargs["in_channels"] == 1  # filled from the data
+
+
+def test_the_main_job_stops_before_training_when_strict_and_pruning_reaches_little(
+        tmp_path, config, builder, capsys):
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "run", config, "--set", "model.name=my_nets:upsampling",
+                       "--set", "prune.strict=true", "--out", run)
+    assert code == 2 and "reached 0% of the requested conv MACs" in err
+    assert "prune.strict" in err and len(err.strip().splitlines()) == 1
+    assert not list(run.glob("*.safetensors"))  # failed before training

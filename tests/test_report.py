@@ -210,3 +210,18 @@ def test_interrupted_write_keeps_previous_files(results, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="interrupted"):
         write_report(results, tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temp files left
+
+
+def test_the_report_says_what_share_of_the_conv_macs_pruning_reaches(results, tmp_path):
+    results["coverage"] = {
+        "conv_macs": 1000, "reached_share": 0.25,
+        "blocked": [{"name": "small", "macs": 50, "reason": "its channels reach the output"},
+                    {"name": "up", "macs": 700, "reason": "'up' is a ConvTranspose2d"}],
+    }
+    write_report(results, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "Pruning every layer reaches 25% of the conv MACs" in text
+    assert "2 conv(s) cannot be pruned" in text
+    # the largest first, each with its share and reason
+    assert text.index("`up` (70.0% of the conv MACs): 'up' is a ConvTranspose2d") < text.index(
+        "`small` (5.0% of the conv MACs)")

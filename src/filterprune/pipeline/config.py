@@ -68,6 +68,9 @@ class PruneConfig(_Strict):
     ``schedule``: ``one-shot`` prunes all layers at once, then retrains; ``iterative`` prunes
     one layer (channel group) at a time in forward order, retraining ``iterative_epochs``
     epochs after each, then retrains as one-shot does (Li et al. 2017, §3.4).
+
+    ``strict``: fail before training when pruning every layer would reach under half of the
+    conv MACs (by default a warning; the report says the share either way).
     """
 
     criterion: Literal[tuple(CRITERIA)] = "l1"
@@ -80,6 +83,7 @@ class PruneConfig(_Strict):
     plans: list[str] = Field(default_factory=list)
     schedule: Literal["one-shot", "iterative"] = "one-shot"
     iterative_epochs: int = Field(1, ge=0)
+    strict: bool = False
 
     _ratios = field_validator("ratios")(_check_ratios)
 

@@ -152,6 +152,7 @@ def _render_markdown(results: dict, pruning: list[dict], plots: list[str]) -> st
         "",
         "Environment: " + ", ".join(f"{key} {value}" for key, value in env.items()) + ".",
         "",
+        *_coverage_lines(results.get("coverage")),
         'MACs are the multiply-accumulates of the conv and linear layers (the paper\'s "FLOP"; '
         "FLOPs = 2 x MACs). `ratio` is the fraction of filters removed from every pruned layer.",
         "",
@@ -378,3 +379,17 @@ def _accuracy_vs_cost_figure(pruning: list[dict], baseline: dict, key: str, labe
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _coverage_lines(reach: dict | None) -> list[str]:
+    """What share of the conv MACs pruning reaches, and the largest blocked convs (3 at most)."""
+    if reach is None:
+        return []
+    lines = [f"Pruning every layer reaches {reach['reached_share']:.0%} of the conv MACs "
+             f"(a conv is reached when its filters or its inputs shrink)."]
+    blocked = sorted(reach["blocked"], key=lambda b: -b["macs"])
+    if blocked:
+        lines[0] += f" {len(blocked)} conv(s) cannot be pruned; the largest:"
+        lines += [f"- `{b['name']}` ({b['macs'] / reach['conv_macs']:.1%} of the conv MACs): "
+                  f"{b['reason']}" for b in blocked[:3]]
+    return [*lines, ""]

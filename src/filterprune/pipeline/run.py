@@ -40,6 +40,7 @@ from filterprune.data import BatchLoader, ImageDataset, load_dataset, make_loade
 from filterprune.data.imagefolder import IMAGE_FOLDER, load_image_folder
 from filterprune.data.stream import load_user_datasets
 from filterprune.engine import (
+    Coverage,
     DependencyGraph,
     PrunedVariants,
     apply_plan,
@@ -49,7 +50,8 @@ from filterprune.engine import (
     select_filters,
     trace,
 )
-from filterprune.errors import FilterpruneError
+from filterprune.engine.coverage import coverage
+from filterprune.errors import FilterpruneError, warn
 from filterprune.paper import named_plan
 from filterprune.pipeline.config import RunConfig, load_config
 from filterprune.pipeline.deployment import deploy_stage
@@ -336,6 +338,27 @@ def _train_baseline(
     }
 
 
+def prunable_share(session: Session, model: nn.Module, graph: DependencyGraph) -> Coverage:
+    """The coverage of pruning every layer (minus ``prune.skip``) at ratio 0.5: what share of
+    the conv MACs the sweep can reach, and the blocked convs with their reasons.
+
+    Warns (FilterpruneWarning) under half; raises instead with ``prune.strict``.
+
+    Raises:
+        FilterpruneError: an unknown ``skip`` or ``score_by`` entry; with ``prune.strict``, a
+            sweep reaching under half of the conv MACs.
+    """
+    cfg, example = session.config.prune, session.spec.example_input()
+    probe = select_filters(model, graph, resolve_ratios(graph, 0.5, cfg.skip),
+                           score_by=cfg.score_by)
+    reach = coverage(model, graph, probe, profile(model, example), 0.5, cfg.skip)
+    if reach.short:
+        if cfg.strict:
+            raise FilterpruneError(f"{reach.describe()} (prune.strict is set)")
+        warn(reach.describe())
+    return reach
+
+
 def filter_norms(model: nn.Module, graph: DependencyGraph) -> dict[str, list[float]]:
     """Per prunable layer, filter L1 norms sorted descending, divided by the largest (Fig. 2a)."""
     modules = dict(model.named_modules())
@@ -475,9 +498,7 @@ def run_pipeline(
     session = prepare(config, progress=progress)
     model = initial_model(session, log)
     graph = trace(model, session.spec.example_input(), residual=config.prune.residual)
-    # unknown skip or score_by entries fail before training
-    select_filters(model, graph, resolve_ratios(graph, {}, config.prune.skip),
-                   score_by=config.prune.score_by)
+    reach = prunable_share(session, model, graph)  # checks skip and score_by before training
     model, baseline = baseline_stage(session, model, stages, out_dir, log)
     results = {
         "model": session.spec.name,
@@ -489,6 +510,7 @@ def run_pipeline(
         "strategy": config.prune.strategy,
         "residual": config.prune.residual,
         "environment": environment(session),
+        "coverage": reach.to_dict(),
         "baseline": baseline,
         "filter_norms": filter_norms(model, graph),
         "sensitivity": (
