@@ -1,0 +1,66 @@
+"""The scripts in examples/ run on tiny data and do what they say: files written, the pruned
+model smaller, the saved model reloading with the same outputs."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import filterprune
+from filterprune.checkpoint import load_model
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def script(name: str):
+    """The example script ``name`` imported as a module (its ``main(argv)`` is called)."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """train/ and val/ of 3 classes, 6 and 2 PNG images of 40 x 40 each, a colour per class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for split, n in (("train", 6), ("val", 2)):
+        for c, colour in enumerate(((200, 30, 30), (30, 200, 30), (30, 30, 200))):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(rng.normal(colour, 40, (40, 40, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def test_torchvision_resnet18_with_ones_own_loop(tmp_path, image_folder):
+    pytest.importorskip("torchvision")
+    out = tmp_path / "run"
+    path = script("prune_torchvision_resnet18").main(
+        [str(image_folder), "--out", str(out), "--tiny"])
+    assert (out / "baseline.pt").is_file() and (out / "sensitivity.png").is_file()
+    pruned, spec = load_model(path)  # rebuilt from the spec alone: torchvision + plan
+    assert spec.name == "torchvision:resnet18" and spec.input_shape == (1, 3, 32, 32)
+    original = torchvision_resnet18(num_classes=3)
+    original.load_state_dict(torch.load(out / "baseline.pt", weights_only=True))
+    x = torch.zeros(spec.input_shape)
+    assert filterprune.profile(pruned, x).macs < 0.9 * filterprune.profile(original, x).macs
+    halved = [name for name, m in pruned.named_modules() if name.endswith(".conv1")
+              and 2 * m.out_channels == original.get_submodule(name).out_channels]
+    assert len(halved) == 8 - 2  # --ratio 0.5 on every block's conv1 but the 2 most sensitive
+    assert pruned.eval()(x).shape == (1, 3)
+
+
+def torchvision_resnet18(num_classes):
+    import torchvision
+
+    return torchvision.models.resnet18(num_classes=num_classes)
