@@ -81,7 +81,8 @@ def top1(model: nn.Module, loader: DataLoader, device) -> float:
     return 100 * correct / total
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> tuple[Path, nn.Module]:
+    """Returns the saved file and the pruned model."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data_dir", type=Path, help="folder with train/<class>/ and val/<class>/")
     parser.add_argument("--out", type=Path, default=Path("runs/resnet18-pruned"))
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> Path:
                      tuple(example.shape), result.plan)
     path = filterprune.save(pruned, args.out / "resnet18-pruned.safetensors", spec=spec)
     print(f"saved {path}")
-    return path
+    return path, pruned
 
 
 if __name__ == "__main__":

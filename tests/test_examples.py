@@ -45,7 +45,7 @@ def image_folder(tmp_path):
 def test_torchvision_resnet18_with_ones_own_loop(tmp_path, image_folder):
     pytest.importorskip("torchvision")
     out = tmp_path / "run"
-    path = script("prune_torchvision_resnet18").main(
+    path, model = script("prune_torchvision_resnet18").main(
         [str(image_folder), "--out", str(out), "--tiny"])
     assert (out / "baseline.pt").is_file() and (out / "sensitivity.png").is_file()
     pruned, spec = load_model(path)  # rebuilt from the spec alone: torchvision + plan
@@ -57,10 +57,26 @@ def test_torchvision_resnet18_with_ones_own_loop(tmp_path, image_folder):
     halved = [name for name, m in pruned.named_modules() if name.endswith(".conv1")
               and 2 * m.out_channels == original.get_submodule(name).out_channels]
     assert len(halved) == 8 - 2  # --ratio 0.5 on every block's conv1 but the 2 most sensitive
-    assert pruned.eval()(x).shape == (1, 3)
+    x = torch.randn(2, *spec.input_shape[1:])
+    assert torch.equal(pruned.eval()(x), model.eval()(x))
 
 
 def torchvision_resnet18(num_classes):
     import torchvision
 
     return torchvision.models.resnet18(num_classes=num_classes)
+
+
+def test_own_module_with_a_custom_metric_and_per_layer_ratios(tmp_path):
+    example = script("prune_own_module")
+    path, model = example.main(["--out", str(tmp_path), "--tiny"])
+    with pytest.raises(filterprune.FilterpruneError, match="pass the unpruned model"):
+        filterprune.load(path)  # a model of one's own: the file holds the plan, not the code
+    reloaded, spec = load_model(path, model=example.Denoiser())
+    widths = [reloaded.encoder[i].out_channels for i in (0, 3, 6)]
+    # --ratio 0.6 keeps floor(32 * 0.4) = 12, the most sensitive layer at 0.2 keeps 25
+    assert sorted(widths) == [12, 12, 25] and reloaded.head.out_channels == 3
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(reloaded.eval()(x), model.eval()(x)) and spec.input_shape == (1, 3, 16, 16)
+    full = filterprune.profile(example.Denoiser(), torch.zeros(1, 3, 16, 16))
+    assert filterprune.profile(reloaded, torch.zeros(1, 3, 16, 16)).params < full.params / 2
