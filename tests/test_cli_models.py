@@ -97,6 +97,8 @@ OUT = ["--out", "x.safetensors"]
     (["--model", "my_nets:tiny", "--weights", "missing.pt", *OUT], "missing.pt"),
     (["--model", "my_nets:tiny"], "give --out FILE"),
     (["--checkpoint", "m.safetensors", "--num-classes", "3"], "--num-classes goes with --model"),
+    (["--checkpoint", "m.safetensors", "--pretrained"], "--pretrained goes with --model"),
+    (["--model", "my_nets:tiny", "--pretrained", *OUT], "'my_nets:tiny' has none"),
 ])
 def test_bad_model_options_are_one_line_and_exit_2(tmp_path, monkeypatch, builder, capsys,
                                                    argv, message):
