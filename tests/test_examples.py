@@ -67,6 +67,29 @@ def torchvision_resnet18(num_classes):
     return torchvision.models.resnet18(num_classes=num_classes)
 
 
+@pytest.mark.slow  # four CLI processes, each importing torch and timm: about 35 s of CPU
+def test_timm_model_through_the_command_line(tmp_path, image_folder):
+    timm = pytest.importorskip("timm")
+    out = tmp_path / "run"
+    env = {**os.environ, "MODEL": "timm:test_resnet", "NUM_CLASSES": "3", "EPOCHS": "1",
+           "PRETRAINED": "", "FILTERPRUNE": f"{sys.executable} -m filterprune",
+           "DATA": f"{{name: imagefolder, data_dir: '{image_folder}', image_size: 32}}",
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(["bash", EXAMPLES / "prune_timm_cli.sh", out], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    pruned, spec = load_model(out / "pruned.safetensors")
+    assert spec.name == "timm:test_resnet" and spec.kwargs == {"num_classes": 3, "in_chans": 3}
+    assert (out / "pruned.plan.json").is_file()
+    finetuned, spec_after = load_model(out / "finetune" / "finetuned.safetensors")
+    assert spec_after.plan.to_dict() == spec.plan.to_dict()
+    assert not torch.equal(finetuned.fc.weight, pruned.fc.weight)  # retrained
+    x = torch.zeros(1, 3, 32, 32)
+    full = timm.create_model("test_resnet", num_classes=3)
+    assert filterprune.profile(finetuned, x).macs < 0.8 * filterprune.profile(full, x).macs
+    assert "top1: " in done.stdout  # evaluate of the retrained file
+
+
 def test_own_module_with_a_custom_metric_and_per_layer_ratios(tmp_path):
     example = script("prune_own_module")
     path, model = example.main(["--out", str(tmp_path), "--tiny"])
