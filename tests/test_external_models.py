@@ -137,6 +137,18 @@ def test_pretrained_weights_load_from_the_hub_and_the_file_rebuilds_without_it(
     assert torch.equal(reloaded.features[0].weight, published["features.0.weight"])
 
 
+def test_pretrained_weights_that_cannot_be_fetched_say_why_in_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("torchvision")
+    (tmp_path / "not-a-directory").write_text("")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "not-a-directory"))  # the hub cache fails
+    with pytest.raises(FilterpruneError, match="give a downloaded copy with --weights") as e:
+        build_model("torchvision:squeezenet1_1", pretrained=True)
+    assert "\n" not in str(e.value)
+    with pytest.raises(FilterpruneError, match="expected value 1000") as e:
+        build_model("torchvision:squeezenet1_1", pretrained=True, num_classes=10)
+    assert "--weights" not in str(e.value)  # not a hub failure: no advice about the hub
+
+
 def test_pretrained_weights_of_a_model_without_a_hub_are_refused(user_module):
     with pytest.raises(FilterpruneError, match="'mynets:build' has none"):
         build_model(f"{user_module}:build", pretrained=True)

@@ -218,7 +218,8 @@ def build_model(
     Raises:
         FilterpruneError: the name does not resolve, the builder refuses its arguments, the
             weights do not fit, no input shape is given for a model that declares none, or
-            ``pretrained`` for a spec without a hub or with its hub unreachable.
+            ``pretrained`` for a spec without a hub or with its hub unreachable (said so when
+            the download fails with an ``OSError``).
     """
     filled = builder_arguments(name, kwargs, input_shape, num_classes)
     if pretrained:
@@ -226,6 +227,8 @@ def build_model(
         try:
             model = create_model(name, **filled, **hub)
         except FilterpruneError as e:
+            if not isinstance(e.__cause__, OSError):  # e.g. torchvision's 1000 classes only
+                raise
             raise FilterpruneError(f"{e} (pretrained weights need their hub to be reachable; "
                                    "offline, give a downloaded copy with --weights)") from e
     else:
