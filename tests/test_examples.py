@@ -43,6 +43,7 @@ def image_folder(tmp_path):
 
 
 def test_torchvision_resnet18_with_ones_own_loop(tmp_path, image_folder):
+    # a real ResNet-18 (11 M parameters) trained, analysed and retrained: ~5 s of CPU
     pytest.importorskip("torchvision")
     out = tmp_path / "run"
     path, model = script("prune_torchvision_resnet18").main(
