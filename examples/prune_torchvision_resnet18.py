@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> tuple[Path, nn.Module]:
 
     result = filterprune.prune(model, example, ratio=args.ratio, skip=skip)
     pruned = result.model
+    print(f"pruned the filters of {len(result.plan.kept)} convs, reaching "
+          f"{result.coverage.reached_share:.0%} of the conv MACs asked for (a conv is reached when "
+          "its filters or inputs shrink; result.coverage.blocked says why the rest are not)")
     before = filterprune.profile(model, example), top1(model, test, device)
     print(f"retraining the pruned model for {args.retrain_epochs} epoch(s)")
     train(pruned, fit, args.retrain_epochs, args.lr / 10, device)
