@@ -70,6 +70,29 @@ def test_prune_a_builder_of_ones_own_then_summary_and_prune_the_file(tmp_path, b
     assert load_model(tmp_path / "tiny-pruned-pruned.safetensors")[0][0].out_channels == 2
 
 
+def test_a_pruned_file_of_ones_own_builder_evaluates_finetunes_and_exports(
+        tmp_path, config, builder, capsys):
+    # four commands, an epoch of training and an ONNX export: ~10 s on the shared 2 cores
+    pruned = tmp_path / "p.safetensors"
+    code, _, err = cli(capsys, "prune", "--model", builder, "--input-shape", "1,28,28",
+                       "--ratio", "0.5", "--out", pruned)
+    assert code == 0, err
+    code, stdout, err = cli(capsys, "evaluate", config, "--checkpoint", pruned, "--json")
+    assert code == 0, err
+    # conv 1->4 (40) + BN (8) + conv 4->8 (296) + BN (16) + linear 8->10 (90)
+    assert json.loads(stdout)["params"] == 450 and json.loads(stdout)["split"] == "test"
+    code, stdout, err = cli(capsys, "finetune", config, "--checkpoint", pruned,
+                            "--out", tmp_path / "ft", "--json")
+    assert code == 0, err
+    finetuned, spec = load_model(json.loads(stdout)["checkpoint"])
+    assert spec.name == builder
+    assert not torch.equal(finetuned[0].weight, load_model(pruned)[0][0].weight)
+    pytest.importorskip("onnxruntime")
+    code, _, err = cli(capsys, "export", "--checkpoint", tmp_path / "ft" / "finetuned.safetensors",
+                       "--onnx", tmp_path / "m.onnx")
+    assert code == 0 and (tmp_path / "m.onnx").is_file(), err
+
+
 def test_weights_of_another_tool_load_into_the_named_model(tmp_path, builder, capsys):
     from my_nets import tiny
 
@@ -97,6 +120,8 @@ OUT = ["--out", "x.safetensors"]
     (["--model", "my_nets:tiny", "--weights", "missing.pt", *OUT], "missing.pt"),
     (["--model", "my_nets:tiny"], "give --out FILE"),
     (["--checkpoint", "m.safetensors", "--num-classes", "3"], "--num-classes goes with --model"),
+    (["--checkpoint", "m.safetensors", "--pretrained"], "--pretrained goes with --model"),
+    (["--model", "my_nets:tiny", "--pretrained", *OUT], "'my_nets:tiny' has none"),
 ])
 def test_bad_model_options_are_one_line_and_exit_2(tmp_path, monkeypatch, builder, capsys,
                                                    argv, message):

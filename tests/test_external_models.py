@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from filterprune.checkpoint import load_weights
+from filterprune.checkpoint import build_model, load_model, load_weights, save_model
 from filterprune.errors import FilterpruneError
 from filterprune.models import create_model, model_arguments
 from filterprune.models._external import default_input_shape
@@ -115,3 +115,42 @@ def test_weights_that_do_not_fit_name_the_first_tensor(tmp_path):
     torch.save(nn.Sequential(nn.Conv2d(3, 4, 3, bias=False)).state_dict(), tmp_path / "nb.pt")
     with pytest.raises(FilterpruneError, match=r"'0.bias' is missing \(1 missing, 0 unexpected"):
         load_weights(nn.Sequential(nn.Conv2d(3, 4, 3)), tmp_path / "nb.pt")
+
+
+def test_pretrained_weights_load_from_the_hub_and_the_file_rebuilds_without_it(
+        tmp_path, monkeypatch):
+    torchvision = pytest.importorskip("torchvision")
+    # torchvision reads its hub through the cache in $TORCH_HOME first: put "pretrained"
+    # weights there, so that the test needs no network.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = torchvision.models.get_model_weights("squeezenet1_1").DEFAULT.url
+    torch.manual_seed(1)
+    published = torchvision.models.squeezenet1_1().state_dict()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(published, tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[1])
+    model, spec = build_model("torchvision:squeezenet1_1", pretrained=True)
+    assert torch.equal(model.features[0].weight, published["features.0.weight"])
+    assert "weights" not in spec.kwargs  # a file saved from it rebuilds offline
+    save_model(tmp_path / "m.safetensors", model, spec)
+    (tmp_path / "hub" / "checkpoints").rename(tmp_path / "gone")
+    reloaded = load_model(tmp_path / "m.safetensors")[0]
+    assert torch.equal(reloaded.features[0].weight, published["features.0.weight"])
+
+
+def test_pretrained_weights_that_cannot_be_fetched_say_why_in_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("torchvision")
+    (tmp_path / "not-a-directory").write_text("")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "not-a-directory"))  # the hub cache fails
+    with pytest.raises(FilterpruneError, match="give a downloaded copy with --weights") as e:
+        build_model("torchvision:squeezenet1_1", pretrained=True)
+    assert "\n" not in str(e.value)
+    with pytest.raises(FilterpruneError, match="expected value 1000") as e:
+        build_model("torchvision:squeezenet1_1", pretrained=True, num_classes=10)
+    assert "--weights" not in str(e.value)  # not a hub failure: no advice about the hub
+
+
+def test_pretrained_weights_of_a_model_without_a_hub_are_refused(user_module):
+    with pytest.raises(FilterpruneError, match="'mynets:build' has none"):
+        build_model(f"{user_module}:build", pretrained=True)
+    with pytest.raises(FilterpruneError, match="'resnet20' has none"):
+        build_model("resnet20", pretrained=True)

@@ -38,7 +38,11 @@ from filterprune._io import atomic_write
 from filterprune.engine import PruningPlan, apply_plan, trace
 from filterprune.errors import FilterpruneError
 from filterprune.models import create_model, model_arguments
-from filterprune.models._external import default_input_shape, is_external
+from filterprune.models._external import (
+    default_input_shape,
+    is_external,
+    pretrained_arguments,
+)
 
 FORMAT = "filterprune/1"
 # The largest example input (C x H x W elements) a model file may describe: 2^27 floats = 512 MB.
@@ -189,6 +193,7 @@ def builder_arguments(
 def build_model(
     name: str, kwargs: Mapping[str, object] | None = None, *, weights: str | Path | None = None,
     input_shape: tuple[int, int, int] | None = None, num_classes: int | None = None,
+    pretrained: bool = False,
 ) -> tuple[nn.Module, ModelSpec]:
     """Builds the model a name or spec describes, with what a dataset determines filled in.
 
@@ -202,17 +207,32 @@ def build_model(
             model's ``in_channels`` x ``input_size``
             squared (3 x 32 x 32 unless given).
         num_classes: fills ``num_classes`` where the builder takes it.
+        pretrained: start from timm's or torchvision's pretrained weights, downloaded from
+            their hub (``pretrained_arguments``); not recorded in the spec, so a model file
+            saved from it rebuilds offline (its own weights replace the downloaded ones).
 
     Returns:
         The model and its ``ModelSpec`` (input shape ``(1, C, H, W)``; kwargs as passed to the
-        builder), ready for ``save_model``.
+        builder, less the pretrained switch), ready for ``save_model``.
 
     Raises:
         FilterpruneError: the name does not resolve, the builder refuses its arguments, the
-            weights do not fit, or no input shape is given for a model that declares none.
+            weights do not fit, no input shape is given for a model that declares none, or
+            ``pretrained`` for a spec without a hub or with its hub unreachable (said so when
+            the download fails with an ``OSError``).
     """
     filled = builder_arguments(name, kwargs, input_shape, num_classes)
-    model = create_model(name, **filled)
+    if pretrained:
+        hub = pretrained_arguments(name)
+        try:
+            model = create_model(name, **filled, **hub)
+        except FilterpruneError as e:
+            if not isinstance(e.__cause__, OSError):  # e.g. torchvision's 1000 classes only
+                raise
+            raise FilterpruneError(f"{e} (pretrained weights need their hub to be reachable; "
+                                   "offline, give a downloaded copy with --weights)") from e
+    else:
+        model = create_model(name, **filled)
     if weights is not None:
         load_weights(model, weights)
     if input_shape is not None:

@@ -57,6 +57,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, what: str) -> None:
                         "e.g. timm's; 3,32,32 for zoo models)")
     parser.add_argument("--num-classes", type=int, help="with --model: number of classes "
                         "(default: the builder's)")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="with --model timm:NAME or torchvision:NAME: start from their "
+                        "pretrained weights, downloaded from their hub (the model file does not "
+                        "record it: it holds its own weights)")
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -86,7 +90,7 @@ def model_from_args(args: argparse.Namespace) -> tuple[nn.Module, ModelSpec]:
     """
     if args.checkpoint:
         given = [f"--{o.replace('_', '-')}" for o in ("weights", "input_shape", "num_classes")
-                 if getattr(args, o) is not None]
+                 if getattr(args, o) is not None] + ["--pretrained"] * args.pretrained
         if given or args.model_kwargs != "{}":
             raise FilterpruneError(f"{(given or ['--model-kwargs'])[0]} goes with --model; a "
                                    "model file records its own")
@@ -101,7 +105,7 @@ def model_from_args(args: argparse.Namespace) -> tuple[nn.Module, ModelSpec]:
     if args.num_classes is not None and args.num_classes < 1:
         raise FilterpruneError("--num-classes must be >= 1")
     return build_model(args.model, kwargs, weights=args.weights, input_shape=shape,
-                       num_classes=args.num_classes)
+                       num_classes=args.num_classes, pretrained=args.pretrained)
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, help_out: str) -> None:

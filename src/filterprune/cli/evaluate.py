@@ -23,4 +23,4 @@ def run(args: argparse.Namespace) -> dict:
     session = prepare(config_from_args(args), progress=False)
     model = load_checkpoint(session, args.checkpoint)
     cost = profile(model, session.spec.example_input())
-    return {**session.evaluate(model), "macs": cost.macs, "params": cost.params}
+    return {**session.evaluate(model), "split": "test", "macs": cost.macs, "params": cost.params}

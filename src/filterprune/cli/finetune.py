@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> dict:
         path = out / "finetuned.safetensors"
         distributed.on_main(lambda: save_model(path, model, session.spec))
         return {"checkpoint": str(path), "top1_before": before,
-                "top1_after": session.evaluate(model)["top1"], "epochs": config.retrain.epochs}
+                "top1_after": session.evaluate(model)["top1"], "split": "test",
+                "epochs": config.retrain.epochs}
 
     return stages.run("finetune", finetune)

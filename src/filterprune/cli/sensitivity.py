@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> dict:
     session = prepare(config, progress=False)
     model = load_checkpoint(session, args.checkpoint)
     graph = trace(model, session.spec.example_input())
-    result = {"baseline_top1": session.evaluate(model)["top1"],
+    result = {"baseline_top1": session.evaluate(model)["top1"], "split": "test",
               **sensitivity(session, model, graph, config.sensitivity.ratios, quiet)}
     if args.out:
         distributed.on_main(lambda: atomic_write_text(args.out, json.dumps(result, indent=2)))
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def render(result: dict) -> str:
     width = max(len(name) for name in result["layers"])
-    lines = [f"baseline top-1 {result['baseline_top1']:.2f}%",
+    lines = [f"baseline top-1 {result['baseline_top1']:.2f}% ({result['split']} split)",
              f"{'layer':<{width}}  " + " ".join(f"{r:>6.0%}" for r in result["ratios"])]
     lines += [f"{name:<{width}}  " + " ".join(f"{a:>6.2f}" for a in accs)
               for name, accs in result["layers"].items()]

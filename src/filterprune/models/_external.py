@@ -120,6 +120,24 @@ def create_external(spec: str, **kwargs: object) -> nn.Module:
     return model
 
 
+def pretrained_arguments(spec: str) -> dict[str, object]:
+    """The builder keywords that load a spec's pretrained weights from its hub: timm's
+    ``pretrained=True``, torchvision's ``weights="DEFAULT"``.
+
+    Raises:
+        FilterpruneError: a zoo name or import path (they have no hub).
+    """
+    prefix = spec.partition(":")[0] if is_external(spec) else None
+    if prefix == TIMM:
+        return {"pretrained": True}
+    if prefix == TORCHVISION:
+        return {"weights": "DEFAULT"}
+    raise FilterpruneError(
+        f"pretrained weights come from timm's or torchvision's hub; {spec!r} has none "
+        "(give its weights file instead, --weights / model.weights)"
+    )
+
+
 def default_input_shape(spec: str, model: nn.Module) -> tuple[int, ...] | None:
     """The input shape ``(1, C, H, W)`` an external model declares (timm's ``pretrained_cfg``),
     (1, 3, 224, 224) for torchvision's ImageNet classifiers, else None."""
