@@ -12,7 +12,7 @@ from torch.nn.utils import prune as torch_prune
 
 import filterprune
 from filterprune.checkpoint import load_model
-from filterprune.deploy import measure, peak_memory_mb, rebuilt
+from filterprune.deploy import rebuilt
 from filterprune.engine import (
     cluster_representatives,
     select_by_clustering,
@@ -145,20 +145,6 @@ def test_train_calls_the_loss_and_epoch_hooks():
     train(model, batches, TrainSettings(epochs=3, lr=0.1), progress=False, loss_fn=loss_fn,
           on_epoch_end=epochs.append)
     assert calls == [6] * 6 and epochs == [1, 2, 3]
-
-
-def test_measure_reports_latency_throughput_and_the_activation_peak():
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
-    result = measure(model, (1, 8, 8), batch_sizes=(1, 3), min_run_time_s=0.01)
-    assert set(result) == {"1", "3"}
-    for batch, row in result.items():
-        assert row["latency_ms"] > 0 and row["iqr_ms"] >= 0
-        assert row["images_per_s"] == pytest.approx(int(batch) / row["latency_ms"] * 1e3)
-    # conv output and relu output of 3 x 4 x 6 x 6 float32 are alive together at the peak
-    assert result["3"]["peak_memory_mb"] == pytest.approx(2 * 3 * 4 * 6 * 6 * 4 / 1e6)
-    inplace = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(inplace=True))
-    peak = peak_memory_mb(inplace, torch.zeros(3, 1, 8, 8))
-    assert peak == pytest.approx(3 * 4 * 6 * 6 * 4 / 1e6)
 
 
 def test_rebuilt_drops_masks_and_hooks_and_computes_the_same():

@@ -157,14 +157,19 @@ class DistillConfig(_Strict):
 
 class DeployConfig(_Strict):
     """Deployment metrics of the baseline and every pruned model (filterprune.deploy), measured
-    side by side in one stage: ``rounds`` interleaved rounds (the fastest kept), each timing
-    every batch size for at least ``min_run_time_s`` seconds."""
+    side by side in one stage: interleaved rounds, at least ``rounds`` of them, each timing every
+    model (and the same widths built directly) for at least ``min_run_time_s`` seconds, until
+    every latency's IQR / median is at most ``max_spread`` or ``budget_s`` seconds are spent
+    (per batch size); a latency or ratio whose spread stays above ``max_spread`` is marked
+    unreliable."""
 
     enabled: bool = True
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 64],
                                                            min_length=1)
-    min_run_time_s: float = Field(0.2, gt=0)
-    rounds: int = Field(3, ge=1)
+    min_run_time_s: float = Field(0.02, gt=0)
+    rounds: int = Field(5, ge=1)
+    budget_s: float = Field(20.0, gt=0)
+    max_spread: float = Field(0.1, gt=0)
 
 
 def _retrain_default() -> TrainSettings:
@@ -186,7 +191,8 @@ class RunConfig(_Strict):
         scratch: from-scratch controls trained for every pruned model: ``E`` (the baseline's
             epochs) and/or ``B`` (the baseline's compute), Liu et al. 2019.
         compute: memory format, bf16 autocast and torch.compile of training and evaluation
-            (all off by default).
+            (all off by default), or ``auto``: picked by a measured calibration
+            (``filterprune.training.calibrate.calibrate_compute``) before training.
     """
 
     seed: int = 0
@@ -200,7 +206,7 @@ class RunConfig(_Strict):
     sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
     baseline: str | None = None
     scratch: list[Literal["E", "B"]] = Field(default_factory=list)
-    compute: ComputeSettings = Field(default_factory=ComputeSettings)
+    compute: ComputeSettings | Literal["auto"] = Field(default_factory=ComputeSettings)
     methods: list[MethodConfig] = Field(default_factory=list)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
