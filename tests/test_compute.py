@@ -139,7 +139,8 @@ def test_auto_picks_the_fastest_setting_and_says_why(with_bf16):
     assert result.measured["bf16"]["vs_float32"]["ratio"] == pytest.approx(2.0)
     assert result.measured["bf16 + channels-last"]["images_per_s"] == pytest.approx(16 / 2.0)
     assert result.reason.startswith("compute: auto picked bf16: 2.00x float32")
-    assert "images/s: float32 16, channels-last 20, bf16 32, bf16 + channels-last 8" in result.reason
+    rates = "images/s: float32 16, channels-last 20, bf16 32, bf16 + channels-last 8"
+    assert rates in result.reason
     assert "compile" in result.skipped  # on CPU
 
 

@@ -205,6 +205,15 @@ def test_one_run_compares_every_method(tmp_path, config):
         assert set(entry["metrics"]) == {"1", "4"} == set(entry["same_widths"])
         size = (out / f"{stage}.safetensors").stat().st_size
         assert entry["size_mb"] == pytest.approx(size / 1e6)
+        for batch in ("1", "4"):  # timed paired with the same widths built directly
+            assert isinstance(entry["metrics"][batch]["reliable"], bool)
+            assert entry["metrics"][batch]["reason"] and entry["metrics"][batch]["rounds"] >= 3
+            interval = entry["same_widths_interval"][batch]
+            assert interval["ratio"] == entry["same_widths"][batch]
+            assert interval["low"] <= interval["ratio"] <= interval["high"]
+    assert deploy["models"]["baseline"]["speedup"]["4"]["ratio"] == 1.0  # paired with itself
+    assert deploy["reliable"] == all(m["metrics"][b]["reliable"] for m in deploy["models"].values()
+                                     for b in ("1", "4"))
     assert deploy["models"]["pruned-50"]["size_mb"] < 0.6 * deploy["models"]["baseline"]["size_mb"]
     assert deploy["models"]["unstructured-50"]["size_mb"] == pytest.approx(
         deploy["models"]["baseline"]["size_mb"], rel=0.01)

@@ -170,6 +170,8 @@ class Comparison:
 
     def _verdict(self, spread: float, what: str) -> dict:
         where = f"{self.rounds} rounds in {self.elapsed_s:.2g} s"
+        if self.rounds < 3:
+            return {"reliable": False, "reason": f"only {where}: too few to judge the spread"}
         if spread <= self.max_spread:
             return {"reliable": True, "reason": f"{what} {spread:.0%} of the median over {where}"}
         return {"reliable": False,
