@@ -1,6 +1,7 @@
 """Compute settings of training and evaluation: channels-last, bf16 autocast, torch.compile."""
 
 import itertools
+import json
 
 import pytest
 import torch
@@ -142,6 +143,8 @@ def test_auto_picks_the_fastest_setting_and_says_why(with_bf16):
     rates = "images/s: float32 16, channels-last 20, bf16 32, bf16 + channels-last 8"
     assert rates in result.reason
     assert "compile" in result.skipped  # on CPU
+    record = json.loads(json.dumps(result.to_dict()))  # a stage result: plain JSON
+    assert ComputeSettings(**record["settings"]) == result.settings and record["picked"] == "bf16"
 
 
 def test_auto_keeps_float32_unless_another_setting_is_faster_beyond_noise(with_bf16):
@@ -182,7 +185,3 @@ def test_auto_calibrates_a_real_model_without_changing_it():
     assert result.picked in result.measured and result.measured[result.picked]["correct"]
     for key, value in net.state_dict().items():
         assert torch.equal(value, before[key])
-
-
-def test_compute_auto_is_accepted_by_the_config(config):
-    assert load_config(config, ["compute=auto"]).compute == "auto"

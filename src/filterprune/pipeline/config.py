@@ -191,8 +191,7 @@ class RunConfig(_Strict):
         scratch: from-scratch controls trained for every pruned model: ``E`` (the baseline's
             epochs) and/or ``B`` (the baseline's compute), Liu et al. 2019.
         compute: memory format, bf16 autocast and torch.compile of training and evaluation
-            (all off by default), or ``auto``: picked by a measured calibration
-            (``filterprune.training.calibrate.calibrate_compute``) before training.
+            (all off by default).
     """
 
     seed: int = 0
@@ -206,7 +205,7 @@ class RunConfig(_Strict):
     sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
     baseline: str | None = None
     scratch: list[Literal["E", "B"]] = Field(default_factory=list)
-    compute: ComputeSettings | Literal["auto"] = Field(default_factory=ComputeSettings)
+    compute: ComputeSettings = Field(default_factory=ComputeSettings)
     methods: list[MethodConfig] = Field(default_factory=list)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)

@@ -58,6 +58,12 @@ class Calibration:
     measured: dict[str, dict]
     skipped: dict[str, str]
 
+    def to_dict(self) -> dict:
+        """Plain JSON-able fields (for a stage result); ``ComputeSettings(**d["settings"])``
+        rebuilds the setting."""
+        return {"settings": self.settings.model_dump(), "picked": self.picked,
+                "reason": self.reason, "measured": self.measured, "skipped": self.skipped}
+
 
 def _name(settings: ComputeSettings) -> str:
     parts = [p for p, on in [("bf16", settings.bf16), ("channels-last", settings.channels_last),
