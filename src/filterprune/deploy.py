@@ -208,9 +208,11 @@ def interleaved_timings(
 
     Each call runs once to warm up and once more to size its timing: a timing repeats the call
     ``ceil(min_time_s / that time)`` times and divides. Then round after round times every call
-    once; round k takes the groups starting at the k-th (rotated), and the calls within a group
-    in reverse order on odd rounds, so no call is always first after a pause and the calls of a
-    group (e.g. a model and the same widths built directly) are timed next to each other. After
+    once, in the order of the groups rotated to start at the (k // 2)-th in rounds 2k and
+    2k + 1, the whole order reversed in odd rounds: every call takes every position, every two
+    calls are timed in both orders equally often (a position effect of a busy machine cancels in
+    their ratio), and the calls of a group (e.g. a model and the same widths built directly) are
+    timed next to each other. After
     ``min_rounds`` rounds it stops as soon as every call's IQR / median is at most ``max_spread``,
     or once ``budget_s`` seconds of rounds have passed.
 
@@ -248,15 +250,15 @@ def interleaved_timings(
     start = timer()
     rounds = 0
     while True:
-        shift = rounds % len(groups)
-        for group in groups[shift:] + groups[:shift]:
-            for name in group[::-1] if rounds % 2 else group:
-                sync()
-                begin = timer()
-                for _ in range(repeats[name]):
-                    calls[name]()
-                sync()
-                samples[name].append((timer() - begin) / repeats[name])
+        shift = rounds // 2 % len(groups)
+        order = [name for group in groups[shift:] + groups[:shift] for name in group]
+        for name in order[::-1] if rounds % 2 else order:
+            sync()
+            begin = timer()
+            for _ in range(repeats[name]):
+                calls[name]()
+            sync()
+            samples[name].append((timer() - begin) / repeats[name])
         rounds += 1
         if rounds < min_rounds:
             continue
