@@ -49,7 +49,7 @@ class Calibration:
             time over the candidate's: above 1 = faster), ``"logits_error"`` (relative L2
             error of its logits against float32's), ``"correct"`` (error <= tolerance and a
             finite loss)``}``.
-        skipped: per candidate not timed, the reason.
+        skipped: per candidate (or family: ``"bf16"``, ``"compile"``) not timed, the reason.
     """
 
     settings: ComputeSettings
@@ -110,9 +110,9 @@ def calibrate_compute(
                   for bf16 in (False, True) for cl in (False, True)]
     skipped = {}
     if not bf16_supported(device):
-        skipped |= {_name(s): "this CPU has no oneDNN bf16 kernels (torch CPU capability "
-                    f"{torch.backends.cpu.get_cpu_capability()}): bf16 convolutions fall back to "
-                    "a slow im2col path" for s in candidates if s.bf16}
+        skipped["bf16"] = ("this CPU has no oneDNN bf16 kernels (torch CPU capability "
+                           f"{torch.backends.cpu.get_cpu_capability()}): bf16 convolutions fall "
+                           "back to a slow im2col path")
         candidates = [s for s in candidates if not s.bf16]
     measured = _measure(model, images, labels, device, candidates, budget_s, min_rounds,
                         tolerance, timer)
