@@ -142,7 +142,7 @@ class Comparison:
             "latency_low_ms": interval.low * 1e3, "latency_high_ms": interval.high * 1e3,
             "confidence": interval.confidence, "spread": spread, "rounds": len(values),
             "images_per_s": self.batch_size / median,
-            **self._verdict(spread, "IQR"),
+            **self._verdict(spread, "IQR {:.0%} of the median"),
         }
         if name in self.peak_memory_mb:
             entry["peak_memory_mb"] = self.peak_memory_mb[name]
@@ -166,29 +166,36 @@ class Comparison:
         width = (interval.high - interval.low) / median
         return {"ratio": median, "low": interval.low, "high": interval.high,
                 "confidence": interval.confidence, "spread": spread, "rounds": len(values),
-                **self._verdict(width, f"{interval.confidence:.0%} interval")}
+                **self._verdict(width, f"{interval.confidence:.0%} interval "
+                                       "{:.0%} of the ratio wide")}
 
     def _verdict(self, spread: float, what: str) -> dict:
+        """``reliable`` and ``reason`` of a figure whose spread is ``spread``; ``what`` is the
+        phrase with a ``{}`` for it."""
         where = f"{self.rounds} rounds in {self.elapsed_s:.2g} s"
         if self.rounds < 3:
             return {"reliable": False, "reason": f"only {where}: too few to judge the spread"}
         if spread <= self.max_spread:
-            return {"reliable": True, "reason": f"{what} {spread:.0%} of the median over {where}"}
-        return {"reliable": False,
-                "reason": f"{what} {spread:.0%} of the median after {where} (limit "
-                          f"{self.max_spread:.0%}): machine busy"}
+            return {"reliable": True, "reason": f"{what.format(spread)} over {where}"}
+        return {"reliable": False, "reason": f"{what.format(spread)} after {where} (limit "
+                                             f"{self.max_spread:.0%}): machine busy"}
 
     @property
     def reliable(self) -> bool:
         """Whether every model's latency is reliable."""
-        return all(_summary(v)[1] <= self.max_spread for v in self.samples.values())
+        return all(self.latency(name)["reliable"] for name in self.samples)
+
+
+def _quartiles(values: Sequence[float]) -> tuple[float, float]:
+    """Median and IQR / median of ``values``."""
+    q1, median, q3 = torch.tensor(values, dtype=torch.float64).quantile(
+        torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+    return median, (q3 - q1) / median
 
 
 def _summary(values: Sequence[float]) -> tuple[float, float, Interval]:
     """Median, IQR / median and the median's interval of ``values``."""
-    q1, median, q3 = torch.tensor(values, dtype=torch.float64).quantile(
-        torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
-    return median, (q3 - q1) / median, median_interval(values)
+    return *_quartiles(values), median_interval(values)
 
 
 def interleaved_timings(
@@ -263,7 +270,7 @@ def interleaved_timings(
         if rounds < min_rounds:
             continue
         elapsed = timer() - start
-        steady = all(_summary(v)[1] <= max_spread for v in samples.values())
+        steady = all(_quartiles(v)[1] <= max_spread for v in samples.values())
         if steady or elapsed >= budget_s:
             return Comparison(batch_size, samples, elapsed, max_spread)
 
