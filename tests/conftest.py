@@ -38,7 +38,8 @@ def config(tmp_path, data_dir):
         "retrain": {"epochs": 1, "batch_size": 32, "lr": 0.01, "schedule": "constant"},
         "prune": {"ratios": [0.3, 0.6]},
         "sensitivity": {"ratios": [0.5]},
-        "deploy": {"batch_sizes": [1, 4], "min_run_time_s": 0.002, "rounds": 1},
+        "deploy": {"batch_sizes": [1, 4], "min_run_time_s": 0.002, "rounds": 3,
+                   "budget_s": 0.2},
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))

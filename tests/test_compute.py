@@ -1,5 +1,8 @@
 """Compute settings of training and evaluation: channels-last, bf16 autocast, torch.compile."""
 
+import itertools
+import json
+
 import pytest
 import torch
 
@@ -8,6 +11,8 @@ from filterprune.errors import FilterpruneError
 from filterprune.models import create_model
 from filterprune.pipeline.config import load_config
 from filterprune.training import ComputeSettings, TrainSettings, evaluate, train
+from filterprune.training import calibrate as calibrate_module
+from filterprune.training.calibrate import calibrate_compute
 
 
 def batches(n=64, size=16, seed=0):
@@ -73,3 +78,110 @@ def test_compute_keys_are_validated(config):
     assert load_config(config, ["compute.bf16=true"]).compute.bf16
     with pytest.raises(FilterpruneError, match="compute.fp16"):
         load_config(config, ["compute.fp16=true"])
+
+
+class CostlyNet(torch.nn.Module):
+    """A small net whose forward pass advances a fake clock by a cost that depends on the
+    compute setting it runs under (bf16 autocast, channels-last input); ``bf16_error`` is added
+    to its logits under bf16 (a setting that computes something else)."""
+
+    def __init__(self, clock, costs, bf16_error=0.0):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+            torch.nn.Flatten(), torch.nn.Linear(32, 10))
+        self.clock, self.costs, self.bf16_error = clock, costs, bf16_error
+
+    def forward(self, x):
+        bf16 = torch.is_autocast_enabled(x.device.type)
+        cl = not x.is_contiguous()  # 3 channels: a channels-last batch is not NCHW-contiguous
+        name = " + ".join(p for p, on in [("bf16", bf16), ("channels-last", cl)] if on)
+        self.clock.now += next(self.costs[name or "float32"])
+        return self.net(x) + (self.bf16_error if bf16 else 0.0)
+
+    def __deepcopy__(self, memo):  # copies share the clock
+        copied = CostlyNet(self.clock, self.costs, self.bf16_error)
+        copied.net.load_state_dict(self.net.state_dict())
+        return copied
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def steady(cost):
+    return itertools.repeat(cost)
+
+
+def jittery(cost):  # +-10% in turn: no setting is faster beyond the noise
+    return itertools.cycle([cost * 1.1, cost * 0.9, cost, cost * 1.05])
+
+
+def calibrate(net, clock, **kwargs):
+    images, labels = torch.randn(16, 3, 8, 8), torch.arange(16) % 10
+    return calibrate_compute(net, images, labels, "cpu", timer=clock, budget_s=100, **kwargs)
+
+
+@pytest.fixture
+def with_bf16(monkeypatch):
+    monkeypatch.setattr(calibrate_module, "bf16_supported", lambda device: True)
+
+
+def test_auto_picks_the_fastest_setting_and_says_why(with_bf16):
+    clock = Clock()
+    costs = {"float32": steady(1.0), "channels-last": steady(0.8), "bf16": steady(0.5),
+             "bf16 + channels-last": steady(2.0)}
+    result = calibrate(CostlyNet(clock, costs), clock)
+    assert result.settings == ComputeSettings(bf16=True) and result.picked == "bf16"
+    assert result.measured["bf16"]["vs_float32"]["ratio"] == pytest.approx(2.0)
+    assert result.measured["bf16 + channels-last"]["images_per_s"] == pytest.approx(16 / 2.0)
+    assert result.reason.startswith("compute: auto picked bf16: 2.00x float32")
+    rates = "images/s: float32 16, channels-last 20, bf16 32, bf16 + channels-last 8"
+    assert rates in result.reason
+    assert "compile" in result.skipped  # on CPU
+    record = json.loads(json.dumps(result.to_dict()))  # a stage result: plain JSON
+    assert ComputeSettings(**record["settings"]) == result.settings and record["picked"] == "bf16"
+
+
+def test_auto_keeps_float32_unless_another_setting_is_faster_beyond_noise(with_bf16):
+    clock = Clock()
+    costs = {"float32": jittery(1.0), "channels-last": jittery(0.97), "bf16": jittery(1.2),
+             "bf16 + channels-last": jittery(1.5)}
+    result = calibrate(CostlyNet(clock, costs), clock)
+    assert result.settings == ComputeSettings() and result.picked == "float32"
+    assert result.measured["channels-last"]["vs_float32"]["low"] <= 1.0
+    assert "no other setting was faster beyond the measurement's noise" in result.reason
+
+
+def test_auto_never_picks_a_setting_that_computes_something_else(with_bf16):
+    clock = Clock()
+    costs = {"float32": steady(1.0), "channels-last": steady(0.9), "bf16": steady(0.5),
+             "bf16 + channels-last": steady(0.5)}
+    result = calibrate(CostlyNet(clock, costs, bf16_error=10.0), clock)
+    assert result.picked == "channels-last"
+    assert not result.measured["bf16"]["correct"] and result.measured["bf16"]["logits_error"] > 1
+    assert "bf16 32 (wrong)" in result.reason
+
+
+def test_auto_skips_bf16_where_the_cpu_has_no_bf16_kernels(monkeypatch):
+    monkeypatch.setattr(calibrate_module, "bf16_supported", lambda device: False)
+    clock = Clock()
+    costs = {"float32": steady(1.0), "channels-last": steady(0.5)}
+    result = calibrate(CostlyNet(clock, costs), clock)
+    assert set(result.measured) == {"float32", "channels-last"}
+    assert "no oneDNN bf16 kernels" in result.skipped["bf16"]
+    assert result.picked == "channels-last"
+
+
+def test_auto_calibrates_a_real_model_without_changing_it():
+    net, (images, labels) = model(), batches()[0]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    result = calibrate_compute(net, images, labels, budget_s=0.5)
+    assert result.measured["float32"]["vs_float32"]["ratio"] == pytest.approx(1.0)
+    assert result.picked in result.measured and result.measured[result.picked]["correct"]
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, before[key])

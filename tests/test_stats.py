@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from filterprune.errors import FilterpruneError
-from filterprune.stats import drop_interval, median_interval, over_seeds, top1_interval
+from filterprune.stats import (
+    drop_interval,
+    interval_text,
+    median_interval,
+    over_seeds,
+    top1_interval,
+)
 from filterprune.training import evaluate
 
 
@@ -55,6 +61,34 @@ def test_pairing_makes_the_drop_precise():
     assert interval.high - interval.low < 1.5 and not interval.contains(2.0)
     separate = top1_interval(864, 1000)
     assert separate.high - separate.low > 4
+
+
+@pytest.mark.parametrize("reference, other, low, high", [
+    ((56, 70), (48, 80), 5.24, 33.39),  # Newcombe 1998 (Stat. Med. 17:873), Table II, method 10
+    ((9, 10), (3, 10), 17.05, 80.90),   # the same table
+    ((5, 56), (0, 29), -3.81, 19.26),   # the same table: one proportion at 0
+])
+def test_unpaired_drop_interval_matches_newcombe(reference, other, low, high):
+    interval = drop_interval(reference, other)
+    assert interval.method == "Newcombe score, unpaired"
+    assert (interval.low, interval.high) == (pytest.approx(low, abs=0.01),
+                                             pytest.approx(high, abs=0.01))
+
+
+def test_without_per_image_outcomes_the_drop_is_unpaired_and_wider():
+    ref, other = paired(860, 4, 2, 134)
+    paired_interval = drop_interval(ref, other)
+    counts = drop_interval((864, 1000), other)  # one side known only by its counts
+    assert counts.method == "Newcombe score, unpaired" and counts.estimate == pytest.approx(0.2)
+    assert counts.high - counts.low > 3 * (paired_interval.high - paired_interval.low)
+    with pytest.raises(FilterpruneError, match="0 <= correct <= n"):
+        drop_interval((5, 4), (1, 4))
+
+
+def test_interval_text():
+    assert interval_text(top1_interval(21, 24)) == "87.50% (95% CI 69.00 to 95.66)"
+    assert interval_text(drop_interval(*paired(36, 12, 2, 0)), " points") == (
+        "20.00 points (95% CI 5.69 to 34.04)")
 
 
 def test_drop_interval_rejects_unpaired_vectors():

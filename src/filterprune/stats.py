@@ -6,9 +6,10 @@ of a pruned model is noise unless its interval says otherwise. All accuracies he
 (0..100) and every interval is two-sided at ``confidence`` (default 95%).
 
 Example:
-    >>> interval = top1_interval(870, 1000)
-    >>> round(interval.low, 2), round(interval.high, 2)
-    (84.77, 88.94)
+    >>> interval_text(top1_interval(870, 1000))
+    '87.00% (95% CI 84.77 to 88.94)'
+    >>> interval_text(drop_interval((870, 1000), (861, 1000)), " points")
+    '0.90 points (95% CI -2.10 to 3.90)'
 """
 
 from __future__ import annotations
@@ -84,57 +85,90 @@ def top1_interval(correct: int, n: int, confidence: float = 0.95) -> Interval:
     return Interval(100.0 * correct / n, 100.0 * low, 100.0 * high, confidence, "Wilson score")
 
 
-def drop_interval(
-    reference: torch.Tensor, other: torch.Tensor, confidence: float = 0.95
-) -> Interval:
-    """Interval of the top-1 drop ``reference - other`` of two models evaluated on the SAME
-    images, from their per-image correctness (``evaluate(..., per_image=True)["correct"]``).
+Outcome = torch.Tensor | tuple[int, int]
+
+
+def drop_interval(reference: Outcome, other: Outcome, confidence: float = 0.95) -> Interval:
+    """Interval of the top-1 drop ``reference - other`` of two models: paired when both are
+    given per image on the SAME images (``evaluate(..., per_image=True)["correct"]``), else
+    unpaired from the counts.
 
     Pairing matters: both models get most images right or wrong together, so the drop is far
     more precise than the two separate top-1 intervals suggest; only the images on which they
-    disagree carry information (McNemar). The interval is Newcombe's hybrid score interval for
-    paired proportions (R. G. Newcombe, "Improved confidence intervals for the difference between
-    binomial proportions based on paired data", Statistics in Medicine 17, 1998, method 10):
-    the two Wilson intervals combined with the correlation phi of the paired outcomes (with its
-    continuity correction, as in Altman et al., "Statistics with Confidence", 2000, ch. 6).
+    disagree carry information (McNemar). The paired interval is Newcombe's hybrid score
+    interval for paired proportions (R. G. Newcombe, "Improved confidence intervals for the
+    difference between binomial proportions based on paired data", Statistics in Medicine 17,
+    1998, method 10): the two Wilson intervals combined with the correlation phi of the paired
+    outcomes (with its continuity correction, as in Altman et al., "Statistics with
+    Confidence", 2000, ch. 6). Without per-image outcomes it is the same hybrid score interval
+    with phi = 0 (Newcombe, "Interval estimation for the difference between independent
+    proportions", Statistics in Medicine 17, 1998, method 10): valid, but wider than the paired
+    one when the models were tested on the same images.
 
     Args:
-        reference: bool (N,), whether the reference model (the baseline) got each image right.
-        other: bool (N,), the other model (a pruned one), on the same images in the same order.
+        reference: the reference model (the baseline): bool (N,), whether it got each image
+            right, or ``(correct, n)`` counts.
+        other: the other model (a pruned one), the same way; per image, on the same images in
+            the same order as ``reference``.
         confidence: coverage in (0, 1).
 
     Returns:
-        ``Interval`` in percentage points; positive = ``other`` is worse.
+        ``Interval`` in percentage points; positive = ``other`` is worse; ``method`` says
+        whether it was paired.
 
     Raises:
-        FilterpruneError: the tensors are not 1-D of one length >= 1.
+        FilterpruneError: per-image vectors not 1-D of one length >= 1, or counts outside
+            0 <= correct <= n, n >= 1.
     """
-    if reference.dim() != 1 or reference.shape != other.shape or len(reference) == 0:
-        raise FilterpruneError(
-            f"need two per-image correctness vectors (N,) of one length, got "
-            f"{tuple(reference.shape)} and {tuple(other.shape)}"
-        )
-    ref, oth = reference.bool(), other.bool()
-    n = len(ref)
-    both = int((ref & oth).sum())
-    only_ref = int((ref & ~oth).sum())
-    only_other = int((~ref & oth).sum())
-    neither = n - both - only_ref - only_other
     z = _z(confidence)
-    p1, p2 = (both + only_ref) / n, (both + only_other) / n
-    (l1, u1), (l2, u2) = _wilson(both + only_ref, n, z), _wilson(both + only_other, n, z)
-    margins = ((both + only_ref) * (only_other + neither) * (both + only_other)
-               * (only_ref + neither))
-    # phi with Newcombe's continuity correction: a positive association is reduced by n / 2
-    cross = both * neither - only_ref * only_other
-    cross = cross - n / 2 if cross > n / 2 else min(cross, 0)
-    phi = cross / math.sqrt(margins) if margins else 0.0
+    if isinstance(reference, torch.Tensor) and isinstance(other, torch.Tensor):
+        if reference.dim() != 1 or reference.shape != other.shape or len(reference) == 0:
+            raise FilterpruneError(
+                f"need two per-image correctness vectors (N,) of one length, got "
+                f"{tuple(reference.shape)} and {tuple(other.shape)}"
+            )
+        ref, oth = reference.bool(), other.bool()
+        n = len(ref)
+        both = int((ref & oth).sum())
+        only_ref = int((ref & ~oth).sum())
+        only_other = int((~ref & oth).sum())
+        neither = n - both - only_ref - only_other
+        margins = ((both + only_ref) * (only_other + neither) * (both + only_other)
+                   * (only_ref + neither))
+        # phi with Newcombe's continuity correction: a positive association is reduced by n / 2
+        cross = both * neither - only_ref * only_other
+        cross = cross - n / 2 if cross > n / 2 else min(cross, 0)
+        phi = cross / math.sqrt(margins) if margins else 0.0
+        counts = [(both + only_ref, n), (both + only_other, n)]
+        method = "Newcombe paired score"
+    else:
+        counts = [(int(o.sum()), len(o)) if isinstance(o, torch.Tensor) else o
+                  for o in (reference, other)]
+        for correct, n in counts:
+            if n < 1 or not 0 <= correct <= n:
+                raise FilterpruneError(f"need 0 <= correct <= n and n >= 1, got {correct} of {n}")
+        phi, method = 0.0, "Newcombe score, unpaired"
+    (c1, n1), (c2, n2) = counts
+    p1, p2 = c1 / n1, c2 / n2
+    (l1, u1), (l2, u2) = _wilson(c1, n1, z), _wilson(c2, n2, z)
     delta = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
     epsilon = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2)
                             + (p2 - l2) ** 2))
     drop = p1 - p2
     return Interval(100.0 * drop, 100.0 * max(-1.0, drop - delta),
-                    100.0 * min(1.0, drop + epsilon), confidence, "Newcombe paired score")
+                    100.0 * min(1.0, drop + epsilon), confidence, method)
+
+
+def interval_text(interval: Interval, unit: str = "%") -> str:
+    """The interval as the report writes it, e.g. ``"87.10% (95% CI 84.88 to 89.09)"``.
+
+    Args:
+        interval: a top-1 (``unit="%"``), a drop (``unit=" points"``) or a ratio
+            (``unit="x"``).
+        unit: written after the estimate.
+    """
+    return (f"{interval.estimate:.2f}{unit} ({interval.confidence:.0%} CI {interval.low:.2f} "
+            f"to {interval.high:.2f})")
 
 
 @dataclass(frozen=True)

@@ -157,14 +157,19 @@ class DistillConfig(_Strict):
 
 class DeployConfig(_Strict):
     """Deployment metrics of the baseline and every pruned model (filterprune.deploy), measured
-    side by side in one stage: ``rounds`` interleaved rounds (the fastest kept), each timing
-    every batch size for at least ``min_run_time_s`` seconds."""
+    side by side in one stage: interleaved rounds, at least ``rounds`` of them, each timing every
+    model (and the same widths built directly) for at least ``min_run_time_s`` seconds, until
+    every latency's IQR / median is at most ``max_spread`` or ``budget_s`` seconds are spent
+    (per batch size); a latency or ratio whose spread stays above ``max_spread`` is marked
+    unreliable."""
 
     enabled: bool = True
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 64],
                                                            min_length=1)
-    min_run_time_s: float = Field(0.2, gt=0)
-    rounds: int = Field(3, ge=1)
+    min_run_time_s: float = Field(0.02, gt=0)
+    rounds: int = Field(5, ge=1)
+    budget_s: float = Field(20.0, gt=0)
+    max_spread: float = Field(0.1, gt=0)
 
 
 def _retrain_default() -> TrainSettings:

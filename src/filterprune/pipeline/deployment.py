@@ -1,12 +1,13 @@
 """The deployment stage: every model of a run measured side by side (filterprune.deploy).
 
-The baseline and every pruned model are loaded from their model files, run once to warm up, and
-timed in interleaved rounds (round 1: every model, then round 2, ..., each round starting one
-model further), so slow drifts of a shared machine and the position in a round touch them
-alike; each model keeps, per batch size, its fastest round (``filterprune.deploy.fastest_of``).
-Each pruned model is also timed against the same network built directly at its widths
+The baseline and every pruned model are loaded from their model files and timed in interleaved
+rounds (``filterprune.deploy.measure``: every model once per round, the order rotated, until each
+model's spread is under ``deploy.max_spread`` or ``deploy.budget_s`` is spent per batch size).
+Each pruned model is timed next to the same network built directly at its widths
 (``filterprune.deploy.rebuilt``): the ratio of their latencies should be 1.00 (no wrappers,
-masks or index operations left behind by surgery).
+masks or index operations left behind by surgery). Speed-ups and that ratio come from the
+rounds' paired times, so they hold when the machine's load drifts; every latency and ratio says
+whether it is reliable, and the stage logs one line when the machine was too busy to measure.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from filterprune import distributed
 from filterprune.checkpoint import load_model
-from filterprune.deploy import fastest_of, file_size_mb, measure, rebuilt, speedups
+from filterprune.deploy import file_size_mb, measure, rebuilt
 
 if TYPE_CHECKING:
     from filterprune.pipeline.run import Log, Session, Stages
@@ -31,9 +32,12 @@ def deploy_stage(
     ``deploy.enabled`` is false (and on ranks other than 0 under torchrun).
 
     Returns:
-        ``{"device", "threads", "batch_sizes", "rounds", "models": {stage: {"size_mb", "metrics":
-        {batch: {latency_ms, iqr_ms, images_per_s, peak_memory_mb}}, "same_widths":
-        {batch: latency / latency of the directly built model}}}}``.
+        ``{"device", "threads", "batch_sizes", "rounds"`` (the least rounds), ``"reliable"``
+        (every latency's spread under ``deploy.max_spread``), ``"models": {stage: {"size_mb",
+        "metrics": {batch: Comparison.latency entry}, "speedup": {batch: Comparison.ratio entry
+        of the baseline's latency over this model's}, "same_widths": {batch: latency / latency
+        of the directly built model (median of the paired rounds)}, "same_widths_interval":
+        {batch: Comparison.ratio entry of that}}}}`` (``filterprune.deploy.Comparison``).
     """
     cfg = session.config.deploy
     if not cfg.enabled:
@@ -48,28 +52,35 @@ def deploy_stage(
 def _measure_all(session: Session, names: list[str], out_dir: Path, log: Log) -> dict:
     cfg = session.config.deploy
     models = {name: load_model(out_dir / f"{name}.safetensors")[0] for name in names}
-    direct = {name: rebuilt(model) for name, model in models.items()}
-    shape = session.spec.input_shape
-
-    def run(model: torch.nn.Module) -> dict:
-        return measure(model, shape, cfg.batch_sizes, session.device, cfg.min_run_time_s)
-
-    for model in [*models.values(), *direct.values()]:  # warm-up: first calls are slow
-        measure(model, shape, cfg.batch_sizes, session.device, min_run_time_s=1e-3)
-    rounds = []
-    for k in range(cfg.rounds):  # round k starts at the k-th model: no model is always first
-        order = names[k % len(names):] + names[:k % len(names)]
-        rounds.append({name: (run(models[name]), run(direct[name])) for name in order})
-    measured = {}
+    models |= {_direct(name): rebuilt(models[name]) for name in names}
+    measured = measure(models, session.spec.input_shape, cfg.batch_sizes, session.device,
+                       groups=[[name, _direct(name)] for name in names], budget_s=cfg.budget_s,
+                       max_spread=cfg.max_spread, min_rounds=cfg.rounds,
+                       min_time_s=cfg.min_run_time_s)
+    results = {}
     for name in names:
-        metrics = fastest_of([r[name][0] for r in rounds])
-        same = fastest_of([r[name][1] for r in rounds])
-        measured[name] = {
+        same = {b: c.ratio(name, _direct(name)) for b, c in measured.items()}
+        results[name] = {
             "size_mb": file_size_mb(out_dir / f"{name}.safetensors"),
-            "metrics": metrics,
-            "same_widths": speedups(same, metrics),
+            "metrics": {b: c.latency(name) for b, c in measured.items()},
+            "speedup": {b: c.ratio("baseline", name) for b, c in measured.items()},
+            "same_widths": {b: ratio["ratio"] for b, ratio in same.items()},
+            "same_widths_interval": same,
         }
-        latencies = ", ".join(f"batch {b}: {m['latency_ms']:.3f} ms" for b, m in metrics.items())
+        latencies = ", ".join(f"batch {b}: {m['latency_ms']:.3f} ms"
+                              + ("" if m["reliable"] else " (unreliable)")
+                              for b, m in results[name]["metrics"].items())
         log(f"deploy {name}: {latencies}")
+    busy = [f"batch {b}: {c.rounds} rounds in {c.elapsed_s:.0f} s"
+            for b, c in measured.items() if not c.reliable]
+    if busy:
+        log(f"deploy: the machine was too busy to measure latency reliably (spread over "
+            f"{cfg.max_spread:.0%} of the median; {'; '.join(busy)}); compare the paired "
+            "ratios (speedup, same_widths), not the times")
     return {"device": str(session.device), "threads": torch.get_num_threads(),
-            "batch_sizes": list(cfg.batch_sizes), "rounds": cfg.rounds, "models": measured}
+            "batch_sizes": list(cfg.batch_sizes), "rounds": cfg.rounds,
+            "reliable": not busy, "models": results}
+
+
+def _direct(name: str) -> str:
+    return f"{name} (built directly)"
