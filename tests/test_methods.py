@@ -293,7 +293,7 @@ def test_interrupted_method_stages_resume_to_the_same_models(tmp_path, config, m
 def test_distill_hooks_follow_the_switch_and_leave_the_baseline_alone():
     from types import SimpleNamespace
 
-    from filterprune.pipeline.methods import distill_hooks
+    from filterprune.pipeline.pruned import distill_hooks
 
     session = SimpleNamespace(config=parse_config({"distill": {"temperature": 2.0, "alpha": 1.0}}),
                               device=torch.device("cpu"))

@@ -10,12 +10,14 @@ from test_graph_general import (
     randomize_bn,
 )
 
+from filterprune.analysis import sensitivity_plans, top1_by_copies, top1_shared_prefix
 from filterprune.engine import PrunedVariants, apply_plan, trace
 from filterprune.errors import FilterpruneError
 from filterprune.models import create_model
+from filterprune.pipeline.analysis import sensitivity
 from filterprune.pipeline.config import load_config
-from filterprune.pipeline.run import initial_model, prepare, sensitivity
-from filterprune.pipeline.sensitivity import sensitivity_plans, top1_by_copies, top1_shared_prefix
+from filterprune.pipeline.run import initial_model
+from filterprune.pipeline.session import prepare
 from filterprune.training import evaluate
 
 RATIOS = [0.0, 0.5, 0.9]
@@ -62,7 +64,7 @@ def test_shared_prefix_top1_equals_copies(name, shape):
     graph = trace(model, images[:1])
     plans = sensitivity_plans(model, graph, list(graph.layers), [0.1, 0.5, 0.9], "l2")
     fast = top1_shared_prefix(model, graph, plans, batches)
-    reference = top1_by_copies(model, graph, plans, lambda m: evaluate(m, batches))
+    reference = top1_by_copies(model, graph, plans, lambda m: evaluate(m, batches)["top1"])
     assert fast == reference
     assert list(fast) == list(graph.layers)
     assert any(a < 100 for accuracies in fast.values() for a in accuracies)

@@ -12,16 +12,13 @@ masks or index operations left behind by surgery).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from filterprune import distributed
 from filterprune.checkpoint import load_model
 from filterprune.deploy import fastest_of, file_size_mb, measure, rebuilt, speedups
-
-if TYPE_CHECKING:
-    from filterprune.pipeline.run import Log, Session, Stages
+from filterprune.pipeline.session import Log, Session, Stages
 
 
 def deploy_stage(
