@@ -1,6 +1,5 @@
 """Methods beyond one-shot L1 (clustering, soft pruning, distillation) and deployment metrics."""
 
-import json
 
 import pytest
 import torch
@@ -23,6 +22,7 @@ from filterprune.engine import (
 from filterprune.errors import FilterpruneError
 from filterprune.models import create_model
 from filterprune.pipeline.config import parse_config
+from filterprune.pipeline.results import RunResults
 from filterprune.pipeline.run import run_pipeline
 from filterprune.training import TrainSettings, train
 from filterprune.training.distill import distillation_loss
@@ -193,25 +193,25 @@ def test_one_run_compares_every_method(tmp_path, config):
     ]
     out = tmp_path / "run"
     results = run_pipeline(parse_config(data), out, progress=False, log=lambda _: None)
-    pruned = results["pruning"][0]
-    assert list(results["methods"]) == ["l1-kd", "sfp", "unstructured", "cluster"]
-    for name, (row,) in results["methods"].items():
-        assert row["stage"] == f"{name}-50" and (out / f"{name}-50.safetensors").is_file()
+    pruned = results.pruning[0]
+    assert list(results.methods) == ["l1-kd", "sfp", "unstructured", "cluster"]
+    for name, (row,) in results.methods.items():
+        assert row.stage == f"{name}-50" and (out / f"{name}-50.safetensors").is_file()
         assert (out / "stages" / f"{name}-50.json").is_file()
     for name in ("l1-kd", "sfp", "cluster"):
-        (row,) = results["methods"][name]
-        assert row["macs"] == pruned["macs"] and row["kept"]["features.0"] == 16
+        (row,) = results.methods[name]
+        assert row.macs == pruned.macs and row.kept["features.0"] == 16
         model, spec = load_model(out / f"{name}-50.safetensors")
         assert model.features[0].out_channels == 16 and spec.plan is not None
-    (dense,) = results["methods"]["unstructured"]
-    assert dense["macs"] == results["baseline"]["macs"] and dense["kept"] == {}
+    (dense,) = results.methods["unstructured"]
+    assert dense.macs == results.baseline.macs and dense.kept == {}
     model, _ = load_model(out / "unstructured-50.safetensors")
     convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
     zeros = sum((w == 0).sum().item() for w in convs) / sum(w.numel() for w in convs)
-    assert zeros == pytest.approx(dense["zeroed_conv_weights"], abs=1e-3)
+    assert zeros == pytest.approx(dense.zeroed_conv_weights, abs=1e-3)
     # filter pruning at 0.5 keeps conv1 16x1x3x3, conv2 32x16x3x3 of 32x1x3x3, 64x32x3x3
-    assert dense["zeroed_conv_weights"] == pytest.approx(1 - 4752 / 18720, abs=1e-3)
-    deploy = results["deploy"]
+    assert dense.zeroed_conv_weights == pytest.approx(1 - 4752 / 18720, abs=1e-3)
+    deploy = results.deploy
     stages = ["baseline", "pruned-50", "l1-kd-50", "sfp-50", "unstructured-50", "cluster-50"]
     assert list(deploy["models"]) == stages
     for stage in stages:
@@ -225,7 +225,7 @@ def test_one_run_compares_every_method(tmp_path, config):
     report = (out / "report.md").read_text()
     assert "## Methods compared" in report and "| sfp | 0.5 |" in report
     assert (out / "compare_accuracy_vs_latency.png").is_file()
-    assert json.loads((out / "results.json").read_text())["methods"] == results["methods"]
+    assert RunResults.load(out / "results.json").methods == results.methods
 
 
 def test_without_methods_and_deployment_the_report_has_no_comparison(tmp_path, config):
@@ -234,7 +234,7 @@ def test_without_methods_and_deployment_the_report_has_no_comparison(tmp_path, c
     data["prune"]["ratios"] = [0.5]
     out = tmp_path / "run"
     results = run_pipeline(parse_config(data), out, progress=False, log=lambda _: None)
-    assert results["methods"] == {} and results["deploy"] is None
+    assert results.methods == {} and results.deploy is None
     assert "Methods compared" not in (out / "report.md").read_text()
     assert not (out / "compare_accuracy_vs_macs.png").exists()
     assert filterprune.load(out / "pruned-50.safetensors").features[0].out_channels == 16

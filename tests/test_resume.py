@@ -15,6 +15,7 @@ from filterprune.cli import main
 from filterprune.data import BatchLoader
 from filterprune.errors import FilterpruneError
 from filterprune.models import create_model
+from filterprune.pipeline.results import RunResults
 from filterprune.training import TrainSettings, train
 
 
@@ -59,12 +60,14 @@ def test_killed_run_resumes_to_the_same_final_weights(tmp_path, config):
 
     for name in ["baseline.safetensors", "pruned-50.safetensors"]:
         assert tensors_equal(tmp_path / "whole" / name, killed / name), name
-    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
-    again = json.loads((killed / "results.json").read_text())
-    assert again["pruning"] == whole["pruning"]
-    assert [h["loss"] for h in again["baseline"]["history"]] == [
-        h["loss"] for h in whole["baseline"]["history"]
+    whole = RunResults.load(tmp_path / "whole" / "results.json")
+    again = RunResults.load(killed / "results.json")
+    assert again.pruning == whole.pruning
+    assert [h["loss"] for h in again.baseline.history] == [
+        h["loss"] for h in whole.baseline.history
     ]
+    assert "resuming" in resumed.stderr and "continuing baseline from its last epoch" in (
+        resumed.stderr)
     assert not list((killed / "stages").glob("*.state.safetensors"))
 
 
@@ -76,9 +79,16 @@ def test_finished_stages_are_not_redone(tmp_path, config, monkeypatch, capsys):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished stage was trained again")
 
-    monkeypatch.setattr("filterprune.pipeline.run.train", no_training)
+    first = json.loads((out / "stages" / "sessions.json").read_text())["elapsed_s"]
+    capsys.readouterr()
+    monkeypatch.setattr("filterprune.pipeline.session.train", no_training)
     assert main([*map(str, resume_args(config)), "--out", str(out), "--resume"]) == 0
+    assert "3 stage(s) finished (baseline, pruned-50, deploy)" in capsys.readouterr().err
     assert (out / "report.md").read_text().split("Wall time")[0] == report.split("Wall time")[0]
+    sessions = json.loads((out / "stages" / "sessions.json").read_text())["elapsed_s"]
+    assert len(first) == 1 and len(sessions) == 2 and sessions[0] == first[0]
+    assert RunResults.load(out / "results.json").wall_time_s == pytest.approx(sum(sessions),
+                                                                              abs=0.05)
 
 
 def test_resume_under_a_different_config_is_refused(tmp_path, config, capsys):
@@ -90,6 +100,9 @@ def test_resume_under_a_different_config_is_refused(tmp_path, config, capsys):
     assert "config key 'train.epochs' was 1, now 4" in capsys.readouterr().err
     assert main(["run", str(config), "--out", str(tmp_path / "none"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["run", str(config), "--out", str(tmp_path / "empty"), "--resume"]) == 2
+    assert "holds no run (no config.yaml)" in capsys.readouterr().err
 
 
 def _batches(seed: int) -> BatchLoader:

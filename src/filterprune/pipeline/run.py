@@ -10,14 +10,12 @@ run: every stage seeds its random number generators from the run's seed and its 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from filterprune import distributed
-from filterprune._io import atomic_write_text
 from filterprune.checkpoint import ModelSpec, load_model, load_weights, save_model
 from filterprune.engine import (
     Coverage,
@@ -37,6 +35,16 @@ from filterprune.pipeline.deployment import deploy_stage
 from filterprune.pipeline.methods import run_methods
 from filterprune.pipeline.pruned import distill_hooks, pruned_row, with_plan
 from filterprune.pipeline.report import write_report
+from filterprune.pipeline.results import (
+    Baseline,
+    DatasetInfo,
+    Environment,
+    MethodRow,
+    PrunedRow,
+    RunResults,
+    ScratchRow,
+    SensitivityTable,
+)
 from filterprune.pipeline.schedules import (
     prune_iteratively,
     scratch_epochs,
@@ -184,7 +192,7 @@ def prune_and_retrain(
 
 
 def scratch_controls(
-    session: Session, pruning: list[dict], specs: dict[str, ModelSpec], baseline: dict,
+    session: Session, pruning: list[PrunedRow], specs: dict[str, ModelSpec], baseline: dict,
     stages: Stages, out_dir: Path, log: Log,
 ) -> list[dict]:
     """The ``scratch`` controls of every pruned model: its architecture (from ``specs``, or its
@@ -192,14 +200,14 @@ def scratch_controls(
     (``filterprune.pipeline.schedules.train_from_scratch``), one stage each."""
     rows = []
     for row in pruning:
-        spec = specs.get(row["stage"]) or load_model(out_dir / f"{row['stage']}.safetensors")[1]
+        spec = specs.get(row.stage) or load_model(out_dir / f"{row.stage}.safetensors")[1]
         for kind in session.config.scratch:
-            stage = f"scratch-{kind}-{row['plan'] or percent(row['ratio'])}"
+            stage = f"scratch-{kind}-{row.plan or percent(row.ratio)}"
             epochs = scratch_epochs(kind, session.config.train.epochs, baseline["macs"],
-                                    row["macs"])
+                                    row.macs)
             result = stages.run(stage, lambda s=stage, e=epochs, p=spec: train_from_scratch(
                 session, p, e, s, stage_seed(session.config.seed, s), stages, out_dir, log))
-            rows.append({"ratio": row["ratio"], "plan": row["plan"], "pruned": row["stage"],
+            rows.append({"ratio": row.ratio, "plan": row.plan, "pruned": row.stage,
                          "kind": kind, **result})
     return rows
 
@@ -211,7 +219,7 @@ def run_pipeline(
     resume: bool = False,
     progress: bool = True,
     log: Log = console.print,
-) -> dict:
+) -> RunResults:
     """Runs the main job and writes ``report.md``, ``results.json``, ``config.yaml``, the plots and
     one model file per stage into ``out_dir``.
 
@@ -224,7 +232,7 @@ def run_pipeline(
         log: receives one line per finished step.
 
     Returns:
-        The results dict (as in ``results.json``).
+        The results, as written to ``results.json``.
 
     Raises:
         FilterpruneError: bad data location, model name, layer name/pattern or device, or a
@@ -239,44 +247,40 @@ def run_pipeline(
     stages = open_run(out_dir, config, resume, log)  # the inputs are checked: now write
     model, baseline = baseline_stage(session, model, stages, out_dir, log)
     specs: dict[str, ModelSpec] = {}
-    results = {
-        "model": session.spec.name,
-        "dataset": {"name": session.dataset.name,
-                    "train_size": config.data.train_subset or len(session.dataset.train_labels),
-                    "test_size": len(session.dataset.test_labels),
-                    "num_classes": session.dataset.num_classes},
-        "criterion": config.prune.criterion,
-        "strategy": config.prune.strategy,
-        "residual": config.prune.residual,
-        "environment": environment(session),
-        "coverage": reach.to_dict(),
-        "baseline": baseline,
-        "filter_norms": filter_norms(model, graph),
-        "sensitivity": (
-            stages.run("sensitivity", lambda: sensitivity_retrained(
-                session, model, graph, config.sensitivity.ratios, stages, log)
-                if config.sensitivity.retrain_epochs else sensitivity(
-                session, model, graph, config.sensitivity.ratios, log))
-            if config.sensitivity.enabled else None
-        ),
-        "pruning": [
-            stages.run(pruned_stage(p), lambda p=p: prune_and_retrain(
-                session, model, graph, p, baseline, stages, out_dir, log, specs))
-            for p in pruning_points(config)
-        ],
-    }
-    results["methods"] = run_methods(session, model, graph, baseline, stages, out_dir, log)
-    if config.scratch:
-        results["scratch"] = scratch_controls(session, results["pruning"], specs, baseline,
-                                              stages, out_dir, log)
-    results["deploy"] = deploy_stage(session, results, stages, out_dir, log)
-    results["wall_time_s"] = stages.elapsed_s()
+    sensitivity_result = None
+    if config.sensitivity.enabled:
+        sensitivity_result = SensitivityTable(**stages.run("sensitivity", lambda: (
+            sensitivity_retrained(session, model, graph, config.sensitivity.ratios, stages, log)
+            if config.sensitivity.retrain_epochs
+            else sensitivity(session, model, graph, config.sensitivity.ratios, log))))
+    pruning = [PrunedRow(**stages.run(pruned_stage(p), lambda p=p: prune_and_retrain(
+        session, model, graph, p, baseline, stages, out_dir, log, specs)))
+        for p in pruning_points(config)]
+    methods = {name: [MethodRow(**row) for row in rows] for name, rows in run_methods(
+        session, model, graph, baseline, stages, out_dir, log).items()}
+    scratch = [ScratchRow(**row) for row in scratch_controls(
+        session, pruning, specs, baseline, stages, out_dir, log)] if config.scratch else []
+    measured = [row.stage for row in pruning] + [
+        row.stage for rows in methods.values() for row in rows]
+    deploy = deploy_stage(session, measured, stages, out_dir, log)
+    results = RunResults(
+        model=session.spec.name,
+        dataset=DatasetInfo(
+            session.dataset.name,
+            config.data.train_subset or len(session.dataset.train_labels),
+            len(session.dataset.test_labels), session.dataset.num_classes),
+        criterion=config.prune.criterion, strategy=config.prune.strategy,
+        residual=config.prune.residual, environment=Environment(**environment(session)),
+        coverage=reach, baseline=Baseline(**baseline), filter_norms=filter_norms(model, graph),
+        sensitivity=sensitivity_result, pruning=pruning, methods=methods, scratch=scratch,
+        deploy=deploy, wall_time_s=stages.finish_session(),
+    )
 
     def write() -> None:
-        atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
+        results.save(out_dir / "results.json")
         write_report(results, out_dir)
 
     distributed.on_main(write)
-    log(f"report written to {out_dir / 'report.md'} ({results['wall_time_s']:.0f} s over all "
+    log(f"report written to {out_dir / 'report.md'} ({results.wall_time_s:.0f} s over all "
         "sessions)")
     return results

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from filterprune import distributed
+from filterprune.analysis import analysed_layers
 from filterprune.checkpoint import ModelSpec, load_model, save_model
 from filterprune.engine import DependencyGraph, PruningPlan, apply_plan, select_filters, trace
 from filterprune.pipeline.pruned import with_plan
@@ -29,7 +30,8 @@ def sensitivity_retrained(
     (Li et al. 2017, §3.2, Fig. 2c).
 
     Retraining uses the ``retrain`` settings for ``sensitivity.retrain_epochs`` epochs. Each
-    (layer, ratio) is its own stage, ``sensitivity-<layer>-<percent>``.
+    (layer, ratio) is its own stage, ``sensitivity-<layer>-<percent>``; a channel group is
+    analysed once, named by its first member.
 
     Returns:
         ``{"ratios": [...], "layers": {name: [top-1 % per ratio]}, "retrain_epochs": n}``.
@@ -44,7 +46,7 @@ def sensitivity_retrained(
         return session.evaluate(pruned)
 
     layers: dict[str, list[float]] = {}
-    for name in graph.layers:
+    for name in analysed_layers(graph, None):  # one per channel group
         accuracies = []
         for ratio in ratios:
             stage = f"sensitivity-{name}-{percent(ratio)}"

@@ -116,9 +116,10 @@ class Stages:
         return sorted(p.name.removesuffix(".state.safetensors")
                       for p in self.root.glob("*.state.safetensors"))
 
-    def elapsed_s(self) -> float:
-        """Seconds worked by every session of the run, this one included (the report's wall
-        time)."""
+    def finish_session(self) -> float:
+        """Records this session's seconds; returns those of every session of the run, this one
+        included (the report's wall time)."""
+        distributed.on_main(self._record_session)
         return sum(self._earlier) + time.perf_counter() - self._start
 
     def run(self, name: str, compute: Callable[[], dict]) -> dict:
