@@ -66,8 +66,7 @@ def test_killed_run_resumes_to_the_same_final_weights(tmp_path, config):
     assert [h["loss"] for h in again.baseline.history] == [
         h["loss"] for h in whole.baseline.history
     ]
-    assert "resuming" in resumed.stderr and "continuing baseline from its last epoch" in (
-        resumed.stderr)
+    assert "continuing baseline from its last epoch" in " ".join(resumed.stderr.split())
     assert not list((killed / "stages").glob("*.state.safetensors"))
 
 
@@ -83,7 +82,8 @@ def test_finished_stages_are_not_redone(tmp_path, config, monkeypatch, capsys):
     capsys.readouterr()
     monkeypatch.setattr("filterprune.pipeline.session.train", no_training)
     assert main([*map(str, resume_args(config)), "--out", str(out), "--resume"]) == 0
-    assert "3 stage(s) finished (baseline, pruned-50, deploy)" in capsys.readouterr().err
+    logged = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert "3 stage(s) finished (baseline, pruned-50, deploy)" in logged
     assert (out / "report.md").read_text().split("Wall time")[0] == report.split("Wall time")[0]
     sessions = json.loads((out / "stages" / "sessions.json").read_text())["elapsed_s"]
     assert len(first) == 1 and len(sessions) == 2 and sessions[0] == first[0]

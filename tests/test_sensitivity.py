@@ -1,5 +1,7 @@
 """Sensitivity analysis without copies: the same outputs and accuracies as pruned copies."""
 
+import json
+
 import pytest
 import torch
 from test_graph_general import (
@@ -11,6 +13,8 @@ from test_graph_general import (
 )
 
 from filterprune.analysis import sensitivity_plans, top1_by_copies, top1_shared_prefix
+from filterprune.checkpoint import save_model
+from filterprune.cli import main
 from filterprune.engine import PrunedVariants, apply_plan, trace
 from filterprune.errors import FilterpruneError
 from filterprune.models import create_model
@@ -111,3 +115,35 @@ def test_models_fx_cannot_trace_fall_back_to_copies(config):
     reference = sensitivity(session, plain, trace(plain, session.spec.example_input()), [0.5],
                             lambda line: None)
     assert result["layers"] == {f"net.{name}": top1 for name, top1 in reference["layers"].items()}
+
+
+@pytest.mark.slow  # ~14 s on a loaded 2-core machine: 21 groups, then the command again
+def test_coupled_groups_are_analysed_once_by_the_run_and_the_command(config, tmp_path, capsys):
+    overrides = ["model.name=resnet20-dwse", "prune.residual=coupled", "sensitivity.ratios=[0.5]",
+                 "data.eval_batch_size=50"]
+    session = prepare(load_config(config, overrides), progress=False)
+    model = initial_model(session, print)
+    graph = trace(model, session.spec.example_input(), residual="coupled")
+    result = sensitivity(session, model, graph, [0.5], lambda line: None)
+    groups = {id(group): group for group in graph.layers.values()}.values()
+    assert len(result["layers"]) == len(groups) < len(graph.layers)
+    assert sorted(result["members"].values()) == sorted(
+        list(g.members) for g in groups if len(g.members) > 1)
+    path = save_model(tmp_path / "resnet20-dwse.safetensors", model, session.spec)
+    argv = ["sensitivity", str(config), "--checkpoint", str(path), "--json"]
+    assert main([*argv, *(a for o in overrides for a in ("--set", o))]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"] == result["layers"]
+
+
+def test_the_random_criterion_follows_the_seed_of_the_run_and_stage(config):
+    weight = torch.randn(16, 3, 3, 3)
+
+    def scores(seed, stage):
+        session = prepare(load_config(config, ["prune.criterion=random", f"seed={seed}"]),
+                          progress=False)
+        return session.criterion(stage)(weight)
+
+    assert torch.equal(scores(1, "pruned-50"), scores(1, "pruned-50"))
+    assert not torch.equal(scores(1, "pruned-50"), scores(2, "pruned-50"))
+    assert not torch.equal(scores(1, "pruned-50"), scores(1, "pruned-30"))
+    assert prepare(load_config(config), progress=False).criterion("pruned-50") == "l1"
