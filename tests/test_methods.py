@@ -181,6 +181,7 @@ def test_duplicate_method_names_are_refused():
         parse_config({"deploy": {"batch_sizes": [1, 0]}})
 
 
+@pytest.mark.slow  # every method and deployment in one run: ~16 s
 def test_one_run_compares_every_method(tmp_path, config):
     data = yaml.safe_load(config.read_text())
     data["prune"]["ratios"] = [0.5]

@@ -133,6 +133,7 @@ def test_paper_table_command_fills_errors_from_results(tmp_path, capsys):
     assert "schema version None" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a resnet56 run: ~30 s on a loaded 2-core machine
 def test_run_prunes_by_a_named_plan(tmp_path, data_dir, capsys):
     config = tmp_path / "config.yaml"
     config.write_text(json.dumps({

@@ -35,6 +35,7 @@ def resume_args(config):
             "--set", "prune.ratios=[0.5]", "--set", "retrain.epochs=2"]
 
 
+@pytest.mark.slow  # two CLI runs, one killed: ~65 s under load
 def test_killed_run_resumes_to_the_same_final_weights(tmp_path, config):
     """A run killed (SIGKILL) after its first checkpoint, then resumed, equals an uninterrupted
     one."""
@@ -72,6 +73,7 @@ def test_killed_run_resumes_to_the_same_final_weights(tmp_path, config):
     assert not list((killed / "stages").glob("*.state.safetensors"))
 
 
+@pytest.mark.slow  # a run, then its resume: ~13 s
 def test_finished_stages_are_not_redone(tmp_path, config, monkeypatch, capsys):
     out = tmp_path / "run"
     assert main([*map(str, resume_args(config)), "--out", str(out)]) == 0

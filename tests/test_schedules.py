@@ -16,7 +16,7 @@ from filterprune.pipeline.schedules import scratch_epochs
 OVERRIDES = [
     "train.epochs=2", "retrain.epochs=1", "prune.ratios=[0.5]", "prune.schedule=iterative",
     "prune.iterative_epochs=1", "sensitivity.ratios=[0.5]", "sensitivity.retrain_epochs=1",
-    "scratch=[E, B]", "device=cpu",
+    "scratch=[E, B]", "device=cpu", "deploy.enabled=false",
 ]
 
 
@@ -40,6 +40,7 @@ def run(tmp_path_factory, data_dir):
     return config, out, run_pipeline(config, out, progress=False, log=quiet)
 
 
+@pytest.mark.slow  # the shared run (iterative, scratch, retrained sensitivity): ~30 s
 def test_iterative_prunes_each_layer_as_one_shot_would(run):
     _, out, results = run
     row = results.pruning[0]
@@ -56,6 +57,7 @@ def test_iterative_prunes_each_layer_as_one_shot_would(run):
     assert "## Iterative pruning of all layers" in report
 
 
+@pytest.mark.slow  # the shared run (iterative, scratch, retrained sensitivity): ~30 s
 def test_scratch_controls_rebuild_the_pruned_widths_with_fresh_weights(run):
     config, out, results = run
     baseline, row = results.baseline, results.pruning[0]
@@ -82,6 +84,7 @@ def test_scratch_epochs():
     assert scratch_epochs("B", 10, 3, 2) == 15
 
 
+@pytest.mark.slow  # the shared run (iterative, scratch, retrained sensitivity): ~30 s
 def test_sensitivity_with_retraining_resumes_per_layer_and_ratio(run):
     config, out, results = run
     sensitivity = results.sensitivity
