@@ -5,7 +5,10 @@ Stages write their model files into the output directory as they finish (``basel
 ``pruned-50.safetensors``, ...) and their results into ``stages/<stage>.json``; training writes
 ``stages/<stage>.state.safetensors`` after every epoch. A resumed run reads finished stages back,
 continues an unfinished one from its last epoch, and reaches the same weights as an uninterrupted
-run: every stage seeds its random number generators from the run's seed and its own name.
+run: every stage seeds its random number generators from the run's seed and its own name
+(filterprune.pipeline.session). Within one process the models pass from stage to stage in
+memory; the files are read back only for the stages a resumed run had finished. Results are
+typed records (filterprune.pipeline.results).
 """
 
 from __future__ import annotations
