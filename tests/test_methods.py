@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import make_results
 from test_graph_general import randomize_bn
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-import filterprune
 from filterprune.checkpoint import load_model
 from filterprune.deploy import measure, peak_memory_mb, rebuilt
 from filterprune.engine import (
@@ -22,7 +22,8 @@ from filterprune.engine import (
 from filterprune.errors import FilterpruneError
 from filterprune.models import create_model
 from filterprune.pipeline.config import parse_config
-from filterprune.pipeline.results import RunResults
+from filterprune.pipeline.report import write_report
+from filterprune.pipeline.results import MethodRow, RunResults
 from filterprune.pipeline.run import run_pipeline
 from filterprune.training import TrainSettings, train
 from filterprune.training.distill import distillation_loss
@@ -229,16 +230,16 @@ def test_one_run_compares_every_method(tmp_path, config):
     assert RunResults.load(out / "results.json").methods == results.methods
 
 
-def test_without_methods_and_deployment_the_report_has_no_comparison(tmp_path, config):
-    data = yaml.safe_load(config.read_text())
-    data |= {"sensitivity": {"enabled": False}, "deploy": {"enabled": False}}
-    data["prune"]["ratios"] = [0.5]
-    out = tmp_path / "run"
-    results = run_pipeline(parse_config(data), out, progress=False, log=lambda _: None)
+def test_without_methods_and_deployment_the_report_has_no_comparison(tmp_path):
+    results = make_results()  # no methods, no deployment
     assert results.methods == {} and results.deploy is None
-    assert "Methods compared" not in (out / "report.md").read_text()
-    assert not (out / "compare_accuracy_vs_macs.png").exists()
-    assert filterprune.load(out / "pruned-50.safetensors").features[0].out_channels == 16
+    write_report(results, tmp_path)
+    assert "Methods compared" not in (tmp_path / "report.md").read_text()
+    assert not (tmp_path / "compare_accuracy_vs_macs.png").exists()
+    results.methods = {"sfp": [MethodRow(**vars(results.pruning[0]), method="sfp", kind="sfp")]}
+    write_report(results, tmp_path)
+    assert "| sfp | 0.5 |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "compare_accuracy_vs_macs.png").is_file()
 
 
 class Interrupted(Exception):
