@@ -23,6 +23,14 @@ def results():
     return make_results()
 
 
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """The report of ``make_results()``, written once for the tests that only read it: (the
+    directory, the paths written)."""
+    out = tmp_path_factory.mktemp("report") / "run"  # created by write_report
+    return out, write_report(make_results(), out)
+
+
 def _section(text, heading):
     """Returns the text from a '## heading' line up to the next '## ' heading."""
     start = text.index(f"## {heading}")
@@ -39,16 +47,15 @@ def _table(section):
     return cells[0], cells[2:]
 
 
-def test_writes_all_files(results, tmp_path):
-    out = tmp_path / "run"  # created by write_report
-    paths = write_report(results, out)
+def test_writes_all_files(written):
+    out, paths = written
     assert {p.name for p in paths} == PLOTS | {"report.md"}
     assert all(p.is_file() and p.parent == out for p in paths)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths)  # no temp files
 
 
-def test_pngs_are_valid(results, tmp_path):
-    for path in write_report(results, tmp_path):
+def test_pngs_are_valid(written):
+    for path in written[1]:
         if path.suffix == ".png":
             data = path.read_bytes()
             assert data.startswith(PNG_MAGIC)
@@ -56,9 +63,8 @@ def test_pngs_are_valid(results, tmp_path):
             assert width > 100 and height > 100
 
 
-def test_main_table(results, tmp_path):
-    write_report(results, tmp_path)
-    text = (tmp_path / "report.md").read_text()
+def test_main_table(results, written):
+    text = (written[0] / "report.md").read_text()
     assert text.startswith("# ") and "scnnb" in text.splitlines()[0]
     assert "fashion-mnist" in text.splitlines()[0]
     assert "torch 2.13.0" in text and "seed 0" in text
@@ -98,9 +104,8 @@ def test_main_table(results, tmp_path):
     assert "Wall time: 170.2 s" in text
 
 
-def test_sensitivity_table_and_most_sensitive_layer(results, tmp_path):
-    write_report(results, tmp_path)
-    section = _section((tmp_path / "report.md").read_text(), "Sensitivity")
+def test_sensitivity_table_and_most_sensitive_layer(written):
+    section = _section((written[0] / "report.md").read_text(), "Sensitivity")
     header, rows = _table(section)
     assert header == ["layer", "30.0%", "60.0%", "90.0%"]
     assert [cells[0] for cells in rows] == ["`features.0`", "`features.4`"]
@@ -110,9 +115,8 @@ def test_sensitivity_table_and_most_sensitive_layer(results, tmp_path):
     assert f"{BASE_TOP1 - 60.3:.2f}" in note
 
 
-def test_plots_embedded_with_relative_links(results, tmp_path):
-    write_report(results, tmp_path)
-    text = (tmp_path / "report.md").read_text()
+def test_plots_embedded_with_relative_links(written):
+    text = (written[0] / "report.md").read_text()
     for name in PLOTS:
         assert f"]({name})" in text
 
