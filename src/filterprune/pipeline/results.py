@@ -119,6 +119,9 @@ class SensitivityTable:
 
 @dataclass
 class DatasetInfo:
+    """The dataset: its name, the training images used (``data.train_subset`` or all), the
+    test images and the number of classes."""
+
     name: str
     train_size: int
     test_size: int
