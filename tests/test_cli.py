@@ -134,6 +134,7 @@ def test_a_run_that_finished_no_stage_can_be_rerun_in_its_directory(tmp_path, co
     out = tmp_path / "run"
     (out / "stages").mkdir(parents=True)
     (out / "config.yaml").write_text("left by a run that failed before its first stage")
+    (out / "stages" / "sessions.json").write_text('{"sessions": []}')
     args = argparse.Namespace(out=str(out), resume=False, overwrite=False)
     assert output_dir(args, str(config)) == out
     (out / "stages" / "baseline.state.safetensors").write_bytes(b"an epoch of work")

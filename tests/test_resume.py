@@ -70,6 +70,11 @@ def test_killed_run_resumes_to_the_same_final_weights(tmp_path, config):
         h["loss"] for h in whole.baseline.history
     ]
     assert "continuing baseline from its last epoch" in " ".join(resumed.stderr.split())
+    killed_session, resumed_session = json.loads(
+        (killed / "stages" / "sessions.json").read_text())["sessions"]
+    assert killed_session["elapsed_s"] > 0.1  # counted up to its last epoch's state file
+    assert again.wall_time_s == pytest.approx(
+        killed_session["elapsed_s"] + resumed_session["elapsed_s"], abs=0.05)
     assert not list((killed / "stages").glob("*.state.safetensors"))
 
 
@@ -82,17 +87,18 @@ def test_finished_stages_are_not_redone(tmp_path, config, monkeypatch, capsys):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished stage was trained again")
 
-    first = json.loads((out / "stages" / "sessions.json").read_text())["elapsed_s"]
+    first = json.loads((out / "stages" / "sessions.json").read_text())["sessions"]
     capsys.readouterr()
     monkeypatch.setattr("filterprune.pipeline.session.train", no_training)
     assert main([*map(str, resume_args(config)), "--out", str(out), "--resume"]) == 0
     logged = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
     assert "3 stage(s) finished (baseline, pruned-50, deploy)" in logged
     assert (out / "report.md").read_text().split("Wall time")[0] == report.split("Wall time")[0]
-    sessions = json.loads((out / "stages" / "sessions.json").read_text())["elapsed_s"]
-    assert len(first) == 1 and len(sessions) == 2 and sessions[0] == first[0]
-    assert RunResults.load(out / "results.json").wall_time_s == pytest.approx(sum(sessions),
-                                                                              abs=0.05)
+    sessions = json.loads((out / "stages" / "sessions.json").read_text())["sessions"]
+    assert len(first) == 1 and len(sessions) == 2
+    assert sessions[0]["elapsed_s"] == pytest.approx(first[0]["elapsed_s"], abs=0.05)
+    assert RunResults.load(out / "results.json").wall_time_s == pytest.approx(
+        sum(s["elapsed_s"] for s in sessions), abs=0.05)
 
 
 def test_resume_under_a_different_config_is_refused(tmp_path, config, capsys):

@@ -12,6 +12,7 @@ from filterprune import distributed
 from filterprune.checkpoint import ModelSpec, build_model, load_model
 from filterprune.errors import FilterpruneError
 from filterprune.pipeline.config import RunConfig, load_config
+from filterprune.pipeline.session import SESSIONS
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,8 +121,8 @@ def output_dir(args: argparse.Namespace, config_path: str) -> Path:
     Under torchrun every process checks before any writes (a barrier), so a later rank never
     finds the config rank 0 has just written and refuses the directory.
 
-    A directory holding only what a run that finished no stage leaves (``config.yaml`` and an
-    empty ``stages/``) counts as empty.
+    A directory holding only what a run that finished no stage and saved no training state
+    leaves (``config.yaml``, ``stages/sessions.json``) counts as empty.
 
     Raises:
         FilterpruneError: ``--out`` is a file or lies under one, a non-empty directory without
@@ -162,11 +163,12 @@ def _checked_output_dir(args: argparse.Namespace, config_path: str) -> Path:
 
 def _holds_nothing_done(out: Path) -> bool:
     """True for an empty directory, or one holding only what a run that finished nothing
-    leaves: its ``config.yaml`` and an empty ``stages/``."""
+    leaves: its ``config.yaml`` and a ``stages/`` holding at most its ``sessions.json``."""
     for entry in out.iterdir():
         if entry.name == "config.yaml" and entry.is_file():
             continue
-        if entry.name == "stages" and entry.is_dir() and not any(entry.iterdir()):
+        if entry.name == "stages" and entry.is_dir() and all(
+                p.name == SESSIONS for p in entry.iterdir()):
             continue
         return False
     return True

@@ -276,7 +276,7 @@ def run_pipeline(
         residual=config.prune.residual, environment=Environment(**environment(session)),
         coverage=reach, baseline=Baseline(**baseline), filter_norms=filter_norms(model, graph),
         sensitivity=sensitivity_result, pruning=pruning, methods=methods, scratch=scratch,
-        deploy=deploy, wall_time_s=stages.finish_session(),
+        deploy=deploy, wall_time_s=stages.record_session(),
     )
 
     def write() -> None:

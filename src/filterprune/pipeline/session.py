@@ -91,8 +91,10 @@ class Session:
 class Stages:
     """The stage files of a run directory: ``stages/<name>.json`` holds a finished stage's result,
     ``stages/<name>.state.safetensors`` the training state of an unfinished one, and
-    ``stages/sessions.json`` the seconds each session of the run has worked (written after every
-    stage, so a killed session counts up to its last finished stage).
+    ``stages/sessions.json`` when each session of the run started and how long it worked. A
+    session records itself when it opens the run and after every stage; one that was killed is
+    counted, when the next opens, up to its last write in ``stages/`` (an epoch's training
+    state or a finished stage).
 
     Args:
         out_dir: the run directory (it exists).
@@ -100,8 +102,12 @@ class Stages:
 
     def __init__(self, out_dir: Path) -> None:
         self.root = Path(out_dir) / "stages"
-        self._start = time.perf_counter()
+        self._start, self._started = time.perf_counter(), time.time()
         self._earlier = self._read_sessions()
+        if self._earlier:  # the last session may have worked on after its last record
+            last = self._earlier[-1]
+            written = max((p.stat().st_mtime for p in self.root.iterdir()), default=0.0)
+            last["elapsed_s"] = max(last["elapsed_s"], written - last["started"])
 
     def state(self, name: str) -> Path:
         return self.root / f"{name}.state.safetensors"
@@ -116,11 +122,11 @@ class Stages:
         return sorted(p.name.removesuffix(".state.safetensors")
                       for p in self.root.glob("*.state.safetensors"))
 
-    def finish_session(self) -> float:
-        """Records this session's seconds; returns those of every session of the run, this one
-        included (the report's wall time)."""
+    def record_session(self) -> float:
+        """Records this session's seconds (rank 0); returns those of every session of the run,
+        this one included (the report's wall time)."""
         distributed.on_main(self._record_session)
-        return sum(self._earlier) + time.perf_counter() - self._start
+        return sum(s["elapsed_s"] for s in self._earlier) + time.perf_counter() - self._start
 
     def run(self, name: str, compute: Callable[[], dict]) -> dict:
         """The result of stage ``name``: read back if finished, else computed and recorded
@@ -140,13 +146,13 @@ class Stages:
         distributed.on_main(record)
         return result
 
-    def _read_sessions(self) -> list[float]:
+    def _read_sessions(self) -> list[dict]:
         path = self.root / SESSIONS
-        return json.loads(path.read_text())["elapsed_s"] if path.is_file() else []
+        return json.loads(path.read_text())["sessions"] if path.is_file() else []
 
     def _record_session(self) -> None:
-        elapsed = [*self._earlier, time.perf_counter() - self._start]
-        atomic_write_text(self.root / SESSIONS, json.dumps({"elapsed_s": elapsed}))
+        this = {"started": self._started, "elapsed_s": time.perf_counter() - self._start}
+        atomic_write_text(self.root / SESSIONS, json.dumps({"sessions": [*self._earlier, this]}))
 
 
 def stage_seed(seed: int, stage: str) -> int:
@@ -253,6 +259,7 @@ def open_run(out_dir: Path, config: RunConfig, resume: bool, log: Log) -> Stages
 
     distributed.on_main(write)
     stages = Stages(out_dir)
+    stages.record_session()  # a session killed before its first stage still counts
     if resume:
         done, open_ = stages.finished(), stages.unfinished()
         log(f"resuming {out_dir}: {len(done)} stage(s) finished"
