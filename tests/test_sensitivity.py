@@ -12,6 +12,7 @@ from test_graph_general import (
     randomize_bn,
 )
 
+import filterprune
 from filterprune.analysis import sensitivity_plans, top1_by_copies, top1_shared_prefix
 from filterprune.checkpoint import save_model
 from filterprune.cli import main
@@ -85,6 +86,16 @@ def test_pipeline_methods_agree(config):
         results[method] = sensitivity(session, model, graph, [0.5, 0.9], lambda line: None)
     assert results["shared-prefix"] == results["copies"]
     assert list(results["copies"]["layers"]) == ["features.0", "features.4"]
+
+
+def test_the_run_gives_the_numbers_of_the_public_sensitivity(config):
+    session = prepare(load_config(config, ["data.eval_batch_size=30"]), progress=False)
+    model = initial_model(session, print)
+    graph = trace(model, session.spec.example_input())
+    run = sensitivity(session, model, graph, [0.5, 0.9], lambda line: None)
+    public = filterprune.sensitivity(model, session.spec.example_input(),
+                                     data=session.test_batches, ratios=[0.5, 0.9])
+    assert run["layers"] == public.layers and run["ratios"] == public.ratios
 
 
 def test_unknown_method_is_rejected(config):
