@@ -23,10 +23,10 @@ import time
 
 import torch
 
+from filterprune.analysis import sensitivity_plans, top1_by_copies, top1_shared_prefix
 from filterprune.engine import trace
 from filterprune.models import create_model
 from filterprune.pipeline.config import SWEEP
-from filterprune.pipeline.sensitivity import sensitivity_plans, top1_by_copies, top1_shared_prefix
 from filterprune.training import evaluate
 
 
@@ -53,7 +53,7 @@ def main() -> None:
     ways = {
         "shared-prefix": lambda: top1_shared_prefix(model, graph, plans, batches, device),
         "copies": lambda: top1_by_copies(model, graph, plans,
-                                         lambda m: evaluate(m, batches, device)),
+                                         lambda m: evaluate(m, batches, device)["top1"]),
     }
     print(f"vgg16, {len(graph.layers)} layers x {len(SWEEP)} ratios, {args.images} images of "
           f"3x32x32 in batches of {args.batch}, {device}, {args.threads} thread(s), torch "

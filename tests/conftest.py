@@ -5,6 +5,16 @@ import pytest
 import yaml
 from _idx import write_idx
 
+from filterprune.engine.coverage import Coverage
+from filterprune.pipeline.results import (
+    Baseline,
+    DatasetInfo,
+    Environment,
+    PrunedRow,
+    RunResults,
+    SensitivityTable,
+)
+
 FILES = {
     "train-images-idx3-ubyte.gz": "train_images", "train-labels-idx1-ubyte.gz": "train_labels",
     "t10k-images-idx3-ubyte.gz": "test_images", "t10k-labels-idx1-ubyte.gz": "test_labels",
@@ -46,3 +56,59 @@ def config(tmp_path, data_dir):
     return path
 
 
+
+
+BASE_TOP1 = 91.23
+BASE_MACS = 7_900_000
+BASE_PARAMS = 4_100_000
+
+
+def pruned_row(ratio, macs, params, before, after, top5=None, plan=None):
+    """A pruning row at ``ratio`` (or by the named ``plan``)."""
+    return PrunedRow(
+        stage=plan or f"pruned-{round(ratio * 100):02d}", ratio=None if plan else ratio,
+        plan=plan, macs=macs, params=params,
+        params_conv_linear=params - 1000,
+        macs_reduction=1 - macs / BASE_MACS, params_reduction=1 - params / BASE_PARAMS,
+        top1_before=before, top1_after=after,
+        top5_before=None if top5 is None else top5[0],
+        top5_after=None if top5 is None else top5[1],
+        retrain_epochs=2, kept={"features.0": 16, "features.4": 32},
+    )
+
+
+NO_BLOCKED = Coverage(conv_macs=7_000_000, requested_macs=7_000_000, reached_macs=7_000_000,
+                      prunable_macs=7_000_000, blocked=())
+
+
+def make_results() -> RunResults:
+    """Hand-written results of a run built from the records: scnnb, 2 layers, 3 ratios (given
+    out of order)."""
+    return RunResults(
+        model="scnnb",
+        dataset=DatasetInfo("fashion-mnist", train_size=60000, test_size=10000, num_classes=10),
+        criterion="l1",
+        strategy="independent",
+        residual="inner",
+        environment=Environment(filterprune="0.1.0", torch="2.13.0", python="3.12.3",
+                                device="cpu", seed=0, processes=1),
+        coverage=NO_BLOCKED,
+        baseline=Baseline(top1=BASE_TOP1, top5=None, loss=0.3, macs=BASE_MACS,
+                          params=BASE_PARAMS, params_conv_linear=BASE_PARAMS - 1000, epochs=10,
+                          train_time_s=120.5),
+        sensitivity=SensitivityTable(
+            ratios=[0.3, 0.6, 0.9],
+            # features.0 is worse at 0.6 but features.4 at the highest ratio, 0.9.
+            layers={"features.0": [90.5, 80.0, 70.1], "features.4": [91.0, 85.2, 60.3]},
+        ),
+        filter_norms={
+            "features.0": [1.0, 0.9, 0.7, 0.4],
+            "features.4": [1.0, 0.95, 0.8, 0.6, 0.5, 0.3, 0.2, 0.1],
+        },
+        pruning=[
+            pruned_row(0.5, 3_002_000, 2_009_000, 70.20, 90.80),
+            pruned_row(0.25, 6_320_000, 3_280_000, 85.10, 91.35),
+            pruned_row(0.75, 1_186_000, 1_025_000, 31.50, 87.64),
+        ],
+        wall_time_s=170.2,
+    )

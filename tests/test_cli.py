@@ -1,5 +1,6 @@
 """The command line, run in-process on a small synthetic dataset in the official idx format."""
 
+import argparse
 import json
 
 import pytest
@@ -7,10 +8,12 @@ import torch
 
 from filterprune.checkpoint import ModelSpec, load_model, save_model
 from filterprune.cli import main
+from filterprune.cli._common import output_dir
 from filterprune.engine import PruningPlan
 from filterprune.errors import FilterpruneError
 from filterprune.models import create_model
 from filterprune.pipeline.config import load_config, parse_config
+from filterprune.pipeline.results import RunResults
 
 
 def run_cli(capsys, *argv):
@@ -27,14 +30,15 @@ def test_run_writes_the_report_and_every_stage(tmp_path, config, capsys):
                  "accuracy_vs_macs.png", "accuracy_vs_params.png", "baseline.safetensors",
                  "pruned-30.safetensors", "pruned-60.safetensors"]:
         assert (out / name).is_file(), name
-    results = json.loads((out / "results.json").read_text())
-    assert json.loads(stdout)["pruning"] == results["pruning"]
-    assert results["baseline"]["top1"] > 50  # the synthetic classes are easy
-    assert [r["ratio"] for r in results["pruning"]] == [0.3, 0.6]
-    macs = [results["baseline"]["macs"]] + [r["macs"] for r in results["pruning"]]
+    results = RunResults.load(out / "results.json")
+    printed = json.loads(stdout)
+    assert printed.pop("out_dir") == str(out) and RunResults.from_dict(printed) == results
+    assert results.baseline.top1 > 50  # the synthetic classes are easy
+    assert [r.ratio for r in results.pruning] == [0.3, 0.6]
+    macs = [results.baseline.macs] + [r.macs for r in results.pruning]
     assert macs == sorted(macs, reverse=True) and len(set(macs)) == 3
-    assert results["pruning"][1]["kept"] == {"features.0": 12, "features.4": 25}  # floor(n * 0.4)
-    assert list(results["sensitivity"]["layers"]) == ["features.0", "features.4"]
+    assert results.pruning[1].kept == {"features.0": 12, "features.4": 25}  # floor(n * 0.4)
+    assert list(results.sensitivity.layers) == ["features.0", "features.4"]
     assert load_config(out / "config.yaml") == load_config(config)
     model, spec = load_model(out / "pruned-60.safetensors")
     assert model.features[0].out_channels == 12
@@ -115,6 +119,27 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, config, capsys, overrid
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err
     assert message in err
+    assert not (tmp_path / "bad").exists()  # a run that failed left --out as it found it
+
+
+def test_an_output_directory_that_cannot_be_made_is_one_line(tmp_path, config, capsys):
+    (tmp_path / "afile").write_text("a file")
+    for out, message in [(tmp_path / "afile" / "sub", "is a file"),
+                         ("/proc/x", "cannot write the run directory /proc/x")]:
+        code, _, err = run_cli(capsys, "run", config, "--out", out)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_a_run_that_finished_no_stage_can_be_rerun_in_its_directory(tmp_path, config):
+    out = tmp_path / "run"
+    (out / "stages").mkdir(parents=True)
+    (out / "config.yaml").write_text("left by a run that failed before its first stage")
+    (out / "stages" / "sessions.json").write_text('{"sessions": []}')
+    args = argparse.Namespace(out=str(out), resume=False, overwrite=False)
+    assert output_dir(args, str(config)) == out
+    (out / "stages" / "baseline.state.safetensors").write_bytes(b"an epoch of work")
+    with pytest.raises(FilterpruneError, match="not empty"):
+        output_dir(args, str(config))
 
 
 def test_bad_files_are_one_line_errors(tmp_path, capsys):
@@ -149,8 +174,10 @@ def test_debug_shows_the_traceback(config, tmp_path):
 
 
 def test_config_overrides_and_unknown_keys():
-    config = parse_config({"train": {"epochs": 3}}, ["train.lr=0.2", "prune.skip=[a, b.*]"])
+    given = {"train": {"epochs": 3}}
+    config = parse_config(given, ["train.lr=0.2", "prune.skip=[a, b.*]"])
     assert (config.train.epochs, config.train.lr, config.prune.skip) == (3, 0.2, ["a", "b.*"])
+    assert given == {"train": {"epochs": 3}}  # the caller's dicts are left as they were
     with pytest.raises(FilterpruneError, match="invalid config: prune.criterion"):
         parse_config({"prune": {"criterion": "l7"}})
     with pytest.raises(FilterpruneError, match="not of the form"):

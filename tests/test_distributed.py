@@ -11,6 +11,7 @@ import torch
 
 from filterprune.checkpoint import load_model
 from filterprune.data import BatchLoader
+from filterprune.pipeline.results import RunResults
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -50,19 +51,20 @@ def test_two_process_run_writes_once_and_resumes(tmp_path, config):
     done = torchrun(*args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)  # rank 0 alone printed: one JSON document
-    results = json.loads((out / "results.json").read_text())
-    assert printed["baseline"] == results["baseline"]
-    assert results["environment"]["processes"] == 2
-    assert results["baseline"]["top1"] > 50 and results["baseline"]["epochs"] == 2
-    assert list(results["sensitivity"]["layers"]) == ["features.0", "features.4"]  # both ranks'
+    results = RunResults.load(out / "results.json")
+    assert printed["baseline"] == vars(results.baseline)
+    assert results.environment.processes == 2
+    assert results.baseline.top1 > 50 and results.baseline.epochs == 2
+    assert list(results.sensitivity.layers) == ["features.0", "features.4"]  # both ranks'
     assert done.stderr.count("baseline top-1") == 1  # rank 0 alone logged
     assert sorted(p.name for p in (out / "stages").iterdir()) == [
-        "baseline.json", "deploy.json", "pruned-50.json", "sensitivity.json"]  # no state file
+        "baseline.json", "deploy.json", "pruned-50.json", "sensitivity.json",
+        "sessions.json"]  # no state file
     assert not list(out.rglob("*.tmp"))
     model, _ = load_model(out / "pruned-50.safetensors")
     assert model.features[0].out_channels == 16
 
     again = torchrun(*args, "--resume", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["pruning"] == results["pruning"]
+    assert json.loads(again.stdout)["pruning"] == [vars(row) for row in results.pruning]
     assert "training" not in again.stderr  # every stage was read back

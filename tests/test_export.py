@@ -105,6 +105,5 @@ def test_onnx_export_matches_pytorch(name, tmp_path, capsys):
     # float rounding grows with depth and output size (randomized deep nets reach 1e7 here)
     scale = max(1.0, reference.abs().max().item())
     assert (torch.from_numpy(onnx_out) - reference).abs().max().item() <= 1e-4 * scale
-    assert 0 <= result["max_abs_diff"]
     assert main(["export", "--checkpoint", str(path), "--onnx", str(out)]) == 2
     assert "exists (use --overwrite)" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from filterprune.cli import main
 from filterprune.data.imagefolder import load_image_folder
 from filterprune.errors import FilterpruneError
 from filterprune.pipeline.config import parse_config
-from filterprune.pipeline.run import prepare
+from filterprune.pipeline.session import prepare
 
 
 def solid(color, size=(40, 30)) -> Image.Image:

@@ -1,16 +1,15 @@
 """Methods beyond one-shot L1 (clustering, soft pruning, distillation) and deployment metrics."""
 
-import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import make_results
 from test_graph_general import randomize_bn
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-import filterprune
 from filterprune.checkpoint import load_model
 from filterprune.deploy import rebuilt
 from filterprune.engine import (
@@ -23,6 +22,8 @@ from filterprune.engine import (
 from filterprune.errors import FilterpruneError
 from filterprune.models import create_model
 from filterprune.pipeline.config import parse_config
+from filterprune.pipeline.report import write_report
+from filterprune.pipeline.results import MethodRow, RunResults
 from filterprune.pipeline.run import run_pipeline
 from filterprune.training import TrainSettings, train
 from filterprune.training.distill import distillation_loss
@@ -167,6 +168,7 @@ def test_duplicate_method_names_are_refused():
         parse_config({"deploy": {"batch_sizes": [1, 0]}})
 
 
+@pytest.mark.slow  # every method and deployment in one run: ~16 s
 def test_one_run_compares_every_method(tmp_path, config):
     data = yaml.safe_load(config.read_text())
     data["prune"]["ratios"] = [0.5]
@@ -180,25 +182,25 @@ def test_one_run_compares_every_method(tmp_path, config):
     data["deploy"] |= {"max_spread": 1e-9}  # no machine is that steady: every latency unreliable
     out, lines = tmp_path / "run", []
     results = run_pipeline(parse_config(data), out, progress=False, log=lines.append)
-    pruned = results["pruning"][0]
-    assert list(results["methods"]) == ["l1-kd", "sfp", "unstructured", "cluster"]
-    for name, (row,) in results["methods"].items():
-        assert row["stage"] == f"{name}-50" and (out / f"{name}-50.safetensors").is_file()
+    pruned = results.pruning[0]
+    assert list(results.methods) == ["l1-kd", "sfp", "unstructured", "cluster"]
+    for name, (row,) in results.methods.items():
+        assert row.stage == f"{name}-50" and (out / f"{name}-50.safetensors").is_file()
         assert (out / "stages" / f"{name}-50.json").is_file()
     for name in ("l1-kd", "sfp", "cluster"):
-        (row,) = results["methods"][name]
-        assert row["macs"] == pruned["macs"] and row["kept"]["features.0"] == 16
+        (row,) = results.methods[name]
+        assert row.macs == pruned.macs and row.kept["features.0"] == 16
         model, spec = load_model(out / f"{name}-50.safetensors")
         assert model.features[0].out_channels == 16 and spec.plan is not None
-    (dense,) = results["methods"]["unstructured"]
-    assert dense["macs"] == results["baseline"]["macs"] and dense["kept"] == {}
+    (dense,) = results.methods["unstructured"]
+    assert dense.macs == results.baseline.macs and dense.kept == {}
     model, _ = load_model(out / "unstructured-50.safetensors")
     convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
     zeros = sum((w == 0).sum().item() for w in convs) / sum(w.numel() for w in convs)
-    assert zeros == pytest.approx(dense["zeroed_conv_weights"], abs=1e-3)
+    assert zeros == pytest.approx(dense.zeroed_conv_weights, abs=1e-3)
     # filter pruning at 0.5 keeps conv1 16x1x3x3, conv2 32x16x3x3 of 32x1x3x3, 64x32x3x3
-    assert dense["zeroed_conv_weights"] == pytest.approx(1 - 4752 / 18720, abs=1e-3)
-    deploy = results["deploy"]
+    assert dense.zeroed_conv_weights == pytest.approx(1 - 4752 / 18720, abs=1e-3)
+    deploy = results.deploy
     stages = ["baseline", "pruned-50", "l1-kd-50", "sfp-50", "unstructured-50", "cluster-50"]
     assert list(deploy["models"]) == stages
     for stage in stages:
@@ -223,19 +225,19 @@ def test_one_run_compares_every_method(tmp_path, config):
     report = (out / "report.md").read_text()
     assert "## Methods compared" in report and "| sfp | 0.5 |" in report
     assert (out / "compare_accuracy_vs_latency.png").is_file()
-    assert json.loads((out / "results.json").read_text())["methods"] == results["methods"]
+    assert RunResults.load(out / "results.json").methods == results.methods
 
 
-def test_without_methods_and_deployment_the_report_has_no_comparison(tmp_path, config):
-    data = yaml.safe_load(config.read_text())
-    data |= {"sensitivity": {"enabled": False}, "deploy": {"enabled": False}}
-    data["prune"]["ratios"] = [0.5]
-    out = tmp_path / "run"
-    results = run_pipeline(parse_config(data), out, progress=False, log=lambda _: None)
-    assert results["methods"] == {} and results["deploy"] is None
-    assert "Methods compared" not in (out / "report.md").read_text()
-    assert not (out / "compare_accuracy_vs_macs.png").exists()
-    assert filterprune.load(out / "pruned-50.safetensors").features[0].out_channels == 16
+def test_without_methods_and_deployment_the_report_has_no_comparison(tmp_path):
+    results = make_results()  # no methods, no deployment
+    assert results.methods == {} and results.deploy is None
+    write_report(results, tmp_path)
+    assert "Methods compared" not in (tmp_path / "report.md").read_text()
+    assert not (tmp_path / "compare_accuracy_vs_macs.png").exists()
+    results.methods = {"sfp": [MethodRow(**vars(results.pruning[0]), method="sfp", kind="sfp")]}
+    write_report(results, tmp_path)
+    assert "| sfp | 0.5 |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "compare_accuracy_vs_macs.png").is_file()
 
 
 class Interrupted(Exception):
@@ -291,7 +293,7 @@ def test_interrupted_method_stages_resume_to_the_same_models(tmp_path, config, m
 def test_distill_hooks_follow_the_switch_and_leave_the_baseline_alone():
     from types import SimpleNamespace
 
-    from filterprune.pipeline.methods import distill_hooks
+    from filterprune.pipeline.pruned import distill_hooks
 
     session = SimpleNamespace(config=parse_config({"distill": {"temperature": 2.0, "alpha": 1.0}}),
                               device=torch.device("cpu"))

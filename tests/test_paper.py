@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_results, pruned_row
 
 from filterprune.cli import main
 from filterprune.cli.run import render
@@ -14,6 +15,7 @@ from filterprune.errors import FilterpruneError
 from filterprune.models import create_model
 from filterprune.paper import BASELINES, NAMED_PLANS, named_plan, paper_layer_ids
 from filterprune.pipeline.config import load_config, parse_config
+from filterprune.pipeline.results import RunResults
 
 # Li et al. 2017, Table 1, as printed: FLOP (= MACs) and parameters pruned, %.
 PRINTED_REDUCTIONS = {
@@ -103,11 +105,11 @@ def test_summary_of_a_named_plan(capsys):
 
 @pytest.mark.slow
 def test_paper_table_command_fills_errors_from_results(tmp_path, capsys):
-    results = {"model": "resnet56", "baseline": {"top1": 93.0},
-               "pruning": [{"plan": "resnet56-pruned-B", "ratio": None, "top1_after": 92.5},
-                           {"plan": None, "ratio": 0.5, "top1_after": 90.0}]}
-    path = tmp_path / "results.json"
-    path.write_text(json.dumps(results))
+    results = make_results()
+    results.model, results.baseline.top1 = "resnet56", 93.0
+    results.pruning = [pruned_row(0, 6_000_000, 3_000_000, 50.0, 92.5, plan="resnet56-pruned-B"),
+                       pruned_row(0.5, 3_000_000, 2_000_000, 40.0, 90.0)]
+    path = results.save(tmp_path / "results.json")
     assert main(["paper-table", "--results", str(path), "--json"]) == 0
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)["rows"]}
     assert list(rows) == ["vgg16", "vgg16-pruned-A", "resnet56", "resnet56-pruned-A",
@@ -126,8 +128,12 @@ def test_paper_table_command_fills_errors_from_results(tmp_path, capsys):
     path.write_text("{not json")
     assert main(["paper-table", "--results", str(path)]) == 2
     assert "cannot read results file" in capsys.readouterr().err
+    path.write_text(json.dumps({"model": "resnet56", "baseline": {"top1": 93.0}}))
+    assert main(["paper-table", "--results", str(path)]) == 2  # written before schema_version
+    assert "schema version None" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a resnet56 run: ~30 s on a loaded 2-core machine
 def test_run_prunes_by_a_named_plan(tmp_path, data_dir, capsys):
     config = tmp_path / "config.yaml"
     config.write_text(json.dumps({
@@ -135,7 +141,8 @@ def test_run_prunes_by_a_named_plan(tmp_path, data_dir, capsys):
         "data": {"name": "fashion-mnist", "data_dir": str(data_dir), "eval_batch_size": 50,
                  "train_subset": 100},
         "train": {"epochs": 1, "batch_size": 50}, "retrain": {"epochs": 1, "batch_size": 50},
-        "prune": {"plans": ["resnet56-pruned-A", "resnet56-pruned-B"], "ratios": [0.5]},
+        "prune": {"plans": ["resnet56-pruned-A", "resnet56-pruned-B"], "ratios": [0.5],
+                  "residual": "coupled"},
         "sensitivity": {"enabled": False}, "deploy": {"enabled": False}, "scratch": ["E"],
     }))
     out = tmp_path / "run"
@@ -146,14 +153,15 @@ def test_run_prunes_by_a_named_plan(tmp_path, data_dir, capsys):
     assert "resnet56-pruned-B" in text.splitlines()[3] and "0.5" in text.splitlines()[4]
     a, b, half = printed["pruning"]
     assert (a["plan"], b["plan"], half["plan"]) == ("resnet56-pruned-A", "resnet56-pruned-B", None)
+    assert (a["residual"], half["residual"]) == ("inner", "coupled")  # a named plan's own policy
     assert (a["ratio"], half["ratio"]) == (None, 0.5)
     assert len(a["kept"]) == 27 - 4 and set(a["kept"].values()) == {14, 28, 57}
     assert a["macs"] > b["macs"] > half["macs"]
     for stage in ("resnet56-pruned-A", "resnet56-pruned-B", "pruned-50"):
         assert (out / f"{stage}.safetensors").is_file()
     assert "resnet56-pruned-B" in (out / "report.md").read_text()
-    scratch = json.loads((out / "results.json").read_text())["scratch"]
-    assert [(c["plan"], c["kind"]) for c in scratch] == [
+    scratch = RunResults.load(out / "results.json").scratch
+    assert [(c.plan, c.kind) for c in scratch] == [
         ("resnet56-pruned-A", "E"), ("resnet56-pruned-B", "E"), (None, "E")]
     assert (out / "scratch-E-resnet56-pruned-B.safetensors").is_file()
 

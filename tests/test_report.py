@@ -1,75 +1,34 @@
 """Tests for the Markdown report and PNG plots of a pruning run."""
 
 import copy
+import json
 import re
 
 import pytest
+from conftest import BASE_MACS, BASE_PARAMS, BASE_TOP1, make_results, pruned_row
 from matplotlib.figure import Figure
 
+from filterprune.engine.coverage import BlockedLayer, Coverage
+from filterprune.errors import FilterpruneError
 from filterprune.pipeline.report import write_report
+from filterprune.pipeline.results import RunResults
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-BASE_TOP1 = 91.23
-BASE_MACS = 7_900_000
-BASE_PARAMS = 4_100_000
 PLOTS = {"sensitivity.png", "filter_norms.png", "accuracy_vs_macs.png", "accuracy_vs_params.png"}
-
-
-def _row(ratio, macs, params, before, after, top5=None):
-    return {
-        "ratio": ratio,
-        "macs": macs,
-        "params": params,
-        "macs_reduction": 1 - macs / BASE_MACS,
-        "params_reduction": 1 - params / BASE_PARAMS,
-        "top1_before": before,
-        "top1_after": after,
-        "top5_before": None if top5 is None else top5[0],
-        "top5_after": None if top5 is None else top5[1],
-        "retrain_epochs": 2,
-        "kept": {"features.0": 16, "features.4": 32},
-    }
 
 
 @pytest.fixture
 def results():
-    """A hand-written results dict: 2 layers, 3 ratios (given out of order)."""
-    return {
-        "model": "scnnb",
-        "dataset": {
-            "name": "fashion-mnist",
-            "train_size": 60000,
-            "test_size": 10000,
-            "num_classes": 10,
-        },
-        "criterion": "l1",
-        "strategy": "independent",
-        "residual": "inner",
-        "environment": {"filterprune": "0.1.0", "torch": "2.13.0", "device": "cpu", "seed": 0},
-        "baseline": {
-            "top1": BASE_TOP1,
-            "top5": None,
-            "macs": BASE_MACS,
-            "params": BASE_PARAMS,
-            "epochs": 10,
-            "train_time_s": 120.5,
-        },
-        "sensitivity": {
-            "ratios": [0.3, 0.6, 0.9],
-            # features.0 is worse at 0.6 but features.4 at the highest ratio, 0.9.
-            "layers": {"features.0": [90.5, 80.0, 70.1], "features.4": [91.0, 85.2, 60.3]},
-        },
-        "filter_norms": {
-            "features.0": [1.0, 0.9, 0.7, 0.4],
-            "features.4": [1.0, 0.95, 0.8, 0.6, 0.5, 0.3, 0.2, 0.1],
-        },
-        "pruning": [
-            _row(0.5, 3_002_000, 2_009_000, 70.20, 90.80),
-            _row(0.25, 6_320_000, 3_280_000, 85.10, 91.35),
-            _row(0.75, 1_186_000, 1_025_000, 31.50, 87.64),
-        ],
-        "wall_time_s": 170.2,
-    }
+    """Hand-written results: 2 layers, 3 ratios (given out of order)."""
+    return make_results()
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """The report of ``make_results()``, written once for the tests that only read it: (the
+    directory, the paths written)."""
+    out = tmp_path_factory.mktemp("report") / "run"  # created by write_report
+    return out, write_report(make_results(), out)
 
 
 def _section(text, heading):
@@ -88,16 +47,15 @@ def _table(section):
     return cells[0], cells[2:]
 
 
-def test_writes_all_files(results, tmp_path):
-    out = tmp_path / "run"  # created by write_report
-    paths = write_report(results, out)
+def test_writes_all_files(written):
+    out, paths = written
     assert {p.name for p in paths} == PLOTS | {"report.md"}
     assert all(p.is_file() and p.parent == out for p in paths)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths)  # no temp files
 
 
-def test_pngs_are_valid(results, tmp_path):
-    for path in write_report(results, tmp_path):
+def test_pngs_are_valid(written):
+    for path in written[1]:
         if path.suffix == ".png":
             data = path.read_bytes()
             assert data.startswith(PNG_MAGIC)
@@ -105,9 +63,8 @@ def test_pngs_are_valid(results, tmp_path):
             assert width > 100 and height > 100
 
 
-def test_main_table(results, tmp_path):
-    write_report(results, tmp_path)
-    text = (tmp_path / "report.md").read_text()
+def test_main_table(results, written):
+    text = (written[0] / "report.md").read_text()
     assert text.startswith("# ") and "scnnb" in text.splitlines()[0]
     assert "fashion-mnist" in text.splitlines()[0]
     assert "torch 2.13.0" in text and "seed 0" in text
@@ -126,18 +83,18 @@ def test_main_table(results, tmp_path):
         "drop vs baseline (after)",
     ]
     assert not any("top-5" in h for h in header)
-    expected_rows = sorted(results["pruning"], key=lambda r: r["ratio"])
+    expected_rows = sorted(results.pruning, key=lambda r: r.ratio)
     assert len(rows) == len(expected_rows) == 3
     for cells, row in zip(rows, expected_rows, strict=True):
         assert cells == [
-            f"{row['ratio']:g}",
-            f"{row['macs'] / 1e6:.2f}M",
-            f"{(1 - row['macs'] / BASE_MACS) * 100:.1f}%",
-            f"{row['params'] / 1e6:.2f}M",
-            f"{(1 - row['params'] / BASE_PARAMS) * 100:.1f}%",
-            f"{row['top1_before']:.2f}",
-            f"{row['top1_after']:.2f}",
-            f"{BASE_TOP1 - row['top1_after']:.2f}",
+            f"{row.ratio:g}",
+            f"{row.macs / 1e6:.2f}M",
+            f"{(1 - row.macs / BASE_MACS) * 100:.1f}%",
+            f"{row.params / 1e6:.2f}M",
+            f"{(1 - row.params / BASE_PARAMS) * 100:.1f}%",
+            f"{row.top1_before:.2f}",
+            f"{row.top1_after:.2f}",
+            f"{BASE_TOP1 - row.top1_after:.2f}",
         ]
     # Spelled out: 91.23 - 90.80 = 0.43 lost; 91.23 - 91.35 = -0.12 (a gain); 1 - 3.002 / 7.9.
     by_ratio = {cells[0]: cells for cells in rows}
@@ -147,9 +104,8 @@ def test_main_table(results, tmp_path):
     assert "Wall time: 170.2 s" in text
 
 
-def test_sensitivity_table_and_most_sensitive_layer(results, tmp_path):
-    write_report(results, tmp_path)
-    section = _section((tmp_path / "report.md").read_text(), "Sensitivity")
+def test_sensitivity_table_and_most_sensitive_layer(written):
+    section = _section((written[0] / "report.md").read_text(), "Sensitivity")
     header, rows = _table(section)
     assert header == ["layer", "30.0%", "60.0%", "90.0%"]
     assert [cells[0] for cells in rows] == ["`features.0`", "`features.4`"]
@@ -159,16 +115,15 @@ def test_sensitivity_table_and_most_sensitive_layer(results, tmp_path):
     assert f"{BASE_TOP1 - 60.3:.2f}" in note
 
 
-def test_plots_embedded_with_relative_links(results, tmp_path):
-    write_report(results, tmp_path)
-    text = (tmp_path / "report.md").read_text()
+def test_plots_embedded_with_relative_links(written):
+    text = (written[0] / "report.md").read_text()
     for name in PLOTS:
         assert f"]({name})" in text
 
 
 def test_without_sensitivity(results, tmp_path):
     (tmp_path / "sensitivity.png").write_bytes(PNG_MAGIC)  # stale, from an earlier run
-    results["sensitivity"] = None
+    results.sensitivity = None
     paths = write_report(results, tmp_path)
     assert {p.name for p in paths} == PLOTS - {"sensitivity.png"} | {"report.md"}
     assert not (tmp_path / "sensitivity.png").exists()
@@ -181,11 +136,11 @@ def test_without_sensitivity(results, tmp_path):
 
 def test_top5_columns_only_when_present(results, tmp_path):
     with_top5 = copy.deepcopy(results)
-    with_top5["dataset"]["num_classes"] = 100
-    with_top5["baseline"]["top5"] = 95.5
-    with_top5["pruning"] = [
-        _row(0.25, 6_320_000, 3_280_000, 60.0, 70.1, top5=(85.0, 95.1)),
-        _row(0.5, 3_002_000, 2_009_000, 40.0, 68.0, top5=(70.0, 93.25)),
+    with_top5.dataset.num_classes = 100
+    with_top5.baseline.top5 = 95.5
+    with_top5.pruning = [
+        pruned_row(0.25, 6_320_000, 3_280_000, 60.0, 70.1, top5=(85.0, 95.1)),
+        pruned_row(0.5, 3_002_000, 2_009_000, 40.0, 68.0, top5=(70.0, 93.25)),
     ]
     write_report(with_top5, tmp_path)
     header, rows = _table(_section((tmp_path / "report.md").read_text(), "One-shot"))
@@ -213,11 +168,10 @@ def test_interrupted_write_keeps_previous_files(results, tmp_path, monkeypatch):
 
 
 def test_the_report_says_what_share_of_the_conv_macs_pruning_reaches(results, tmp_path):
-    results["coverage"] = {
-        "conv_macs": 1000, "reached_share": 0.25,
-        "blocked": [{"name": "small", "macs": 50, "reason": "its channels reach the output"},
-                    {"name": "up", "macs": 700, "reason": "'up' is a ConvTranspose2d"}],
-    }
+    results.coverage = Coverage(
+        conv_macs=1000, requested_macs=1000, reached_macs=250, prunable_macs=250,
+        blocked=(BlockedLayer("small", 50, "its channels reach the output"),
+                 BlockedLayer("up", 700, "'up' is a ConvTranspose2d")))
     write_report(results, tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert "Pruning every layer reaches 25% of the conv MACs" in text
@@ -225,3 +179,19 @@ def test_the_report_says_what_share_of_the_conv_macs_pruning_reaches(results, tm
     # the largest first, each with its share and reason
     assert text.index("`up` (70.0% of the conv MACs): 'up' is a ConvTranspose2d") < text.index(
         "`small` (5.0% of the conv MACs)")
+
+
+def test_results_round_trip_through_json_and_refuse_other_schema_versions(results, tmp_path):
+    path = results.save(tmp_path / "results.json")
+    assert RunResults.load(path) == results
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == 1 and data["coverage"]["reached_share"] == 1.0
+    del data["schema_version"]  # written before the schema existed
+    path.write_text(json.dumps(data))
+    with pytest.raises(FilterpruneError, match="schema version None"):
+        RunResults.load(path)
+    data["schema_version"] = 1
+    del data["pruning"][0]["top1_after"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(FilterpruneError, match="top1_after"):
+        RunResults.load(path)

@@ -15,6 +15,9 @@ from filterprune.cli import main
 from filterprune.data import BatchLoader
 from filterprune.errors import FilterpruneError
 from filterprune.models import create_model
+from filterprune.pipeline.config import load_config
+from filterprune.pipeline.results import RunResults
+from filterprune.pipeline.session import open_run
 from filterprune.training import TrainSettings, train
 
 
@@ -32,6 +35,7 @@ def resume_args(config):
             "--set", "prune.ratios=[0.5]", "--set", "retrain.epochs=2"]
 
 
+@pytest.mark.slow  # two CLI runs, one killed: ~65 s under load
 def test_killed_run_resumes_to_the_same_final_weights(tmp_path, config):
     """A run killed (SIGKILL) after its first checkpoint, then resumed, equals an uninterrupted
     one."""
@@ -59,15 +63,22 @@ def test_killed_run_resumes_to_the_same_final_weights(tmp_path, config):
 
     for name in ["baseline.safetensors", "pruned-50.safetensors"]:
         assert tensors_equal(tmp_path / "whole" / name, killed / name), name
-    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
-    again = json.loads((killed / "results.json").read_text())
-    assert again["pruning"] == whole["pruning"]
-    assert [h["loss"] for h in again["baseline"]["history"]] == [
-        h["loss"] for h in whole["baseline"]["history"]
+    whole = RunResults.load(tmp_path / "whole" / "results.json")
+    again = RunResults.load(killed / "results.json")
+    assert again.pruning == whole.pruning
+    assert [h["loss"] for h in again.baseline.history] == [
+        h["loss"] for h in whole.baseline.history
     ]
+    assert "continuing baseline from its last epoch" in " ".join(resumed.stderr.split())
+    killed_session, resumed_session = json.loads(
+        (killed / "stages" / "sessions.json").read_text())["sessions"]
+    assert killed_session["elapsed_s"] > 0.1  # counted up to its last epoch's state file
+    assert again.wall_time_s == pytest.approx(
+        killed_session["elapsed_s"] + resumed_session["elapsed_s"], abs=0.05)
     assert not list((killed / "stages").glob("*.state.safetensors"))
 
 
+@pytest.mark.slow  # a run, then its resume: ~13 s
 def test_finished_stages_are_not_redone(tmp_path, config, monkeypatch, capsys):
     out = tmp_path / "run"
     assert main([*map(str, resume_args(config)), "--out", str(out)]) == 0
@@ -76,20 +87,32 @@ def test_finished_stages_are_not_redone(tmp_path, config, monkeypatch, capsys):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished stage was trained again")
 
-    monkeypatch.setattr("filterprune.pipeline.run.train", no_training)
+    first = json.loads((out / "stages" / "sessions.json").read_text())["sessions"]
+    capsys.readouterr()
+    monkeypatch.setattr("filterprune.pipeline.session.train", no_training)
     assert main([*map(str, resume_args(config)), "--out", str(out), "--resume"]) == 0
+    logged = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert "3 stage(s) finished (baseline, pruned-50, deploy)" in logged
     assert (out / "report.md").read_text().split("Wall time")[0] == report.split("Wall time")[0]
+    sessions = json.loads((out / "stages" / "sessions.json").read_text())["sessions"]
+    assert len(first) == 1 and len(sessions) == 2
+    assert sessions[0]["elapsed_s"] == pytest.approx(first[0]["elapsed_s"], abs=0.05)
+    assert RunResults.load(out / "results.json").wall_time_s == pytest.approx(
+        sum(s["elapsed_s"] for s in sessions), abs=0.05)
 
 
 def test_resume_under_a_different_config_is_refused(tmp_path, config, capsys):
     out = tmp_path / "run"
     args = [*map(str, resume_args(config)), "--out", str(out)]
-    assert main([*args, "--set", "train.epochs=1"]) == 0
-    capsys.readouterr()
+    earlier = load_config(config, [*resume_args(config)[3::2], "train.epochs=1"])
+    open_run(out, earlier, resume=False, log=print)  # what a run under train.epochs=1 leaves
     assert main([*args, "--resume"]) == 2
     assert "config key 'train.epochs' was 1, now 4" in capsys.readouterr().err
     assert main(["run", str(config), "--out", str(tmp_path / "none"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["run", str(config), "--out", str(tmp_path / "empty"), "--resume"]) == 2
+    assert "holds no run (no config.yaml)" in capsys.readouterr().err
 
 
 def _batches(seed: int) -> BatchLoader:

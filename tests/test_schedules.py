@@ -16,7 +16,7 @@ from filterprune.pipeline.schedules import scratch_epochs
 OVERRIDES = [
     "train.epochs=2", "retrain.epochs=1", "prune.ratios=[0.5]", "prune.schedule=iterative",
     "prune.iterative_epochs=1", "sensitivity.ratios=[0.5]", "sensitivity.retrain_epochs=1",
-    "scratch=[E, B]", "device=cpu",
+    "scratch=[E, B]", "device=cpu", "deploy.enabled=false",
 ]
 
 
@@ -40,11 +40,12 @@ def run(tmp_path_factory, data_dir):
     return config, out, run_pipeline(config, out, progress=False, log=quiet)
 
 
+@pytest.mark.slow  # the shared run (iterative, scratch, retrained sensitivity): ~30 s
 def test_iterative_prunes_each_layer_as_one_shot_would(run):
     _, out, results = run
-    row = results["pruning"][0]
-    assert row["schedule"] == "iterative"
-    assert row["kept"] == {"features.0": 16, "features.4": 32}  # floor(n * (1 - 0.5))
+    row = results.pruning[0]
+    assert row.schedule == "iterative"
+    assert row.kept == {"features.0": 16, "features.4": 32}  # floor(n * (1 - 0.5))
     steps = [json.loads((out / "stages" / f"pruned-50-step0{k}.json").read_text())
              for k in (1, 2)]
     assert [s["layers"] for s in steps] == [["features.0"], ["features.4"]]
@@ -56,13 +57,14 @@ def test_iterative_prunes_each_layer_as_one_shot_would(run):
     assert "## Iterative pruning of all layers" in report
 
 
+@pytest.mark.slow  # the shared run (iterative, scratch, retrained sensitivity): ~30 s
 def test_scratch_controls_rebuild_the_pruned_widths_with_fresh_weights(run):
     config, out, results = run
-    baseline, row = results["baseline"], results["pruning"][0]
-    by_kind = {r["kind"]: r for r in results["scratch"]}
-    assert by_kind["E"]["epochs"] == config.train.epochs
-    assert by_kind["B"]["epochs"] == round(config.train.epochs * baseline["macs"] / row["macs"])
-    assert by_kind["B"]["epochs"] > by_kind["E"]["epochs"]
+    baseline, row = results.baseline, results.pruning[0]
+    by_kind = {r.kind: r for r in results.scratch}
+    assert by_kind["E"].epochs == config.train.epochs
+    assert by_kind["B"].epochs == round(config.train.epochs * baseline.macs / row.macs)
+    assert by_kind["B"].epochs > by_kind["E"].epochs
     pruned = load_file(str(out / "pruned-50.safetensors"))
     for kind in "EB":
         scratch = load_file(str(out / f"scratch-{kind}-50.safetensors"))
@@ -82,11 +84,12 @@ def test_scratch_epochs():
     assert scratch_epochs("B", 10, 3, 2) == 15
 
 
+@pytest.mark.slow  # the shared run (iterative, scratch, retrained sensitivity): ~30 s
 def test_sensitivity_with_retraining_resumes_per_layer_and_ratio(run):
     config, out, results = run
-    sensitivity = results["sensitivity"]
-    assert sensitivity["retrain_epochs"] == 1
-    assert list(sensitivity["layers"]) == ["features.0", "features.4"]
+    sensitivity = results.sensitivity
+    assert sensitivity.retrain_epochs == 1
+    assert list(sensitivity.layers) == ["features.0", "features.4"]
     assert "retrained 1 epochs" in (out / "report.md").read_text()
     # A resumed run reads the finished (layer, ratio) stages back and redoes the rest.
     resumed = out.parent / "resumed"
@@ -99,8 +102,8 @@ def test_sensitivity_with_retraining_resumes_per_layer_and_ratio(run):
     marked["top1"] = -1.0
     (stages / "sensitivity-features.0-50.json").write_text(json.dumps(marked))
     again = run_pipeline(config, resumed, resume=True, progress=False, log=quiet)
-    assert again["sensitivity"]["layers"]["features.0"] == [-1.0]
-    assert again["sensitivity"]["layers"]["features.4"] == sensitivity["layers"]["features.4"]
+    assert again.sensitivity.layers["features.0"] == [-1.0]
+    assert again.sensitivity.layers["features.4"] == sensitivity.layers["features.4"]
     for name in ["pruned-50.safetensors", "stages/pruned-50-step02.safetensors"]:
         first, second = load_file(str(out / name)), load_file(str(resumed / name))
         assert all(torch.equal(first[k], second[k]) for k in first), name

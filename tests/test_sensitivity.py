@@ -1,5 +1,7 @@
 """Sensitivity analysis without copies: the same outputs and accuracies as pruned copies."""
 
+import json
+
 import pytest
 import torch
 from test_graph_general import (
@@ -10,12 +12,17 @@ from test_graph_general import (
     randomize_bn,
 )
 
+import filterprune
+from filterprune.analysis import sensitivity_plans, top1_by_copies, top1_shared_prefix
+from filterprune.checkpoint import save_model
+from filterprune.cli import main
 from filterprune.engine import PrunedVariants, apply_plan, trace
 from filterprune.errors import FilterpruneError
 from filterprune.models import create_model
+from filterprune.pipeline.analysis import sensitivity
 from filterprune.pipeline.config import load_config
-from filterprune.pipeline.run import initial_model, prepare, sensitivity
-from filterprune.pipeline.sensitivity import sensitivity_plans, top1_by_copies, top1_shared_prefix
+from filterprune.pipeline.run import initial_model
+from filterprune.pipeline.session import prepare
 from filterprune.training import evaluate
 
 RATIOS = [0.0, 0.5, 0.9]
@@ -62,7 +69,7 @@ def test_shared_prefix_top1_equals_copies(name, shape):
     graph = trace(model, images[:1])
     plans = sensitivity_plans(model, graph, list(graph.layers), [0.1, 0.5, 0.9], "l2")
     fast = top1_shared_prefix(model, graph, plans, batches)
-    reference = top1_by_copies(model, graph, plans, lambda m: evaluate(m, batches))
+    reference = top1_by_copies(model, graph, plans, lambda m: evaluate(m, batches)["top1"])
     assert fast == reference
     assert list(fast) == list(graph.layers)
     assert any(a < 100 for accuracies in fast.values() for a in accuracies)
@@ -79,6 +86,16 @@ def test_pipeline_methods_agree(config):
         results[method] = sensitivity(session, model, graph, [0.5, 0.9], lambda line: None)
     assert results["shared-prefix"] == results["copies"]
     assert list(results["copies"]["layers"]) == ["features.0", "features.4"]
+
+
+def test_the_run_gives_the_numbers_of_the_public_sensitivity(config):
+    session = prepare(load_config(config, ["data.eval_batch_size=30"]), progress=False)
+    model = initial_model(session, print)
+    graph = trace(model, session.spec.example_input())
+    run = sensitivity(session, model, graph, [0.5, 0.9], lambda line: None)
+    public = filterprune.sensitivity(model, session.spec.example_input(),
+                                     data=session.test_batches, ratios=[0.5, 0.9])
+    assert run["layers"] == public.layers and run["ratios"] == public.ratios
 
 
 def test_unknown_method_is_rejected(config):
@@ -109,3 +126,35 @@ def test_models_fx_cannot_trace_fall_back_to_copies(config):
     reference = sensitivity(session, plain, trace(plain, session.spec.example_input()), [0.5],
                             lambda line: None)
     assert result["layers"] == {f"net.{name}": top1 for name, top1 in reference["layers"].items()}
+
+
+@pytest.mark.slow  # ~14 s on a loaded 2-core machine: 21 groups, then the command again
+def test_coupled_groups_are_analysed_once_by_the_run_and_the_command(config, tmp_path, capsys):
+    overrides = ["model.name=resnet20-dwse", "prune.residual=coupled", "sensitivity.ratios=[0.5]",
+                 "data.eval_batch_size=50"]
+    session = prepare(load_config(config, overrides), progress=False)
+    model = initial_model(session, print)
+    graph = trace(model, session.spec.example_input(), residual="coupled")
+    result = sensitivity(session, model, graph, [0.5], lambda line: None)
+    groups = {id(group): group for group in graph.layers.values()}.values()
+    assert len(result["layers"]) == len(groups) < len(graph.layers)
+    assert sorted(result["members"].values()) == sorted(
+        list(g.members) for g in groups if len(g.members) > 1)
+    path = save_model(tmp_path / "resnet20-dwse.safetensors", model, session.spec)
+    argv = ["sensitivity", str(config), "--checkpoint", str(path), "--json"]
+    assert main([*argv, *(a for o in overrides for a in ("--set", o))]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"] == result["layers"]
+
+
+def test_the_random_criterion_follows_the_seed_of_the_run_and_stage(config):
+    weight = torch.randn(16, 3, 3, 3)
+
+    def scores(seed, stage):
+        session = prepare(load_config(config, ["prune.criterion=random", f"seed={seed}"]),
+                          progress=False)
+        return session.criterion(stage)(weight)
+
+    assert torch.equal(scores(1, "pruned-50"), scores(1, "pruned-50"))
+    assert not torch.equal(scores(1, "pruned-50"), scores(2, "pruned-50"))
+    assert not torch.equal(scores(1, "pruned-50"), scores(1, "pruned-30"))
+    assert prepare(load_config(config), progress=False).criterion("pruned-50") == "l1"

@@ -64,6 +64,10 @@ def test_sample_images_streams_the_same_images(small):
     memory = torch.cat(list(sample_images(small, 40, 16, seed=1)))
     stream = torch.cat(list(sample_images(streamed(small), 40, 16, seed=1)))
     torch.testing.assert_close(memory, stream)
+    n = len(small.train_labels)
+    for dataset in (small, streamed(small)):
+        with pytest.raises(FilterpruneError, match=f"asked for {n + 1} training images"):
+            sample_images(dataset, n + 1, 16, seed=1)
 
 
 def test_an_image_folder_streams_the_images_it_would_hold(tmp_path):

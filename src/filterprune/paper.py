@@ -14,7 +14,6 @@ computes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from filterprune.engine import (
 from filterprune.engine.criteria import Criterion
 from filterprune.errors import FilterpruneError
 from filterprune.models import create_model
+from filterprune.pipeline.results import RunResults
 
 
 @dataclass(frozen=True)
@@ -266,7 +266,7 @@ def paper_table(results: Sequence[str | Path] = ()) -> list[dict]:
         ``reported`` (the paper's figures).
 
     Raises:
-        FilterpruneError: an unreadable results file.
+        FilterpruneError: an unreadable results file, or one of another schema version.
     """
     measured = _errors(results)
     rows = []
@@ -295,18 +295,16 @@ def _row(name, model, cost, base, reported, measured) -> dict:
 
 
 def _errors(paths: Sequence[str | Path]) -> dict[str, dict]:
-    """Row name -> {"error": %, "scratch_error": %} from ``filterprune run`` results files."""
+    """Row name -> {"error": %, "scratch_error": %} from ``filterprune run`` results files
+    (read through ``filterprune.pipeline.results.RunResults``)."""
     errors: dict[str, dict] = {}
     for path in paths:
-        try:
-            results = json.loads(Path(path).read_text())
-            errors.setdefault(results["model"], {})["error"] = 100 - results["baseline"]["top1"]
-            for point in results.get("pruning", []):
-                if point.get("plan"):
-                    errors.setdefault(point["plan"], {})["error"] = 100 - point["top1_after"]
-            for control in results.get("scratch") or []:
-                if control.get("plan") and control["kind"] == "E":  # the paper's scratch-train
-                    errors.setdefault(control["plan"], {})["scratch_error"] = 100 - control["top1"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise FilterpruneError(f"cannot read results file {path}: {e}") from None
+        results = RunResults.load(path)
+        errors.setdefault(results.model, {})["error"] = 100 - results.baseline.top1
+        for point in results.pruning:
+            if point.plan:
+                errors.setdefault(point.plan, {})["error"] = 100 - point.top1_after
+        for control in results.scratch:
+            if control.plan and control.kind == "E":  # the paper's scratch-train
+                errors.setdefault(control.plan, {})["scratch_error"] = 100 - control.top1
     return errors

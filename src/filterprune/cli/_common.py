@@ -12,6 +12,7 @@ from filterprune import distributed
 from filterprune.checkpoint import ModelSpec, build_model, load_model
 from filterprune.errors import FilterpruneError
 from filterprune.pipeline.config import RunConfig, load_config
+from filterprune.pipeline.session import SESSIONS
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,9 +125,12 @@ def output_dir(args: argparse.Namespace, config_path: str) -> Path:
     Under torchrun every process checks before any writes (a barrier), so a later rank never
     finds the config rank 0 has just written and refuses the directory.
 
+    A directory holding only what a run that finished no stage and saved no training state
+    leaves (``config.yaml``, ``stages/sessions.json``) counts as empty.
+
     Raises:
-        FilterpruneError: ``--out`` is a file, a non-empty directory without ``--resume`` or
-            ``--overwrite``, or ``--resume`` names no existing directory.
+        FilterpruneError: ``--out`` is a file or lies under one, a non-empty directory without
+            ``--resume`` or ``--overwrite``, or ``--resume`` names no directory holding a run.
     """
     out = _checked_output_dir(args, config_path)
     distributed.barrier()
@@ -138,6 +142,8 @@ def _checked_output_dir(args: argparse.Namespace, config_path: str) -> Path:
         out = Path(args.out or Path("runs") / Path(config_path).stem)
         if not out.is_dir():
             raise FilterpruneError(f"nothing to resume: {out} is not a directory")
+        if not (out / "config.yaml").is_file():
+            raise FilterpruneError(f"nothing to resume: {out} holds no run (no config.yaml)")
         return out
     if args.out is None:
         base = Path("runs") / Path(config_path).stem
@@ -149,11 +155,27 @@ def _checked_output_dir(args: argparse.Namespace, config_path: str) -> Path:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FilterpruneError(f"output directory {out} is a file")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+    above = next(p for p in out.absolute().parents if p.exists())
+    if not above.is_dir():
+        raise FilterpruneError(f"cannot create output directory {out}: {above} is a file")
+    if out.is_dir() and not _holds_nothing_done(out) and not args.overwrite:
         raise FilterpruneError(
             f"output directory {out} is not empty (use --resume or --overwrite)"
         )
     return out
+
+
+def _holds_nothing_done(out: Path) -> bool:
+    """True for an empty directory, or one holding only what a run that finished nothing
+    leaves: its ``config.yaml`` and a ``stages/`` holding at most its ``sessions.json``."""
+    for entry in out.iterdir():
+        if entry.name == "config.yaml" and entry.is_file():
+            continue
+        if entry.name == "stages" and entry.is_dir() and all(
+                p.name == SESSIONS for p in entry.iterdir()):
+            continue
+        return False
+    return True
 
 
 def quiet(message: str) -> None:

@@ -17,7 +17,7 @@ from filterprune.pipeline.criteria import (
     compare_criteria,
     criteria_figure,
 )
-from filterprune.pipeline.run import load_checkpoint, prepare
+from filterprune.pipeline.session import load_checkpoint, prepare
 
 JSON_NAME = "criteria.json"
 PNG_NAME = "criteria.png"

@@ -6,7 +6,7 @@ import argparse
 
 from filterprune.cli._common import add_config_arguments, config_from_args, render_fields
 from filterprune.engine import profile
-from filterprune.pipeline.run import load_checkpoint, prepare
+from filterprune.pipeline.session import load_checkpoint, prepare
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:

@@ -11,9 +11,10 @@ from filterprune.cli._common import (
     add_output_arguments,
     config_from_args,
     output_dir,
+    quiet,
     render_fields,
 )
-from filterprune.pipeline.run import load_checkpoint, open_run, prepare
+from filterprune.pipeline.session import load_checkpoint, open_run, prepare
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -32,9 +33,9 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     config = config_from_args(args)
     out = output_dir(args, args.config)
-    stages = open_run(out, config, args.resume)
     session = prepare(config, progress=not args.json)
     model = load_checkpoint(session, args.checkpoint)
+    stages = open_run(out, config, args.resume, quiet)
 
     def finetune() -> dict:
         before = session.evaluate(model)["top1"]

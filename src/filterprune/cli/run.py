@@ -10,7 +10,7 @@ from filterprune.cli._common import (
     config_from_args,
     output_dir,
 )
-from filterprune.pipeline.comparison import point_label
+from filterprune.pipeline.results import RunResults
 from filterprune.pipeline.run import run_pipeline
 
 
@@ -30,14 +30,15 @@ def run(args: argparse.Namespace) -> dict:
     config = config_from_args(args)
     out = output_dir(args, args.config)
     results = run_pipeline(config, out, resume=args.resume, progress=not args.json)
-    return {"out_dir": str(out), **results}
+    return {"out_dir": str(out), **results.to_dict()}
 
 
 def render(result: dict) -> str:
-    base = result["baseline"]
-    lines = [f"baseline: top-1 {base['top1']:.2f}%, {base['macs'] / 1e6:.2f}M MACs",
+    results = RunResults.from_dict({k: v for k, v in result.items() if k != "out_dir"})
+    base = results.baseline
+    lines = [f"baseline: top-1 {base.top1:.2f}%, {base.macs / 1e6:.2f}M MACs",
              "ratio / plan        MACs reduction  top-1 before  top-1 after"]
-    lines += [f"{point_label(r):<18}  {r['macs_reduction']:>14.1%}  {r['top1_before']:>12.2f}"
-              f"  {r['top1_after']:>11.2f}" for r in result["pruning"]]
+    lines += [f"{r.label:<18}  {r.macs_reduction:>14.1%}  {r.top1_before:>12.2f}"
+              f"  {r.top1_after:>11.2f}" for r in results.pruning]
     lines.append(f"report: {result['out_dir']}/report.md")
     return "\n".join(lines)

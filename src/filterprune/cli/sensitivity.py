@@ -10,14 +10,16 @@ from filterprune._io import atomic_write_text
 from filterprune.cli._common import add_config_arguments, config_from_args, quiet
 from filterprune.engine import trace
 from filterprune.errors import FilterpruneError
-from filterprune.pipeline.run import load_checkpoint, prepare, sensitivity
+from filterprune.pipeline.analysis import sensitivity
+from filterprune.pipeline.session import load_checkpoint, prepare
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
         "sensitivity", parents=[common], help="sensitivity of each layer to pruning (Fig. 2b)",
         description="Prune each prunable conv alone at each ratio of sensitivity.ratios and "
-        "evaluate top-1 without retraining (Li et al. 2017, §3.2).",
+        "evaluate top-1 without retraining (Li et al. 2017, §3.2); under prune.residual: coupled, "
+        "one layer per channel group, as `filterprune run` analyses them.",
     )
     add_config_arguments(parser)
     parser.add_argument("--checkpoint", required=True, help="trained model (.safetensors)")
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> dict:
                                "in `filterprune run`, whose stages make it resumable")
     session = prepare(config, progress=False)
     model = load_checkpoint(session, args.checkpoint)
-    graph = trace(model, session.spec.example_input())
+    graph = trace(model, session.spec.example_input(), residual=config.prune.residual)
     result = {"baseline_top1": session.evaluate(model)["top1"], "split": "test",
               **sensitivity(session, model, graph, config.sensitivity.ratios, quiet)}
     if args.out:

@@ -12,7 +12,8 @@ from filterprune.cli._common import (
     quiet,
     render_fields,
 )
-from filterprune.pipeline.run import baseline_stage, initial_model, open_run, prepare
+from filterprune.pipeline.run import baseline_stage, initial_model
+from filterprune.pipeline.session import open_run, prepare
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -29,8 +30,9 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     config = config_from_args(args)
     out = output_dir(args, args.config)
-    stages = open_run(out, config, args.resume)
     session = prepare(config, progress=not args.json)
-    _, metrics = baseline_stage(session, initial_model(session, quiet), stages, out, quiet)
+    model = initial_model(session, quiet)
+    stages = open_run(out, config, args.resume, quiet)
+    _, metrics = baseline_stage(session, model, stages, out, quiet)
     metrics.pop("history")
     return {"checkpoint": str(out / "baseline.safetensors"), **metrics}

@@ -220,10 +220,17 @@ def sample_images(
 ) -> Iterator[torch.Tensor]:
     """``count`` training images drawn at random (seeded), normalised as for training but not
     augmented: float32 batches (B, C, H, W) of at most ``batch_size``, in index order (e.g. the
-    images activation statistics or feature maps are computed on)."""
+    images activation statistics or feature maps are computed on).
+
+    Raises:
+        FilterpruneError: ``count`` is not in [1, number of training images].
+    """
     generator = torch.Generator().manual_seed(seed)
     streamed = isinstance(dataset, StreamedDataset)
     n = len(dataset.train) if streamed else len(dataset.train_labels)
+    if not 1 <= count <= n:
+        raise FilterpruneError(f"asked for {count} training images of {dataset.name}, which has "
+                               f"{n}")
     keep = torch.randperm(n, generator=generator)[:count].sort().values
     if streamed:
         loader = StreamLoader(Subset(dataset.train, keep.tolist()), batch_size,

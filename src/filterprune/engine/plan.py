@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from filterprune._io import atomic_write_text
 from filterprune.engine.criteria import Criterion, get_criterion
 from filterprune.engine.graph import ChannelGroup, DependencyGraph, input_weight, layout_index
 from filterprune.errors import FilterpruneError
@@ -124,7 +125,8 @@ class PruningPlan:
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        """Writes the plan as JSON, atomically (an interrupted write leaves no partial file)."""
+        atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> PruningPlan:

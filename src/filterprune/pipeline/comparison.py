@@ -13,48 +13,44 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
+from filterprune.pipeline.results import Baseline, PrunedRow, RunResults
+
 COMPARE_MACS_PNG = "compare_accuracy_vs_macs.png"
 COMPARE_LATENCY_PNG = "compare_accuracy_vs_latency.png"
 TITLES = {COMPARE_MACS_PNG: "Top-1 vs MACs, per method",
           COMPARE_LATENCY_PNG: "Top-1 vs measured latency, per method"}
 
 
-def point_label(row: dict) -> str:
-    """A pruning point's label: its ratio (``0.5``) or its named plan."""
-    return row.get("plan") or f"{row['ratio']:g}"
-
-
-def method_rows(results: dict) -> dict[str, list[dict]]:
+def method_rows(results: RunResults) -> dict[str, list[PrunedRow]]:
     """Method name -> its rows, largest MACs first, the one-shot sweep first (``l1 one-shot``;
     method names have no spaces, so it cannot clash with one)."""
-    methods = {f"{results['criterion']} one-shot": results["pruning"],
-               **results.get("methods", {})}
-    return {name: sorted(rows, key=lambda row: -row["macs"]) for name, rows in methods.items()}
+    methods = {f"{results.criterion} one-shot": results.pruning, **results.methods}
+    return {name: sorted(rows, key=lambda row: -row.macs) for name, rows in methods.items()}
 
 
-def comparison_figures(results: dict) -> dict[str, Figure]:
+def comparison_figures(results: RunResults) -> dict[str, Figure]:
     """The plots of the section: top-1 vs MACs and, with deployment metrics, vs latency."""
     methods = method_rows(results)
-    baseline = results["baseline"]
+    baseline = results.baseline
     figures = {COMPARE_MACS_PNG: _figure(
-        methods, baseline["top1"], baseline["macs"] / 1e6, lambda row: row["macs"] / 1e6,
+        methods, baseline.top1, baseline.macs / 1e6, lambda row: row.macs / 1e6,
         "MACs (millions)")}
-    deploy = results.get("deploy")
+    deploy = results.deploy
     if deploy is not None:
         models = deploy["models"]
         batch = str(deploy["batch_sizes"][-1])
         figures[COMPARE_LATENCY_PNG] = _figure(
-            methods, baseline["top1"], models["baseline"]["metrics"][batch]["latency_ms"],
-            lambda row: models[row["stage"]]["metrics"][batch]["latency_ms"],
+            methods, baseline.top1, models["baseline"]["metrics"][batch]["latency_ms"],
+            lambda row: models[row.stage]["metrics"][batch]["latency_ms"],
             f"latency at batch {batch} (ms, median)")
     return figures
 
 
-def comparison_lines(results: dict, fmt_count, table) -> list[str]:
+def comparison_lines(results: RunResults, fmt_count, table) -> list[str]:
     """The Markdown of the section (``fmt_count`` and ``table`` are report.py's formatters)."""
     methods = method_rows(results)
-    baseline = results["baseline"]
-    deploy = results.get("deploy")
+    baseline = results.baseline
+    deploy = results.deploy
     header = ["method", "ratio / plan", "top-1", "MACs", "params"]
     lines = ["## Methods compared", ""]
     if deploy is not None:
@@ -72,23 +68,23 @@ def comparison_lines(results: dict, fmt_count, table) -> list[str]:
             "latency over that of the same network built directly at its widths (1.00 = "
             "nothing left behind by pruning). Peak MB: tensor memory of one forward pass beyond "
             "the weights; size MB: the safetensors model file.", ""]
-    rows = [_row("baseline", None, baseline, baseline, deploy, "baseline", fmt_count)]
+    rows = [_row("baseline", None, baseline.top1, baseline, baseline, deploy, "baseline",
+                 fmt_count)]
     for name, method in methods.items():
-        rows += [_row(name, point_label(row), row, baseline, deploy, row.get("stage"), fmt_count)
-                 for row in method]
+        rows += [_row(name, row.label, row.top1_after, row, baseline, deploy, row.stage,
+                      fmt_count) for row in method]
     lines += table(header, rows)
-    if any(row.get("zeroed_conv_weights") is not None for rows in methods.values()
-           for row in rows):
+    if any(getattr(row, "zeroed_conv_weights", None) is not None
+           for rows in methods.values() for row in rows):
         lines += ["", "Unstructured rows zero that share of the conv weights but stay dense: "
                   "their MACs and latency are the baseline's."]
     return lines
 
 
-def _row(name: str, label: str | None, row: dict, baseline: dict, deploy: dict | None,
-         stage: str | None, fmt_count) -> list[str]:
+def _row(name: str, label: str | None, top1: float, row: PrunedRow | Baseline,
+         baseline: Baseline, deploy: dict | None, stage: str, fmt_count) -> list[str]:
     """One table row; ``label`` is the pruning point (None for the baseline)."""
-    top1 = row["top1"] if label is None else row["top1_after"]
-    cells = [name, label or "–", f"{top1:.2f}", fmt_count(row["macs"]), fmt_count(row["params"])]
+    cells = [name, label or "–", f"{top1:.2f}", fmt_count(row.macs), fmt_count(row.params)]
     if deploy is None:
         return cells
     model = deploy["models"].get(stage)
@@ -97,7 +93,7 @@ def _row(name: str, label: str | None, row: dict, baseline: dict, deploy: dict |
     metrics = model["metrics"]
     base = deploy["models"]["baseline"]["metrics"]
     small, large = (str(b) for b in (deploy["batch_sizes"][0], deploy["batch_sizes"][-1]))
-    mac_speedup = baseline["macs"] / row["macs"]
+    mac_speedup = baseline.macs / row.macs
     speed = {b: base[b]["latency_ms"] / metrics[b]["latency_ms"] for b in (small, large)}
     return cells + [
         f"{metrics[small]['latency_ms']:.3f} ({metrics[small]['iqr_ms']:.3f})",
@@ -112,13 +108,13 @@ def _row(name: str, label: str | None, row: dict, baseline: dict, deploy: dict |
     ]
 
 
-def _figure(methods: dict[str, list[dict]], baseline_top1: float, baseline_x: float, x_of,
+def _figure(methods: dict[str, list[PrunedRow]], baseline_top1: float, baseline_x: float, x_of,
             label: str) -> Figure:
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     for name, rows in methods.items():
         if rows:
-            ax.plot([x_of(row) for row in rows], [row["top1_after"] for row in rows],
+            ax.plot([x_of(row) for row in rows], [row.top1_after for row in rows],
                     marker="o", label=name)
     ax.plot(baseline_x, baseline_top1, marker="*", markersize=14, color="black",
             linestyle="none", label="baseline")

@@ -5,6 +5,7 @@ Unknown keys, wrong types and out-of-range values are errors that name the key.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,7 +17,6 @@ from filterprune.engine.graph import RESIDUAL_POLICIES
 from filterprune.engine.plan import STRATEGIES, check_ratio
 from filterprune.errors import FilterpruneError
 from filterprune.paper import named_plan
-from filterprune.pipeline.sensitivity import METHODS
 from filterprune.training.loop import ComputeSettings, TrainSettings
 
 SWEEP = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -105,10 +105,10 @@ class SensitivityConfig(_Strict):
     """Each prunable layer pruned alone at each ratio, evaluated without retraining (Fig. 2b),
     or after ``retrain_epochs`` epochs of retraining with the ``retrain`` settings (Fig. 2c).
     Without retraining, ``method`` ``shared-prefix`` (no copies, fast) or ``copies`` (the
-    reference, same numbers: filterprune.pipeline.sensitivity)."""
+    reference, same numbers: filterprune.analysis)."""
 
     enabled: bool = True
-    method: Literal[METHODS] = "shared-prefix"
+    method: Literal["shared-prefix", "copies"] = "shared-prefix"
     ratios: list[float] = Field(default_factory=lambda: list(SWEEP))
     retrain_epochs: int = Field(0, ge=0)
 
@@ -253,7 +253,7 @@ def parse_config(data: dict, overrides: list[str] = ()) -> RunConfig:
     Raises:
         FilterpruneError: one line naming the first invalid key.
     """
-    data = dict(data)
+    data = copy.deepcopy(data)  # the overrides set nested keys; the caller's dicts stay as given
     for assignment in overrides:
         _set(data, assignment)
     try:

@@ -25,7 +25,8 @@ from filterprune.engine import (
     random_criterion,
 )
 from filterprune.errors import FilterpruneError
-from filterprune.pipeline.run import Log, Session, sensitivity
+from filterprune.pipeline.analysis import sensitivity
+from filterprune.pipeline.session import Log, Session
 
 WEIGHT_CRITERIA = ("l1", "l2", "random", "l1-largest")
 ALL_CRITERIA = WEIGHT_CRITERIA + ACTIVATION_CRITERIA

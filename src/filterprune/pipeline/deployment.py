@@ -13,23 +13,20 @@ whether it is reliable, and the stage logs one line when the machine was too bus
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from filterprune import distributed
 from filterprune.checkpoint import load_model
 from filterprune.deploy import file_size_mb, measure, rebuilt
-
-if TYPE_CHECKING:
-    from filterprune.pipeline.run import Log, Session, Stages
+from filterprune.pipeline.session import Log, Session, Stages
 
 
 def deploy_stage(
-    session: Session, results: dict, stages: Stages, out_dir: Path, log: Log
+    session: Session, pruned: list[str], stages: Stages, out_dir: Path, log: Log
 ) -> dict | None:
-    """Measures the baseline and every model of ``results`` (stage ``deploy``), or None when
-    ``deploy.enabled`` is false (and on ranks other than 0 under torchrun).
+    """Measures the baseline and the models of the stages ``pruned`` (stage ``deploy``), or None
+    when ``deploy.enabled`` is false (and on ranks other than 0 under torchrun).
 
     Returns:
         ``{"device", "threads", "batch_sizes", "rounds"`` (the least rounds), ``"reliable"``
@@ -42,8 +39,7 @@ def deploy_stage(
     cfg = session.config.deploy
     if not cfg.enabled:
         return None
-    names = ["baseline"] + [row["stage"] for row in results["pruning"]] + [
-        row["stage"] for rows in results["methods"].values() for row in rows]
+    names = ["baseline", *pruned]
     # under torchrun, rank 0 alone measures (ranks measuring at once would slow each other)
     return stages.run("deploy", lambda: distributed.on_main(
         lambda: _measure_all(session, names, out_dir, log)))

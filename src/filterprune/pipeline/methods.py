@@ -23,19 +23,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from filterprune import distributed
-from filterprune.checkpoint import save_model
 from filterprune.engine import (
     DependencyGraph,
     PruningPlan,
     apply_plan,
-    profile,
     resolve_ratios,
     select_by_clustering,
     select_filters,
@@ -43,11 +39,8 @@ from filterprune.engine import (
 )
 from filterprune.engine.graph import eval_mode
 from filterprune.pipeline.config import MethodConfig
-from filterprune.pipeline.schedules import percent, with_plan
-from filterprune.training.distill import distillation_loss
-
-if TYPE_CHECKING:
-    from filterprune.pipeline.run import Log, Session, Stages
+from filterprune.pipeline.pruned import distill_hooks, pruned_row
+from filterprune.pipeline.session import Log, Session, Stages, percent
 
 Select = Callable[[nn.Module], PruningPlan]
 
@@ -95,7 +88,7 @@ def run_method(
         student = copy.deepcopy(model).to(session.device)
         extra["zeroed_conv_weights"] = _mask_weights(student, model, graph, ratios, method.scope)
     else:
-        select = _selection(session, graph, method, ratios)
+        select = _selection(session, graph, method, ratios, stage)
         if method.kind == "sfp" or method.online:
             student = zero_pruned(copy.deepcopy(model), select(model), graph)
             hooks["on_epoch_end"] = lambda epoch: zero_pruned(student, select(student), graph)
@@ -116,23 +109,15 @@ def run_method(
     return {"method": method.name, "kind": method.kind, "distill": method.distill, **row, **extra}
 
 
-def distill_hooks(session: Session, teacher: nn.Module, enabled: bool) -> dict:
-    """The training hooks of a retraining that distills from ``teacher`` (a copy is used), with
-    the run's ``distill`` settings; none when not ``enabled``."""
-    if not enabled:
-        return {}
-    cfg = session.config.distill
-    teacher = copy.deepcopy(teacher).to(session.device)
-    return {"loss_fn": distillation_loss(teacher, cfg.temperature, cfg.alpha)}
-
-
 def _selection(
-    session: Session, graph: DependencyGraph, method: MethodConfig, ratios: Mapping[str, float]
+    session: Session, graph: DependencyGraph, method: MethodConfig, ratios: Mapping[str, float],
+    stage: str,
 ) -> Select:
     """The rule that decides a plan from a model's current weights (or feature maps)."""
     cfg = session.config.prune
     if method.kind in ("l1", "sfp"):
-        return lambda net: select_filters(net, graph, ratios, cfg.criterion, cfg.strategy,
+        criterion = session.criterion(stage)
+        return lambda net: select_filters(net, graph, ratios, criterion, cfg.strategy,
                                           cfg.round_to)
     if method.describe == "weights":
         return lambda net: select_by_clustering(net, graph, ratios, round_to=cfg.round_to)
@@ -186,31 +171,3 @@ def _conv_weights(model: nn.Module) -> int:
     return sum(conv.weight.numel() for conv in _convs(model))
 
 
-def pruned_row(
-    session: Session, model: nn.Module, plan: PruningPlan | None, stage: str, ratio: float,
-    baseline: dict, before: dict, out_dir: Path, log: Log,
-) -> dict:
-    """Profiles, evaluates and saves (``<stage>.safetensors``) a retrained model; its result row.
-
-    Args:
-        model: the retrained model.
-        plan: the plan that pruned it from the baseline (None: the baseline's architecture,
-            e.g. after unstructured pruning).
-        before: its evaluation right after pruning, before retraining.
-    """
-    cost = profile(model, session.spec.example_input())
-    after = session.evaluate(model)
-    spec = session.spec if plan is None else with_plan(session.spec, plan)
-    distributed.on_main(lambda: save_model(out_dir / f"{stage}.safetensors", model, spec))
-    log(f"{stage}: {cost.macs / 1e6:.2f}M MACs, top-1 {before['top1']:.2f}% -> "
-        f"{after['top1']:.2f}% after retraining")
-    return {
-        "stage": stage, "ratio": ratio, "macs": cost.macs, "params": cost.params,
-        "params_conv_linear": cost.params_conv_linear,
-        "macs_reduction": 1 - cost.macs / baseline["macs"],
-        "params_reduction": 1 - cost.params / baseline["params"],
-        "top1_before": before["top1"], "top1_after": after["top1"],
-        "top5_before": before["top5"], "top5_after": after["top5"],
-        "retrain_epochs": session.config.retrain.epochs,
-        "kept": {} if plan is None else {name: len(kept) for name, kept in plan.kept.items()},
-    }

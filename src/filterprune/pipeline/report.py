@@ -18,8 +18,16 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from filterprune._io import atomic_write, atomic_write_text
+from filterprune.engine.coverage import Coverage
 from filterprune.pipeline.comparison import TITLES as COMPARISON_TITLES
-from filterprune.pipeline.comparison import comparison_figures, comparison_lines, point_label
+from filterprune.pipeline.comparison import comparison_figures, comparison_lines
+from filterprune.pipeline.results import (
+    Baseline,
+    PrunedRow,
+    RunResults,
+    ScratchRow,
+    SensitivityTable,
+)
 
 REPORT_NAME = "report.md"
 SENSITIVITY_PNG = "sensitivity.png"
@@ -31,20 +39,18 @@ _DPI = 120
 _MISSING = "–"
 
 
-def write_report(results: dict, out_dir: str | Path) -> list[Path]:
+def write_report(results: RunResults, out_dir: str | Path) -> list[Path]:
     """Writes report.md and the PNG plots into out_dir; returns the paths written.
 
     Everything is rendered before anything is written. Every file is written to a temporary file
     in ``out_dir`` and then moved into place, so an interrupted run never leaves a half-written
     file; the plots are written before report.md, which links them. When
-    ``results["sensitivity"]`` is None no sensitivity plot is drawn, and once report.md is in
+    ``results.sensitivity`` is None no sensitivity plot is drawn, and once report.md is in
     place a stale ``sensitivity.png`` left in ``out_dir`` by an earlier run is removed, so the
     directory never shows a plot that does not belong to its report.
 
     Args:
-        results: The results of a pipeline run, as produced by the pipeline: model, dataset,
-            criterion, strategy, residual, environment, baseline, sensitivity (may be None),
-            filter_norms, pruning (one entry per ratio or named plan) and wall_time_s.
+        results: The results of a pipeline run.
         out_dir: The directory to write into; created if missing.
 
     Returns:
@@ -52,17 +58,17 @@ def write_report(results: dict, out_dir: str | Path) -> list[Path]:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pruning = sorted(results["pruning"], key=lambda row: -row["macs"])
-    sensitivity = results.get("sensitivity")
-    baseline = results["baseline"]
+    pruning = sorted(results.pruning, key=lambda row: -row.macs)
+    sensitivity = results.sensitivity
+    baseline = results.baseline
 
     figures = {
-        FILTER_NORMS_PNG: _filter_norms_figure(results["filter_norms"]),
+        FILTER_NORMS_PNG: _filter_norms_figure(results.filter_norms),
         ACCURACY_VS_MACS_PNG: _accuracy_vs_cost_figure(pruning, baseline, "macs", "MACs"),
         ACCURACY_VS_PARAMS_PNG: _accuracy_vs_cost_figure(pruning, baseline, "params", "parameters"),
     }
     if sensitivity is not None:
-        figures = {SENSITIVITY_PNG: _sensitivity_figure(sensitivity, baseline["top1"]), **figures}
+        figures = {SENSITIVITY_PNG: _sensitivity_figure(sensitivity, baseline.top1), **figures}
     if _compares(results):
         figures |= comparison_figures(results)
     text = _render_markdown(results, pruning, list(figures))
@@ -79,9 +85,9 @@ def write_report(results: dict, out_dir: str | Path) -> list[Path]:
     return written
 
 
-def _compares(results: dict) -> bool:
+def _compares(results: RunResults) -> bool:
     """Whether the report has the methods/deployment section (filterprune.pipeline.comparison)."""
-    return bool(results.get("methods")) or results.get("deploy") is not None
+    return bool(results.methods) or results.deploy is not None
 
 
 # --- formatting -------------------------------------------------------------------------------
@@ -128,60 +134,60 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 # --- markdown ---------------------------------------------------------------------------------
 
 
-def _render_markdown(results: dict, pruning: list[dict], plots: list[str]) -> str:
+def _render_markdown(results: RunResults, pruning: list[PrunedRow], plots: list[str]) -> str:
     """Renders report.md.
 
     Args:
-        results: The results dict (see write_report).
+        results: The results of the run.
         pruning: The pruning rows, largest MACs first.
         plots: The file names of the plots written, in the order to embed them.
 
     Returns:
         The Markdown text.
     """
-    dataset = results["dataset"]
-    baseline = results["baseline"]
-    env = results["environment"]
+    dataset = results.dataset
+    baseline = results.baseline
+    env = vars(results.environment)
     lines = [
-        f"# Filter pruning report: {results['model']} on {dataset['name']}",
+        f"# Filter pruning report: {results.model} on {dataset.name}",
         "",
-        f"Criterion `{results['criterion']}`, strategy `{results['strategy']}`, residual policy "
-        f"`{results['residual']}`; dataset "
-        f"{dataset['name']} ({dataset['train_size']} train / {dataset['test_size']} test images, "
-        f"{dataset['num_classes']} classes).",
+        f"Criterion `{results.criterion}`, strategy `{results.strategy}`, residual policy "
+        f"`{results.residual}`; dataset "
+        f"{dataset.name} ({dataset.train_size} train / {dataset.test_size} test images, "
+        f"{dataset.num_classes} classes).",
         "",
         "Environment: " + ", ".join(f"{key} {value}" for key, value in env.items()) + ".",
         "",
-        *_coverage_lines(results.get("coverage")),
+        *_coverage_lines(results.coverage),
         'MACs are the multiply-accumulates of the conv and linear layers (the paper\'s "FLOP"; '
         "FLOPs = 2 x MACs). `ratio` is the fraction of filters removed from every pruned layer.",
         "",
         "## Baseline",
         "",
     ]
-    top5 = "" if baseline.get("top5") is None else f", top-5 {baseline['top5']:.2f}%"
+    top5 = "" if baseline.top5 is None else f", top-5 {baseline.top5:.2f}%"
     lines += [
-        f"Top-1 {baseline['top1']:.2f}%{top5}, {_human(baseline['macs'])} MACs, "
-        f"{_human(baseline['params'])} params; trained {baseline['epochs']} epochs in "
-        f"{baseline['train_time_s']:.1f} s.",
+        f"Top-1 {baseline.top1:.2f}%{top5}, {_human(baseline.macs)} MACs, "
+        f"{_human(baseline.params)} params; trained {baseline.epochs} epochs in "
+        f"{baseline.train_time_s:.1f} s.",
         "",
         f"## {_schedule_title(pruning)} pruning of all layers",
         "",
     ]
     lines += _pruning_table(pruning, baseline)
-    epochs = sorted({row["retrain_epochs"] for row in pruning})
+    epochs = sorted({row.retrain_epochs for row in pruning})
     if epochs:
         lines += ["", f"Retraining epochs per pruned model: {', '.join(map(str, epochs))}."]
-    if results.get("scratch"):
+    if results.scratch:
         lines += ["", "## Pruned architectures trained from scratch (controls)", ""]
-        lines += _scratch_table(results["scratch"], pruning)
+        lines += _scratch_table(results.scratch, pruning)
 
-    sensitivity = results.get("sensitivity")
+    sensitivity = results.sensitivity
     if sensitivity is not None:
-        retrained = sensitivity.get("retrain_epochs", 0)
+        retrained = sensitivity.retrain_epochs
         how = f"retrained {retrained} epochs" if retrained else "no retraining"
         lines += ["", f"## Sensitivity of each layer pruned alone ({how})", ""]
-        lines += _sensitivity_section(sensitivity, baseline["top1"])
+        lines += _sensitivity_section(sensitivity, baseline.top1)
 
     if _compares(results):
         lines += [""] + comparison_lines(results, _human, _table)
@@ -196,14 +202,14 @@ def _render_markdown(results: dict, pruning: list[dict], plots: list[str]) -> st
     lines += ["", "## Plots"]
     for name in plots:
         lines += ["", f"![{titles[name]}]({name})"]
-    lines += ["", f"Wall time: {results['wall_time_s']:.1f} s.", ""]
+    lines += ["", f"Wall time: {results.wall_time_s:.1f} s (every session of the run).", ""]
     return "\n".join(lines)
 
 
-def _pruning_table(pruning: list[dict], baseline: dict) -> list[str]:
+def _pruning_table(pruning: list[PrunedRow], baseline: Baseline) -> list[str]:
     """Renders the main table, one row per pruning point; top-5 columns when any is known."""
-    with_top5 = baseline.get("top5") is not None or any(
-        row.get(key) is not None for row in pruning for key in ("top5_before", "top5_after")
+    with_top5 = baseline.top5 is not None or any(
+        value is not None for row in pruning for value in (row.top5_before, row.top5_after)
     )
     header = [
         "ratio / plan",
@@ -220,38 +226,38 @@ def _pruning_table(pruning: list[dict], baseline: dict) -> list[str]:
     rows = []
     for row in pruning:
         cells = [
-            point_label(row),
-            _human(row["macs"]),
-            _pct(row["macs_reduction"]),
-            _human(row["params"]),
-            _pct(row["params_reduction"]),
-            _acc(row["top1_before"]),
-            _acc(row["top1_after"]),
-            _drop(baseline["top1"], row["top1_after"]),
+            row.label,
+            _human(row.macs),
+            _pct(row.macs_reduction),
+            _human(row.params),
+            _pct(row.params_reduction),
+            _acc(row.top1_before),
+            _acc(row.top1_after),
+            _drop(baseline.top1, row.top1_after),
         ]
         if with_top5:
             cells += [
-                _acc(row.get("top5_before")),
-                _acc(row.get("top5_after")),
-                _drop(baseline.get("top5"), row.get("top5_after")),
+                _acc(row.top5_before),
+                _acc(row.top5_after),
+                _drop(baseline.top5, row.top5_after),
             ]
         rows.append(cells)
     return _table(header, rows)
 
 
-def _schedule_title(pruning: list[dict]) -> str:
+def _schedule_title(pruning: list[PrunedRow]) -> str:
     """"One-shot" or "Iterative" (Li et al. 2017, §3.4), from the rows' schedule."""
-    iterative = any(row.get("schedule") == "iterative" for row in pruning)
+    iterative = any(row.schedule == "iterative" for row in pruning)
     return "Iterative" if iterative else "One-shot"
 
 
-def _scratch_table(scratch: list[dict], pruning: list[dict]) -> list[str]:
+def _scratch_table(scratch: list[ScratchRow], pruning: list[PrunedRow]) -> list[str]:
     """Renders the from-scratch controls (scratch-E, scratch-B) next to pruned + retrained."""
-    pruned = {row["stage"]: row for row in pruning}
+    pruned = {row.stage: row for row in pruning}
     rows = [
-        [point_label(pruned[row["pruned"]]), f"scratch-{row['kind']}", str(row["epochs"]),
-         _acc(row["top1"]), _acc(pruned[row["pruned"]]["top1_after"])]
-        for row in sorted(scratch, key=lambda row: (-pruned[row["pruned"]]["macs"], row["kind"]))
+        [pruned[row.pruned].label, f"scratch-{row.kind}", str(row.epochs),
+         _acc(row.top1), _acc(pruned[row.pruned].top1_after)]
+        for row in sorted(scratch, key=lambda row: (-pruned[row.pruned].macs, row.kind))
     ]
     lines = ["The pruned architecture re-initialised at random and trained with the baseline's "
              "settings: scratch-E for the baseline's epochs, scratch-B for its compute (epochs x "
@@ -262,13 +268,13 @@ def _scratch_table(scratch: list[dict], pruning: list[dict]) -> list[str]:
     )
 
 
-def _sensitivity_section(sensitivity: dict, baseline_top1: float) -> list[str]:
+def _sensitivity_section(sensitivity: SensitivityTable, baseline_top1: float) -> list[str]:
     """Renders the sensitivity table (layers x ratios, top-1 %) and names the most sensitive layer.
 
     The most sensitive layer is the one with the largest accuracy drop at the highest ratio.
     """
-    ratios = list(sensitivity["ratios"])
-    layers = sensitivity["layers"]
+    ratios = list(sensitivity.ratios)
+    layers = sensitivity.layers
     header = ["layer"] + [_pct(r) for r in ratios]
     rows = [[f"`{name}`"] + [_acc(v) for v in accs] for name, accs in layers.items()]
     lines = ["Top-1 (%) with the given fraction of the layer's filters removed.", ""]
@@ -300,12 +306,12 @@ def _legend(ax, n: int) -> None:
     ax.legend(fontsize=8 if n <= 8 else 7, ncol=1 if n <= 8 else 2)
 
 
-def _sensitivity_figure(sensitivity: dict, baseline_top1: float) -> Figure:
+def _sensitivity_figure(sensitivity: SensitivityTable, baseline_top1: float) -> Figure:
     """Top-1 vs % of filters removed, one curve per layer pruned alone (Li et al. Fig. 2b)."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
-    x = np.asarray(sensitivity["ratios"], dtype=float) * 100
-    layers = sensitivity["layers"]
+    x = np.asarray(sensitivity.ratios, dtype=float) * 100
+    layers = sensitivity.layers
     for (name, accs), color in zip(layers.items(), _layer_colors(len(layers)), strict=True):
         ax.plot(x, accs, marker="o", markersize=3, color=color, label=name)
     ax.axhline(baseline_top1, color="black", linestyle="--", linewidth=1, label="baseline")
@@ -337,13 +343,15 @@ def _filter_norms_figure(filter_norms: dict) -> Figure:
     return fig
 
 
-def _accuracy_vs_cost_figure(pruning: list[dict], baseline: dict, key: str, label: str) -> Figure:
+def _accuracy_vs_cost_figure(
+    pruning: list[PrunedRow], baseline: Baseline, key: str, label: str
+) -> Figure:
     """Top-1 before and after retraining vs the cost of the pruned models, baseline marked.
 
     Args:
         pruning: The pruning rows, largest MACs first.
-        baseline: The baseline entry of the results.
-        key: The cost key of the rows and the baseline: "macs" or "params".
+        baseline: The baseline of the results.
+        key: The cost field of the rows and the baseline: "macs" or "params".
         label: The cost name for the axis label.
 
     Returns:
@@ -351,21 +359,21 @@ def _accuracy_vs_cost_figure(pruning: list[dict], baseline: dict, key: str, labe
     """
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
-    x = [row[key] / 1e6 for row in pruning]
-    ax.plot(x, [row["top1_before"] for row in pruning], marker="o", label="before retraining")
-    ax.plot(x, [row["top1_after"] for row in pruning], marker="s", label="after retraining")
+    x = [getattr(row, key) / 1e6 for row in pruning]
+    ax.plot(x, [row.top1_before for row in pruning], marker="o", label="before retraining")
+    ax.plot(x, [row.top1_after for row in pruning], marker="s", label="after retraining")
     for xi, row in zip(x, pruning, strict=True):
         ax.annotate(
-            point_label(row),
-            (xi, row["top1_after"]),
+            row.label,
+            (xi, row.top1_after),
             textcoords="offset points",
             xytext=(0, 6),
             ha="center",
             fontsize=7,
         )
     ax.plot(
-        baseline[key] / 1e6,
-        baseline["top1"],
+        getattr(baseline, key) / 1e6,
+        baseline.top1,
         marker="*",
         markersize=14,
         color="black",
@@ -381,15 +389,13 @@ def _accuracy_vs_cost_figure(pruning: list[dict], baseline: dict, key: str, labe
     return fig
 
 
-def _coverage_lines(reach: dict | None) -> list[str]:
+def _coverage_lines(reach: Coverage) -> list[str]:
     """What share of the conv MACs pruning reaches, and the largest blocked convs (3 at most)."""
-    if reach is None:
-        return []
-    lines = [f"Pruning every layer reaches {reach['reached_share']:.0%} of the conv MACs "
+    lines = [f"Pruning every layer reaches {reach.reached_share:.0%} of the conv MACs "
              f"(a conv is reached when its filters or its inputs shrink)."]
-    blocked = sorted(reach["blocked"], key=lambda b: -b["macs"])
+    blocked = sorted(reach.blocked, key=lambda b: -b.macs)
     if blocked:
         lines[0] += f" {len(blocked)} conv(s) cannot be pruned; the largest:"
-        lines += [f"- `{b['name']}` ({b['macs'] / reach['conv_macs']:.1%} of the conv MACs): "
-                  f"{b['reason']}" for b in blocked[:3]]
+        lines += [f"- `{b.name}` ({b.macs / reach.conv_macs:.1%} of the conv MACs): "
+                  f"{b.reason}" for b in blocked[:3]]
     return [*lines, ""]

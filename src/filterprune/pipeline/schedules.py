@@ -8,25 +8,18 @@ after the last finished step (and inside a step from its last finished epoch).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from filterprune import distributed
+from filterprune.analysis import analysed_layers
 from filterprune.checkpoint import ModelSpec, load_model, save_model
 from filterprune.engine import DependencyGraph, PruningPlan, apply_plan, select_filters, trace
-
-if TYPE_CHECKING:
-    from filterprune.pipeline.run import Log, Session, Stages
-
-
-def percent(ratio: float) -> str:
-    """``0.5`` -> ``"50"``: the ratio as it appears in stage and file names."""
-    return f"{round(ratio * 100):02d}"
+from filterprune.pipeline.pruned import with_plan
+from filterprune.pipeline.session import Log, Session, Stages, percent
 
 
 def sensitivity_retrained(
@@ -37,7 +30,8 @@ def sensitivity_retrained(
     (Li et al. 2017, §3.2, Fig. 2c).
 
     Retraining uses the ``retrain`` settings for ``sensitivity.retrain_epochs`` epochs. Each
-    (layer, ratio) is its own stage, ``sensitivity-<layer>-<percent>``.
+    (layer, ratio) is its own stage, ``sensitivity-<layer>-<percent>``; a channel group is
+    analysed once, named by its first member.
 
     Returns:
         ``{"ratios": [...], "layers": {name: [top-1 % per ratio]}, "retrain_epochs": n}``.
@@ -46,13 +40,13 @@ def sensitivity_retrained(
     settings = config.retrain.model_copy(update={"epochs": config.sensitivity.retrain_epochs})
 
     def pruned_alone(name: str, ratio: float, stage: str) -> dict:
-        plan = select_filters(model, graph, {name: ratio}, config.prune.criterion)
+        plan = select_filters(model, graph, {name: ratio}, session.criterion(stage))
         pruned = apply_plan(model, plan, graph)
         session.train(pruned, settings, stage, stages.state(stage))
         return session.evaluate(pruned)
 
     layers: dict[str, list[float]] = {}
-    for name in graph.layers:
+    for name in analysed_layers(graph, None):  # one per channel group
         accuracies = []
         for ratio in ratios:
             stage = f"sensitivity-{name}-{percent(ratio)}"
@@ -73,8 +67,8 @@ def prune_iteratively(
 
     Each layer keeps as many filters as one-shot pruning would keep (its width is the original
     one when its turn comes). Step k is the stage ``<stage>-step<k>``; its model is saved as
-    ``stages/<stage>-step<k>.safetensors`` and read back by the next step, so a resumed run
-    continues from the last finished step.
+    ``stages/<stage>-step<k>.safetensors``, which only a resumed run reads back (the next step
+    takes the model from memory and traces it anew, its widths having changed).
 
     Args:
         session: the prepared run.
@@ -97,12 +91,14 @@ def prune_iteratively(
     for k, group in enumerate(groups, 1):
         step = f"{stage}-step{k:02d}"
         path = stages.root / f"{step}.safetensors"
+        stepped: list[nn.Module] = []
 
         def one_layer(group=group, step=step, path=path, done=plan, current=current,
-                      current_graph=current_graph) -> dict:
+                      current_graph=current_graph, stepped=stepped) -> dict:
             layer_ratios = {name: ratios[name] for name in group.members if name in ratios}
-            step_plan = select_filters(current, current_graph, layer_ratios, cfg.criterion,
-                                       cfg.strategy, cfg.round_to, score_by)
+            step_plan = select_filters(current, current_graph, layer_ratios,
+                                       session.criterion(step), cfg.strategy, cfg.round_to,
+                                       score_by)
             pruned = apply_plan(current, step_plan, current_graph)
             session.train(pruned, settings, step, stages.state(step))
             total = done.then(step_plan)
@@ -111,19 +107,13 @@ def prune_iteratively(
             kept = step_plan.kept.get(group.members[0], range(group.out_channels))
             log(f"{step}: {', '.join(group.members)} keeps {len(kept)} / {group.out_channels}, "
                 f"top-1 {metrics['top1']:.2f}% after {settings.epochs} epochs")
+            stepped.append(pruned)
             return {"layers": list(group.members), "plan": total.to_dict(), **metrics}
 
         plan = PruningPlan.from_dict(stages.run(step, one_layer)["plan"])
-        current = load_model(path)[0]
+        current = stepped[0] if stepped else load_model(path)[0]  # the file: a resumed step
         current_graph = trace(current, session.spec.example_input(), residual=graph.residual)
     return plan, current
-
-
-def with_plan(spec: ModelSpec, plan: PruningPlan) -> ModelSpec:
-    """``spec`` with ``plan`` applied after the plan it already has."""
-    spec = copy.copy(spec)
-    spec.plan = plan if spec.plan is None else spec.plan.then(plan)
-    return spec
 
 
 def scratch_epochs(kind: str, epochs: int, baseline_macs: int, pruned_macs: int) -> int:

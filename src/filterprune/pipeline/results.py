@@ -1,0 +1,228 @@
+"""The results of ``filterprune run`` as typed records: what ``results.json`` holds.
+
+``results.json`` is written from a :class:`RunResults` (``RunResults.save``) and read back
+through it (``RunResults.load``) by the report, the comparison section, ``paper-table
+--results``, the CLI's run table and the tests. It carries ``schema_version``; a file without it
+(written before the schema existed) or of another version is refused with one line naming the
+version found, and the run that wrote it can be resumed to rewrite it (``filterprune run
+... --resume``; its finished stages are read back, not recomputed).
+
+Accuracies are top-1 / top-5 in % on the test set; ``macs`` are multiply-accumulates per image
+(FLOPs = 2 x MACs); reductions are fractions in [0, 1] of the baseline's count.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from filterprune._io import atomic_write_text
+from filterprune.engine.coverage import BlockedLayer, Coverage
+from filterprune.errors import FilterpruneError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Baseline:
+    """The unpruned model: accuracy, cost, and its training (``epochs`` 0 when loaded)."""
+
+    top1: float
+    top5: float | None
+    loss: float
+    macs: int
+    params: int
+    params_conv_linear: int
+    epochs: int
+    train_time_s: float
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class PrunedRow:
+    """One pruned and retrained model (Li et al. 2017, §3.4): a ratio of every prunable layer
+    (``ratio``; ``plan`` None) or a named plan of the paper (``plan``; ``ratio`` None).
+
+    Attributes:
+        stage: its stage and model file name (``pruned-50``).
+        kept: layer name -> number of filters kept (empty: the baseline's architecture).
+        residual: the residual policy it was pruned under (a named plan's own).
+    """
+
+    stage: str
+    ratio: float | None
+    macs: int
+    params: int
+    params_conv_linear: int
+    macs_reduction: float
+    params_reduction: float
+    top1_before: float
+    top1_after: float
+    top5_before: float | None
+    top5_after: float | None
+    retrain_epochs: int
+    kept: dict[str, int]
+    plan: str | None = None
+    schedule: str = "one-shot"
+    residual: str | None = None
+
+    @property
+    def label(self) -> str:
+        """Its ratio (``0.5``) or its named plan."""
+        return self.plan or f"{self.ratio:g}"
+
+
+@dataclass
+class MethodRow(PrunedRow):
+    """A row of a method compared with the sweep (filterprune.pipeline.methods).
+
+    Attributes:
+        zeroed_conv_weights: ``unstructured``: the fraction of conv weights set to zero.
+    """
+
+    method: str = ""
+    kind: str = ""
+    distill: bool = False
+    zeroed_conv_weights: float | None = None
+
+
+@dataclass
+class ScratchRow:
+    """A pruned architecture trained from random initialisation (Liu et al. 2019)."""
+
+    ratio: float | None
+    plan: str | None
+    pruned: str
+    kind: str
+    epochs: int
+    top1: float
+    top5: float | None
+    loss: float
+    train_time_s: float
+
+
+@dataclass
+class SensitivityTable:
+    """Top-1 (%) per analysed layer (one per channel group) and ratio (Fig. 2b, 2c).
+
+    Attributes:
+        members: group name -> its members, for groups of several layers.
+        retrain_epochs: epochs of retraining before evaluation (0: none, Fig. 2b).
+    """
+
+    ratios: list[float]
+    layers: dict[str, list[float]]
+    members: dict[str, list[str]] = field(default_factory=dict)
+    retrain_epochs: int = 0
+
+
+@dataclass
+class DatasetInfo:
+    """The dataset: its name, the training images used (``data.train_subset`` or all), the
+    test images and the number of classes."""
+
+    name: str
+    train_size: int
+    test_size: int
+    num_classes: int
+
+
+@dataclass
+class Environment:
+    """Versions, device, seed and number of processes (torchrun) of the run."""
+
+    filterprune: str
+    torch: str
+    python: str
+    device: str
+    seed: int
+    processes: int
+
+
+@dataclass
+class RunResults:
+    """Everything ``filterprune run`` measured (``results.json``).
+
+    Attributes:
+        deploy: the deployment measurements (filterprune.pipeline.deployment), or None when
+            ``deploy.enabled`` is false; kept as that stage's dict.
+        wall_time_s: seconds worked by every session of the run (a resumed run counts all).
+    """
+
+    model: str | None
+    dataset: DatasetInfo
+    criterion: str
+    strategy: str
+    residual: str
+    environment: Environment
+    coverage: Coverage
+    baseline: Baseline
+    filter_norms: dict[str, list[float]]
+    sensitivity: SensitivityTable | None
+    pruning: list[PrunedRow]
+    methods: dict[str, list[MethodRow]] = field(default_factory=dict)
+    scratch: list[ScratchRow] = field(default_factory=list)
+    deploy: dict | None = None
+    wall_time_s: float = 0.0
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["coverage"] = self.coverage.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunResults:
+        """Raises:
+            FilterpruneError: no or another ``schema_version``, or a record missing a field or
+                holding an unknown one."""
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise FilterpruneError(
+                f"results of schema version {version!r}, this filterprune reads version "
+                f"{SCHEMA_VERSION} (rerun, or resume the run to rewrite results.json)")
+        try:
+            sensitivity = data.get("sensitivity")
+            return cls(
+                model=data["model"], dataset=DatasetInfo(**data["dataset"]),
+                criterion=data["criterion"], strategy=data["strategy"],
+                residual=data["residual"], environment=Environment(**data["environment"]),
+                coverage=coverage_from_dict(data["coverage"]),
+                baseline=Baseline(**data["baseline"]), filter_norms=data["filter_norms"],
+                sensitivity=None if sensitivity is None else SensitivityTable(**sensitivity),
+                pruning=[PrunedRow(**row) for row in data["pruning"]],
+                methods={name: [MethodRow(**row) for row in rows]
+                         for name, rows in data.get("methods", {}).items()},
+                scratch=[ScratchRow(**row) for row in data.get("scratch", [])],
+                deploy=data.get("deploy"), wall_time_s=data["wall_time_s"],
+            )
+        except (KeyError, TypeError) as e:
+            raise FilterpruneError(f"malformed results: {e}") from None
+
+    def save(self, path: str | Path) -> Path:
+        """Writes ``results.json``, atomically."""
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunResults:
+        """Raises:
+            FilterpruneError: a missing or unreadable file, or results this version cannot read
+                (see ``from_dict``)."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise FilterpruneError(f"cannot read results file {path}: {e}") from None
+        if not isinstance(data, dict):
+            raise FilterpruneError(f"results file {path} does not hold a JSON object")
+        try:
+            return cls.from_dict(data)
+        except FilterpruneError as e:
+            raise FilterpruneError(f"{path}: {e}") from None
+
+
+def coverage_from_dict(data: dict) -> Coverage:
+    """The ``Coverage`` that ``Coverage.to_dict`` wrote (the shares are recomputed)."""
+    return Coverage(data["conv_macs"], data["requested_macs"], data["reached_macs"],
+                    data["prunable_macs"], tuple(BlockedLayer(**b) for b in data["blocked"]))
+
