@@ -60,8 +60,9 @@ TARGETS = ("macs", "params", "latency")
 NORMALIZERS = ("mean", "max", None)
 #: The allocation aims within this share (one point) of the target.
 TOLERANCE = 0.01
-#: Ratio step of the sensitivity-driven candidates (between measured ratios, interpolated).
-RATIO_STEP = 0.025
+#: Ratio step of the sensitivity-driven candidates (between measured ratios, interpolated):
+#: every kept count of a group of up to 256 filters, steps of width / 256 above.
+RATIO_STEP = 1 / 256
 
 
 class SensitivityCurves(Protocol):
@@ -121,7 +122,7 @@ class Budget:
         text = (f"{self.method} allocation removed {self.achieved:.1%} of the {self.target} "
                 f"(target {self.share:.1%})")
         if not self.within:
-            text += ": no plan lands within one point at this model's granularity"
+            text += ": not within one point, the steps the layers' filter counts allow are coarse"
         if self.unmeasured:
             text += f"; {len(self.unmeasured)} layer(s) left whole (no sensitivity curve)"
         return text
@@ -384,7 +385,7 @@ def _global(model, cost, free, kind, share, criterion, score_by, round_to, norma
     lo, hi = 0, len(thresholds)  # smallest index whose share removed >= target (hi: none)
     while lo < hi:
         mid = (lo + hi) // 2
-        if removed(kept_at(float(thresholds[mid]))) >= share:
+        if removed(kept_at(float(thresholds[mid]))) >= share - 1e-9:
             hi = mid
         else:
             lo = mid + 1
@@ -449,7 +450,7 @@ def _by_sensitivity(cost, free, kind, share, sensitivity, round_to) -> Budget:
     losses = np.array([c for options in candidates.values() for _, c in options])
     taken = dict.fromkeys(candidates, 0.0)  # group -> predicted loss of its current width
     loss, current = 0.0, cost.total
-    while 1 - current / cost.total < share:
+    while 1 - current / cost.total < share - 1e-9:
         open_ = (count < kept[group]).numpy()  # narrower than the group's current width
         if not open_.any():
             break
