@@ -215,3 +215,19 @@ def test_sensitivity_driven_reaches_the_target_on_a_zoo_model(kind):
     assert abs(share_removed(model, result.model, x, kind) - 0.5) <= 0.01
     ratios = result.budget.ratios
     assert ratios.get("layer3.2.conv1", 0) > ratios.get("layer1.0.conv1", 0)
+
+
+def test_uniform_allocation_gives_every_layer_one_ratio_at_the_target():
+    model, x = create_model("resnet20").eval(), torch.zeros(1, 3, 32, 32)
+    graph, costs = trace(model, x), profile(model, x)
+    budget = allocate(model, graph, costs, {"params": 0.4}, method="uniform")
+    kept = {n: round((1 - r) * graph.layers[n].out_channels) for n, r in budget.ratios.items()}
+    # one ratio r for all: every layer keeps floor(width * (1 - r)) of 16, 32 or 64 filters
+    by_width = {graph.layers[n].out_channels: k for n, k in kept.items()}
+    assert len(kept) == len(graph.layers) and len(set(kept.values())) == len(by_width) == 3
+    pruned = filterprune.prune(model, x, ratio=budget.ratios).model
+    assert abs(share_removed(model, pruned, x, "params") - 0.4) <= 0.01
+    with pytest.raises(FilterpruneError, match="allocation method 'sensitivity'"):
+        allocate(model, graph, costs, {"macs": 0.4}, method="sensitivity")
+    with pytest.raises(FilterpruneError, match="allocation method 'median'"):
+        allocate(model, graph, costs, {"macs": 0.4}, method="median")

@@ -1,7 +1,8 @@
 """Budgets, not ratios: per-layer ratios chosen so that the pruned model loses a target share of
 its MACs, parameters or latency.
 
-Two ways to choose (``allocate``):
+Two ways to choose (``allocate``; a third, ``"uniform"``, one ratio for every layer, is the
+reference they are compared with):
 
 - **Global ranking** (data-free; Torch-Pruning's global pruning is the peer): every prunable
   group's filters are scored by the criterion (a group's score is the sum over its members, or
@@ -42,7 +43,7 @@ group read or written by grouped convs keeps the same number in each conv group.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -57,6 +58,7 @@ from filterprune.engine.profile import Profile
 from filterprune.errors import FilterpruneError
 
 TARGETS = ("macs", "params", "latency")
+METHODS = ("global", "sensitivity", "uniform")
 NORMALIZERS = ("mean", "max", None)
 #: The allocation aims within this share (one point) of the target.
 TOLERANCE = 0.01
@@ -93,7 +95,7 @@ class Budget:
         target: ``"macs"``, ``"params"`` or ``"latency"``.
         share: the requested share of the unpruned model's cost to remove, in (0, 1).
         achieved: the share removed by the chosen ratios (for latency, predicted from the table).
-        method: ``"global"`` (global ranking) or ``"sensitivity"``.
+        method: ``"global"`` (global ranking), ``"sensitivity"`` or ``"uniform"``.
         ratios: layer name -> ratio, every member of every pruned group.
         predicted_loss: with ``"sensitivity"``, the sum of the groups' interpolated drops of
             the metric (an additive prediction, not a measurement).
@@ -283,6 +285,7 @@ def allocate(
     skip: Sequence[str] = (),
     round_to: int = 1,
     normalize: str | None = "mean",
+    method: str | None = None,
 ) -> Budget:
     """Per-layer ratios that remove ``target`` of the model's cost (see the module docstring).
 
@@ -302,6 +305,9 @@ def allocate(
         round_to: kept counts are multiples of this (``kept_count``).
         normalize: with global ranking, per-group normalisation of the scores: ``"mean"``,
             ``"max"`` or None.
+        method: ``"global"``, ``"sensitivity"`` or ``"uniform"`` (one ratio for every allowed
+            layer, the one nearest the target: the reference the others are compared with);
+            None: ``"sensitivity"`` when ``sensitivity`` is given, else ``"global"``.
 
     Returns:
         The :class:`Budget`: ratios per layer, achieved share (nearest to the target the
@@ -323,7 +329,13 @@ def allocate(
                                                                             costs, kind)
     allowed = {id(graph.layers[name]) for name in resolve_ratios(graph, 0.5, skip)}
     free = [i for i, g in enumerate(cost.groups) if id(g) in allowed]
-    if sensitivity is None:
+    method = method or ("global" if sensitivity is None else "sensitivity")
+    if method not in METHODS or (method == "sensitivity") != (sensitivity is not None):
+        raise FilterpruneError(f"allocation method '{method}' ({', '.join(METHODS)}; "
+                               "'sensitivity' exactly when a sensitivity result is given)")
+    if method == "uniform":
+        return _uniform(cost, free, kind, share, round_to)
+    if method == "global":
         return _global(model, cost, free, kind, share, criterion, score_by, round_to, normalize)
     return _by_sensitivity(cost, free, kind, share, sensitivity, round_to)
 
@@ -374,25 +386,40 @@ def _global(model, cost, free, kind, share, criterion, score_by, round_to, norma
             kept[i] = _kept(cost.groups[i], 1 - n / len(s), round_to)
         return kept
 
-    smallest = kept_at(float("inf"))
-    reach = _reachable(cost, smallest, kind, share, "one filter kept per group")
+    reach = _reachable(cost, kept_at(float("inf")), kind, share, "one filter kept per group")
     thresholds = torch.unique(torch.cat([*normalised.values(),
                                          torch.full((1,), -torch.inf, dtype=torch.float64)]))
+    best = _nearest(cost, kept_at, thresholds.tolist() + [float("inf")], share)
+    return _budget(cost, best, kind, share, "global", reach)
 
-    def removed(kept: torch.Tensor) -> float:
-        return 1 - float(cost(kept[:, None])[0]) / cost.total
 
-    lo, hi = 0, len(thresholds)  # smallest index whose share removed >= target (hi: none)
+def _uniform(cost, free, kind, share, round_to) -> Budget:
+    """One ratio for every allowed group (in steps of 1/1024), the nearest to the target."""
+    def kept_at(ratio: float) -> torch.Tensor:
+        return torch.tensor([_kept(g, ratio, round_to) if i in free else g.out_channels
+                             for i, g in enumerate(cost.groups)])
+
+    ratios = [step / 1024 for step in range(1024)]
+    reach = _reachable(cost, kept_at(ratios[-1]), kind, share, "one filter kept per group")
+    return _budget(cost, _nearest(cost, kept_at, ratios, share), kind, share, "uniform", reach)
+
+
+def _nearest(cost, kept_at: Callable[[float], torch.Tensor], values: Sequence[float],
+             share: float) -> torch.Tensor:
+    """``kept_at(v)`` for the v of ``values`` (ascending; the share removed grows with v) whose
+    share removed is nearest ``share``, by binary search."""
+    def removed(v: float) -> float:
+        return 1 - float(cost(kept_at(v)[:, None])[0]) / cost.total
+
+    lo, hi = 0, len(values) - 1  # the first value removing at least the share (or the last)
     while lo < hi:
         mid = (lo + hi) // 2
-        if removed(kept_at(float(thresholds[mid]))) >= share - 1e-9:
+        if removed(values[mid]) >= share - 1e-9:
             hi = mid
         else:
             lo = mid + 1
-    options = [kept_at(float(thresholds[j])) for j in (lo - 1, lo) if 0 <= j < len(thresholds)]
-    options.append(smallest)
-    best = min(options, key=lambda k: abs(removed(k) - share))
-    return _budget(cost, best, kind, share, "global", reach)
+    best = min(values[max(0, lo - 1) : lo + 1], key=lambda v: abs(removed(v) - share))
+    return kept_at(best)
 
 
 def _curve_groups(cost, sensitivity: SensitivityCurves) -> dict[int, np.ndarray]:
