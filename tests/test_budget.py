@@ -231,3 +231,21 @@ def test_uniform_allocation_gives_every_layer_one_ratio_at_the_target():
         allocate(model, graph, costs, {"macs": 0.4}, method="sensitivity")
     with pytest.raises(FilterpruneError, match="allocation method 'median'"):
         allocate(model, graph, costs, {"macs": 0.4}, method="median")
+
+
+def test_noisy_entries_are_flagged_and_the_cli_reads_a_table(tmp_path, capsys):
+    rows = {"features.0": {16: 2.0, 32: 4.0}, "features.4": {32: 3.0, 64: 6.0}}
+    spread = {"features.0": {16: 0.1, 32: 1.0}, "features.4": {32: 0.1, 64: 0.2}}
+    table = LatencyTable(rows, spread, model_ms=20.0, model_iqr_ms=0.5, device="cpu",
+                         threads=1, input_shape=[1, 1, 28, 28], min_run_time_s=0.1)
+    assert table.noisy() == [("features.0", 32)]  # IQR 1.0 > 10% of 4.0 ms
+    assert "1 noisy" in table.describe()
+    path = table.save(tmp_path / "t.json")
+    spec = ["--model", "scnnb", "--input-shape", "1,28,28", "--dry-run", "--json"]
+    code = main(["prune", *spec, "--target", "latency=0.2", "--latency-table", str(path)])
+    budget = json.loads(capsys.readouterr().out)["budget"]
+    # 4 ms of 20 to save, linear between the measured widths of the table
+    assert code == 0 and budget["target"] == "latency"
+    assert budget["achieved"] == pytest.approx(0.2, abs=0.01)
+    code = main(["prune", *spec, "--target", "latency=0.2"])
+    assert code == 2 and "needs a latency table" in capsys.readouterr().err
