@@ -4,6 +4,7 @@ ConvNets", ICLR 2017) that removes filters physically and reports what was gaine
 from filterprune.analysis import SensitivityResult, sensitivity
 from filterprune.checkpoint import ModelSpec, load, save
 from filterprune.engine import (
+    Budget,
     Coverage,
     PlanResult,
     PruneResult,
@@ -14,11 +15,12 @@ from filterprune.engine import (
     prune,
 )
 from filterprune.errors import FilterpruneError, FilterpruneWarning
+from filterprune.latency_table import LatencyTable, latency_table
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Coverage", "FilterpruneError", "FilterpruneWarning", "ModelSpec", "PlanResult", "PruneResult",
-    "PruningPlan", "SensitivityResult", "__version__", "apply_plan", "load", "plan_pruning",
-    "profile", "prune", "save", "sensitivity",
+    "Budget", "Coverage", "FilterpruneError", "FilterpruneWarning", "LatencyTable", "ModelSpec",
+    "PlanResult", "PruneResult", "PruningPlan", "SensitivityResult", "__version__", "apply_plan",
+    "latency_table", "load", "plan_pruning", "profile", "prune", "save", "sensitivity",
 ]

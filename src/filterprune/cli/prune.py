@@ -1,10 +1,12 @@
-"""``filterprune prune (--checkpoint M | --model SPEC) --ratio R``: remove filters from a model."""
+"""``filterprune prune (--checkpoint M | --model SPEC) (--ratio R | --target COST=S)``: remove
+filters from a model."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from filterprune.analysis import SensitivityResult
 from filterprune.checkpoint import save_model
 from filterprune.cli._common import add_model_arguments, model_from_args
 from filterprune.engine import (
@@ -18,6 +20,7 @@ from filterprune.engine import (
 from filterprune.engine.criteria import CRITERIA
 from filterprune.engine.plan import STRATEGIES, RatioSpec
 from filterprune.errors import FilterpruneError
+from filterprune.latency_table import LatencyTable
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -32,6 +35,17 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
         help="fraction of filters removed, in [0, 1): one value for all prunable convs, or "
         "NAME=R per layer name or glob pattern (repeatable, e.g. 'layer1.*.conv1=0.3')",
     )
+    parser.add_argument(
+        "--target", metavar="COST=S",
+        help="instead of --ratio: remove the share S in (0, 1) of the model's macs, params or "
+        "latency (e.g. macs=0.5); per-layer ratios by global ranking, or from --sensitivity",
+    )
+    parser.add_argument("--sensitivity", metavar="JSON",
+                        help="with --target: a sensitivity result of this model (filterprune "
+                        "sensitivity --json output); the ratios follow its curves")
+    parser.add_argument("--latency-table", metavar="JSON",
+                        help="with --target latency=S: the model's latency table on the target "
+                        "device (filterprune.latency_table(...).save)")
     parser.add_argument("--skip", action="append", default=[], metavar="NAME",
                         help="layer name or pattern left unpruned (repeatable)")
     parser.add_argument("--criterion", default="l1", choices=sorted(CRITERIA))
@@ -81,9 +95,26 @@ def parse_ratio(values: list[str]) -> RatioSpec:
     return {name: number(ratio) for name, _, ratio in pairs}
 
 
+def parse_target(text: str) -> dict[str, float]:
+    """``"macs=0.5"`` -> {"macs": 0.5} (the cost and share are checked by ``prune``).
+
+    Raises:
+        FilterpruneError: not COST=S with S a number.
+    """
+    kind, sep, share = text.partition("=")
+    if sep and kind:
+        try:
+            return {kind: float(share)}
+        except ValueError:
+            pass
+    raise FilterpruneError(f"--target '{text}' is not COST=S, e.g. macs=0.5")
+
+
 def run(args: argparse.Namespace) -> dict:
-    if not args.ratio and not args.plan:
-        raise FilterpruneError("give --ratio or --plan")
+    if sum(map(bool, (args.ratio, args.plan, args.target))) != 1:
+        raise FilterpruneError("give one of --ratio, --target and --plan")
+    if (args.sensitivity or args.latency_table) and not args.target:
+        raise FilterpruneError("--sensitivity and --latency-table go with --target")
     if args.out is not None:
         out = Path(args.out)
     elif args.checkpoint is not None:
@@ -94,17 +125,22 @@ def run(args: argparse.Namespace) -> dict:
         raise FilterpruneError(f"{out} exists (use --overwrite)")
     model, spec = model_from_args(args)
     example = spec.example_input()
-    reach = None
+    reach = budget = None
     if args.plan:
         graph = trace(model, example, residual=args.residual)
         plan = PruningPlan.load(args.plan)
     else:
+        choice = ({"ratio": parse_ratio(args.ratio)} if args.ratio else {
+            "target": parse_target(args.target),
+            "sensitivity": SensitivityResult.load(args.sensitivity) if args.sensitivity else None,
+            "latency": LatencyTable.load(args.latency_table) if args.latency_table else None})
         planned = plan_pruning(
-            model, example, ratio=parse_ratio(args.ratio), criterion=args.criterion,
+            model, example, **choice, criterion=args.criterion,
             strategy=args.strategy, skip=args.skip, round_to=args.round_to,
             residual=args.residual, score_by=args.score_by, strict=args.strict,
         )
-        plan, graph, reach = planned.plan, planned.graph, planned.coverage
+        plan, graph, reach, budget = (planned.plan, planned.graph, planned.coverage,
+                                      planned.budget)
     pruned = apply_plan(model, plan, graph)
     before, after = profile(model, example), profile(pruned, example)
     result = {
@@ -114,6 +150,7 @@ def run(args: argparse.Namespace) -> dict:
         "macs_reduction": 1 - after.macs / before.macs,
         "params_reduction": 1 - after.params / before.params,
         "coverage": None if reach is None else reach.to_dict(),
+        "budget": None if budget is None else budget.to_dict(),
     }
     if not args.dry_run:
         spec.plan = plan if spec.plan is None else spec.plan.then(plan)
@@ -134,6 +171,12 @@ def render(result: dict) -> str:
         lines.append(f"reached {reach['reached_share']:.0%} of the requested conv MACs "
                      f"({reach['prunable_share']:.0%} of all conv MACs are prunable; "
                      f"{len(reach['blocked'])} conv(s) blocked, listed in --json)")
+    if result["budget"] is not None:
+        budget = result["budget"]
+        lines.append(f"{budget['method']} allocation for {budget['target']}="
+                     f"{budget['share']:g}: removed {budget['achieved']:.1%}"
+                     + (" (predicted from the latency table)"
+                        if budget["target"] == "latency" else ""))
     if "checkpoint" in result:
         lines.append(f"saved {result['checkpoint']}")
     return "\n".join(lines)

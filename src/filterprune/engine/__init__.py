@@ -4,6 +4,7 @@ It knows nothing of training, data, the CLI or reports.
 """
 
 from filterprune.engine.activations import ACTIVATION_CRITERIA, activation_scores
+from filterprune.engine.budget import Budget, allocate
 from filterprune.engine.cluster import cluster_representatives, select_by_clustering
 from filterprune.engine.coverage import BlockedLayer, Coverage
 from filterprune.engine.criteria import (
@@ -29,10 +30,11 @@ from filterprune.engine.surgery import apply_plan, zero_pruned
 from filterprune.engine.variants import PrunedVariants
 
 __all__ = [
-    "ACTIVATION_CRITERIA", "CRITERIA", "RESIDUAL_POLICIES", "BlockedLayer", "ChannelGroup",
+    "ACTIVATION_CRITERIA", "CRITERIA", "RESIDUAL_POLICIES", "BlockedLayer", "Budget",
+    "ChannelGroup",
     "Coverage", "DependencyGraph", "PlanResult", "Profile", "PruneResult", "PrunedVariants",
     "PruningPlan",
-    "activation_scores", "apply_plan", "cluster_representatives", "decide_groups",
+    "activation_scores", "allocate", "apply_plan", "cluster_representatives", "decide_groups",
     "get_criterion", "kept_count", "l1_largest", "l1_norm", "l2_norm", "plan_pruning", "profile",
     "prune", "random_criterion", "resolve_ratios", "select_by_clustering", "select_filters",
     "trace", "zero_pruned",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from filterprune.engine.budget import Budget, LatencyCosts, SensitivityCurves, allocate
 from filterprune.engine.coverage import Coverage, coverage
 from filterprune.engine.criteria import Criterion
 from filterprune.engine.dependencies import trace
@@ -28,11 +29,13 @@ class PlanResult:
         graph: the dependency graph of the unpruned model.
         coverage: the share of the requested conv MACs the plan reached, and every conv that
             could not be pruned with its reason.
+        budget: with ``target``, the chosen per-layer ratios and the achieved share; else None.
     """
 
     plan: PruningPlan
     graph: DependencyGraph
     coverage: Coverage
+    budget: Budget | None
 
 
 @dataclass
@@ -47,7 +50,10 @@ def plan_pruning(
     model: nn.Module,
     example_inputs: torch.Tensor | tuple,
     *,
-    ratio: RatioSpec,
+    ratio: RatioSpec | None = None,
+    target: Mapping[str, float] | None = None,
+    sensitivity: SensitivityCurves | None = None,
+    latency: LatencyCosts | None = None,
     criterion: str | Criterion = "l1",
     strategy: str = "independent",
     skip: Sequence[str] = (),
@@ -63,22 +69,38 @@ def plan_pruning(
 
     Arguments, warnings and errors are those of ``prune``.
     """
+    if (ratio is None) == (target is None):
+        raise FilterpruneError("give exactly one of ratio= and target=")
+    if target is None and (sensitivity is not None or latency is not None):
+        raise FilterpruneError("sensitivity= and latency= choose ratios for a target=; "
+                               "they cannot be combined with ratio=")
     graph = trace(model, example_inputs, residual=residual, ignore=ignore, tracer=tracer)
+    costs = profile(model, example_inputs)
+    budget = None
+    if target is not None:
+        budget = allocate(model, graph, costs, target, sensitivity=sensitivity, latency=latency,
+                          criterion=criterion, score_by=score_by, skip=skip, round_to=round_to)
+        if not budget.within or budget.unmeasured:
+            warn(budget.describe())
+        ratio = budget.ratios
     ratios = resolve_ratios(graph, ratio, skip)
     plan = select_filters(model, graph, ratios, criterion, strategy, round_to, score_by)
-    reach = coverage(model, graph, plan, profile(model, example_inputs), ratio, skip)
+    reach = coverage(model, graph, plan, costs, ratio, skip)
     if reach.short:
         if strict:
             raise FilterpruneError(reach.describe())
         warn(reach.describe())
-    return PlanResult(plan, graph, reach)
+    return PlanResult(plan, graph, reach, budget)
 
 
 def prune(
     model: nn.Module,
     example_inputs: torch.Tensor | tuple,
     *,
-    ratio: RatioSpec,
+    ratio: RatioSpec | None = None,
+    target: Mapping[str, float] | None = None,
+    sensitivity: SensitivityCurves | None = None,
+    latency: LatencyCosts | None = None,
     criterion: str | Criterion = "l1",
     strategy: str = "independent",
     skip: Sequence[str] = (),
@@ -103,6 +125,14 @@ def prune(
             ``model`` accepts; it fixes the feature-map sizes at flatten points.
         ratio: fraction of filters removed, in [0, 1): one float for all prunable convs, or a dict
             from layer names or glob patterns (``"layer1.*.conv1"``) to ratios.
+        target: instead of ``ratio``: the share of the model's cost to remove, one entry
+            ``{"macs": s}``, ``{"params": s}`` or ``{"latency": s}`` with s in (0, 1); the
+            per-layer ratios are chosen by ``filterprune.engine.budget.allocate`` (global
+            ranking, or from ``sensitivity``) and recorded in ``.budget``.
+        sensitivity: with ``target``: a ``filterprune.SensitivityResult`` of this model (same
+            residual policy); the ratios then follow its curves (least predicted loss).
+        latency: with a ``"latency"`` target: the model's ``filterprune.LatencyTable`` on the
+            device it will run on.
         criterion: ``"l1"`` (§3.1), ``"l2"`` (Appendix 6.1) or a callable
             weight (C_out, C_in, kH, kW) -> scores (C_out,).
         strategy: ``"independent"`` or ``"greedy"`` (§3.3).
@@ -122,19 +152,24 @@ def prune(
             the convs it was asked to prune.
 
     Returns:
-        A PruneResult with ``.model`` (smaller and dense), ``.plan`` and ``.coverage`` (the
-        share of the requested conv MACs reached; every blocked conv with its reason).
+        A PruneResult with ``.model`` (smaller and dense), ``.plan``, ``.coverage`` (the
+        share of the requested conv MACs reached; every blocked conv with its reason) and
+        ``.budget`` (with ``target``: the chosen ratios and the share achieved).
 
     Warns:
         FilterpruneWarning: the plan reached less than half of the requested conv MACs (the
-            message gives the shares and the largest blocked convs with their reasons).
+            message gives the shares and the largest blocked convs with their reasons); a
+            target missed by more than one point (the model's granularity), or layers left
+            whole because the sensitivity result has no curve for them.
 
     Raises:
         ValueError (FilterpruneError): a ratio outside [0, 1) (the message names it), an unknown
             layer name or pattern, a layer that cannot be pruned (the message names the module
             and the operation), an unknown criterion, strategy or residual policy, or a model
             that fails on ``example_inputs``; with ``strict=True``, a plan that reached less
-            than half of the requested conv MACs.
+            than half of the requested conv MACs; both or neither of ``ratio`` and ``target``;
+            a target outside (0, 1) or beyond what the skip list leaves reachable (the
+            message gives the maximum); a sensitivity result or latency table of another model.
 
     Example:
         >>> from filterprune.models import create_model
@@ -142,11 +177,15 @@ def prune(
         >>> result = prune(net, torch.zeros(1, 1, 28, 28), ratio=0.5)
         >>> result.model.features[0].out_channels
         16
+        >>> halved = prune(net, torch.zeros(1, 1, 28, 28), target={"macs": 0.5})
+        >>> round(halved.budget.achieved, 2)
+        0.5
     """
     planned = plan_pruning(
-        model, example_inputs, ratio=ratio, criterion=criterion, strategy=strategy, skip=skip,
+        model, example_inputs, ratio=ratio, target=target, sensitivity=sensitivity,
+        latency=latency, criterion=criterion, strategy=strategy, skip=skip,
         round_to=round_to, residual=residual, ignore=ignore, score_by=score_by, tracer=tracer,
         strict=strict,
     )
-    return PruneResult(planned.plan, planned.graph, planned.coverage,
+    return PruneResult(planned.plan, planned.graph, planned.coverage, planned.budget,
                        apply_plan(model, planned.plan, planned.graph))
