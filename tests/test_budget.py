@@ -167,7 +167,8 @@ def test_latency_target_picks_measured_widths_from_the_table():
 
 def test_latency_table_measures_round_trips_and_says_its_conditions(tmp_path):
     model, x = chain(), torch.zeros(2, 4, 8, 8)
-    table = filterprune.latency_table(model, x, step=8, ratios=[0.5], min_run_time_s=0.001)
+    table = filterprune.latency_table(model, x, step=8, ratios=[0.5], min_run_time_s=0.001,
+                                      budget_s=0.05)
     assert sorted(table.layers) == ["0", "2", "4"]
     assert sorted(table.layers["0"]) == [8, 16]  # multiples of 8, the 0.5 width, the full one
     assert table.input_shape == [2, 4, 8, 8] and table.device == "cpu" and table.threads >= 1

@@ -7,9 +7,11 @@ multiples of ``step``, the widths the ratios 0.1, ..., 0.9 keep, and the full wi
 multiple of the group's conv-group count), the model is pruned to that width in that group alone
 (``select_filters`` + ``apply_plan``), and the layers whose shapes change -- the group's members,
 its followers (BatchNorms, depthwise convs) and its consumers -- are timed one by one on a random
-input of their real shape, with ``filterprune.deploy.latency`` (``torch.utils.benchmark``:
-warm-up, blocks of runs, median and interquartile range). A group's entry is the sum over those
-layers. An entry whose interquartile range exceeds ``NOISY_SHARE`` of its median is flagged noisy.
+input of their real shape, every width of a group in the same interleaved rounds
+(``filterprune.deploy.interleaved_timings``: warm-up, rounds until the spread is small or the
+budget is spent, median and interquartile range), so that a drift of the machine's load touches
+all widths alike. A group's entry is the sum over those layers. An entry whose interquartile
+range exceeds ``NOISY_SHARE`` of its median is flagged noisy.
 
 The table is plain data with its conditions (device, threads, batch, input shape, timing
 length, torch version) and a JSON round trip; ``filterprune.prune(..., target={"latency": s},
@@ -19,7 +21,7 @@ Example:
     >>> import torch
     >>> from filterprune.models import create_model
     >>> net = create_model("scnnb", in_channels=1, input_size=8)
-    >>> table = latency_table(net, torch.zeros(1, 1, 8, 8), min_run_time_s=0.001)
+    >>> table = latency_table(net, torch.zeros(1, 1, 8, 8), min_run_time_s=0.001, budget_s=0.01)
     >>> sorted(table.layers["features.0"])[-1]  # the full width is always measured
     32
 """
@@ -27,15 +29,17 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from filterprune._io import atomic_write_text
-from filterprune.deploy import latency
+from filterprune.deploy import Comparison, interleaved_timings
 from filterprune.engine import apply_plan, kept_count, select_filters, trace
 from filterprune.engine.budget import prunable_groups
 from filterprune.engine.graph import as_tuple, eval_mode
@@ -141,7 +145,8 @@ def latency_table(
     residual: str = "inner",
     ignore: Sequence[str] = (),
     tracer: str = "auto",
-    min_run_time_s: float = 0.05,
+    min_run_time_s: float = 0.02,
+    budget_s: float = 2.0,
 ) -> LatencyTable:
     """Measures the latency table of ``model`` (see the module docstring).
 
@@ -152,7 +157,9 @@ def latency_table(
         ratios: also measure the widths these ratios keep (``kept_count``).
         skip: names or patterns of layers not measured (and left whole by the allocation).
         residual, ignore, tracer: as in ``filterprune.prune`` (use the same as for pruning).
-        min_run_time_s: least time timing each layer at each width, s.
+        min_run_time_s: least time of one timing of a layer, s.
+        budget_s: seconds of interleaved rounds per group (all its widths timed in turn) and
+            for the whole model; fewer if every spread is under ``NOISY_SHARE`` sooner.
 
     Returns:
         The :class:`LatencyTable`.
@@ -174,19 +181,39 @@ def latency_table(
         name, width = group.members[0], group.out_channels
         changed = [*group.members, *group.followers, *(c.name for c in group.consumers)]
         table[name], spread[name] = {}, {}
-        for w in _widths(width, group.chunks, step, ratios):
-            pruned = model if w == width else apply_plan(
-                model, select_filters(model, graph, {name: 1 - w / width}), graph)
-            modules = dict(pruned.named_modules())
-            timed = [latency(modules[n], _random_input(modules[n], shapes[n], x), min_run_time_s)
-                     for n in changed if n in shapes]
-            table[name][w] = sum(ms for ms, _ in timed)
-            spread[name][w] = sum(iqr for _, iqr in timed)
-    model_ms, model_iqr = latency(model, x, min_run_time_s)
+        widths = _widths(width, group.chunks, step, ratios)
+        with ExitStack() as stack:
+            calls = {}
+            for w in widths:
+                pruned = model if w == width else apply_plan(
+                    model, select_filters(model, graph, {name: 1 - w / width}), graph)
+                stack.enter_context(eval_mode(pruned))
+                modules = dict(pruned.named_modules())
+                calls |= {f"{w}/{n}": partial(modules[n], _random_input(modules[n], shapes[n], x))
+                          for n in changed if n in shapes}
+            timings = _time(calls, x.device, budget_s, min_run_time_s)
+        for w in widths:
+            entries = [timings.latency(f"{w}/{n}") for n in changed if n in shapes]
+            table[name][w] = sum(e["latency_ms"] for e in entries)
+            spread[name][w] = sum(e["iqr_ms"] for e in entries)
+    with eval_mode(model):
+        whole = _time({"model": partial(model, x)}, x.device, budget_s,
+                      min_run_time_s).latency("model")
+    model_ms, model_iqr = whole["latency_ms"], whole["iqr_ms"]
     device = str(x.device) + (f" ({torch.cuda.get_device_name(x.device)})"
                               if x.device.type == "cuda" else "")
     return LatencyTable(table, spread, model_ms, model_iqr, device, torch.get_num_threads(),
                         list(x.shape), min_run_time_s)
+
+
+def _time(calls: Mapping[str, Callable[[], object]], device: torch.device, budget_s: float,
+          min_time_s: float) -> Comparison:
+    """``calls`` timed in interleaved rounds (``filterprune.deploy.interleaved_timings``) under
+    ``torch.inference_mode``."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        return interleaved_timings(calls, budget_s=budget_s, max_spread=NOISY_SHARE,
+                                   min_time_s=min_time_s, sync=sync)
 
 
 def _widths(width: int, chunks: int, step: int, ratios: Sequence[float]) -> list[int]:
