@@ -5,13 +5,16 @@ import json
 import re
 
 import pytest
+import torch
 from conftest import BASE_MACS, BASE_PARAMS, BASE_TOP1, make_results, pruned_row
 from matplotlib.figure import Figure
 
 from filterprune.engine.coverage import BlockedLayer, Coverage
 from filterprune.errors import FilterpruneError
+from filterprune.pipeline.accuracy import with_intervals
 from filterprune.pipeline.report import write_report
-from filterprune.pipeline.results import RunResults
+from filterprune.pipeline.results import RunResults, pack_outcomes, unpack_outcomes
+from filterprune.stats import Interval
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = {"sensitivity.png", "filter_norms.png", "accuracy_vs_macs.png", "accuracy_vs_params.png"}
@@ -185,13 +188,84 @@ def test_results_round_trip_through_json_and_refuse_other_schema_versions(result
     path = results.save(tmp_path / "results.json")
     assert RunResults.load(path) == results
     data = json.loads(path.read_text())
-    assert data["schema_version"] == 1 and data["coverage"]["reached_share"] == 1.0
+    assert data["schema_version"] == 2 and data["coverage"]["reached_share"] == 1.0
     del data["schema_version"]  # written before the schema existed
     path.write_text(json.dumps(data))
     with pytest.raises(FilterpruneError, match="schema version None"):
         RunResults.load(path)
-    data["schema_version"] = 1
+    data["schema_version"] = 2
     del data["pruning"][0]["top1_after"]
     path.write_text(json.dumps(data))
     with pytest.raises(FilterpruneError, match="top1_after"):
         RunResults.load(path)
+
+
+def _outcomes(right: int, n: int = 1000) -> torch.Tensor:
+    """Per-image outcomes: the first ``right`` of ``n`` images right."""
+    return torch.arange(n) < right
+
+
+def _with_outcomes(results, baseline_right=870, after_right=(860, 861, 800)):
+    """``results`` on 1,000 test images: the baseline gets the first ``baseline_right`` right,
+    the pruned rows (given out of order: 0.5, 0.25, 0.75) the first ``after_right``; each
+    pruned model's wrong images include the baseline's, so a pair disagrees only on the
+    images between the two counts."""
+    results.dataset.test_size = 1000
+    results.baseline.top1 = baseline_right / 10
+    results.baseline.correct = pack_outcomes(_outcomes(baseline_right))
+    for row, right in zip(results.pruning, after_right, strict=True):
+        row.top1_after = right / 10
+        row.correct = pack_outcomes(_outcomes(right))
+    return results
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 1001])
+def test_per_image_outcomes_pack_into_bits_and_back(n):
+    correct = torch.rand(n, generator=torch.Generator().manual_seed(n)) < 0.7
+    packed = pack_outcomes(correct)
+    packed_bytes = (n + 7) // 8  # one bit per image
+    assert len(packed) == 4 * ((packed_bytes + 2) // 3)  # base64: 4 characters per 3 bytes
+    assert torch.equal(unpack_outcomes(packed, n), correct)
+    with pytest.raises(FilterpruneError, match="outcomes"):
+        unpack_outcomes(packed, n + 8)
+
+
+def test_every_top1_has_its_wilson_interval_and_every_drop_a_paired_one(results):
+    with_intervals(_with_outcomes(results))
+    base = results.baseline.intervals
+    assert (base.split, base.n) == ("test", 1000)
+    # Wilson, 870 of 1000 (filterprune.stats docstring; Newcombe 1998 gives 0.8477-0.8894)
+    assert (round(base.top1.low, 2), round(base.top1.high, 2)) == (84.77, 88.94)
+    half = results.pruning[0].intervals
+    assert half.top1.estimate == pytest.approx(86.0)
+    assert half.top1_before.estimate == pytest.approx(70.2)
+    assert half.drop.estimate == pytest.approx(1.0) and "paired" in half.drop.method
+    assert half.drop_vs_retrained is None  # no control ran
+    # 10 images apart, all of them lost by the pruned model (McNemar: 10 to 0): the drop is
+    # surely above 0, which the unpaired interval of the same counts cannot tell
+    assert half.drop.low > 0
+    results.pruning[0].correct = None  # a record written before outcomes were kept
+    with_intervals(results)
+    unpaired = results.pruning[0].intervals.drop
+    assert "unpaired" in unpaired.method and unpaired.estimate == pytest.approx(1.0)
+    assert unpaired.low < 0 < unpaired.high
+
+
+def test_report_shows_intervals_and_the_split(results, tmp_path):
+    write_report(with_intervals(_with_outcomes(results)), tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "Top-1 87.00 (84.77 to 88.94)% on 1000 test images" in _section(text, "Baseline")
+    _, rows = _table(_section(text, "One-shot"))
+    half = next(cells for cells in rows if cells[0] == "0.5")
+    iv = results.pruning[0].intervals
+    assert half[6] == f"86.00 ({iv.top1.low:.2f} to {iv.top1.high:.2f})"
+    assert half[7] == f"1.00 ({iv.drop.low:.2f} to {iv.drop.high:.2f})"
+    assert "paired on the same images" in text and "1000 images of the test split" in text
+
+
+def test_intervals_round_trip_through_results_json(results, tmp_path):
+    with_intervals(_with_outcomes(results))
+    path = results.save(tmp_path / "results.json")
+    loaded = RunResults.load(path)
+    assert loaded == results
+    assert isinstance(loaded.pruning[0].intervals.drop, Interval)

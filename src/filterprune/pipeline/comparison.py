@@ -46,12 +46,13 @@ def comparison_figures(results: RunResults) -> dict[str, Figure]:
     return figures
 
 
-def comparison_lines(results: RunResults, fmt_count, table) -> list[str]:
-    """The Markdown of the section (``fmt_count`` and ``table`` are report.py's formatters)."""
+def comparison_lines(results: RunResults, fmt_count, table, fmt_top1) -> list[str]:
+    """The Markdown of the section (``fmt_count``, ``table`` and ``fmt_top1`` (a top-1 and its
+    interval) are report.py's formatters)."""
     methods = method_rows(results)
     baseline = results.baseline
     deploy = results.deploy
-    header = ["method", "ratio / plan", "top-1", "MACs", "params"]
+    header = ["method", "ratio / plan", "top-1 (95% CI)", "MACs", "params"]
     lines = ["## Methods compared", ""]
     if deploy is not None:
         small, large = (str(b) for b in (deploy["batch_sizes"][0], deploy["batch_sizes"][-1]))
@@ -68,11 +69,14 @@ def comparison_lines(results: RunResults, fmt_count, table) -> list[str]:
             "latency over that of the same network built directly at its widths (1.00 = "
             "nothing left behind by pruning). Peak MB: tensor memory of one forward pass beyond "
             "the weights; size MB: the safetensors model file.", ""]
-    rows = [_row("baseline", None, baseline.top1, baseline, baseline, deploy, "baseline",
-                 fmt_count)]
+    def top1(record, value: float) -> str:
+        return fmt_top1(value, None if record.intervals is None else record.intervals.top1)
+
+    rows = [_row("baseline", None, top1(baseline, baseline.top1), baseline, baseline, deploy,
+                 "baseline", fmt_count)]
     for name, method in methods.items():
-        rows += [_row(name, row.label, row.top1_after, row, baseline, deploy, row.stage,
-                      fmt_count) for row in method]
+        rows += [_row(name, row.label, top1(row, row.top1_after), row, baseline, deploy,
+                      row.stage, fmt_count) for row in method]
     lines += table(header, rows)
     if any(getattr(row, "zeroed_conv_weights", None) is not None
            for rows in methods.values() for row in rows):
@@ -81,10 +85,11 @@ def comparison_lines(results: RunResults, fmt_count, table) -> list[str]:
     return lines
 
 
-def _row(name: str, label: str | None, top1: float, row: PrunedRow | Baseline,
+def _row(name: str, label: str | None, top1: str, row: PrunedRow | Baseline,
          baseline: Baseline, deploy: dict | None, stage: str, fmt_count) -> list[str]:
-    """One table row; ``label`` is the pruning point (None for the baseline)."""
-    cells = [name, label or "–", f"{top1:.2f}", fmt_count(row.macs), fmt_count(row.params)]
+    """One table row; ``label`` is the pruning point (None for the baseline), ``top1`` its
+    formatted top-1."""
+    cells = [name, label or "–", top1, fmt_count(row.macs), fmt_count(row.params)]
     if deploy is None:
         return cells
     model = deploy["models"].get(stage)

@@ -24,10 +24,12 @@ from filterprune.pipeline.comparison import comparison_figures, comparison_lines
 from filterprune.pipeline.results import (
     Baseline,
     PrunedRow,
+    RetrainedBaseline,
     RunResults,
     ScratchRow,
     SensitivityTable,
 )
+from filterprune.stats import Interval
 
 REPORT_NAME = "report.md"
 SENSITIVITY_PNG = "sensitivity.png"
@@ -115,6 +117,17 @@ def _acc(value: float | None) -> str:
     return _MISSING if value is None else f"{value:.2f}"
 
 
+def _ci(value: float | None, interval: Interval | None) -> str:
+    """Formats a top-1 or a drop with its 95% interval, ``"90.80 (90.21 to 91.36)"``; the value
+    alone when the interval is missing."""
+    return _acc(value) + _bracket(interval)
+
+
+def _bracket(interval: Interval | None) -> str:
+    """``" (90.21 to 91.36)"``, or nothing without an interval."""
+    return "" if interval is None else f" ({interval.low:.2f} to {interval.high:.2f})"
+
+
 def _drop(baseline: float | None, value: float | None) -> str:
     """Formats baseline minus value in points with two decimals (positive = accuracy lost)."""
     if baseline is None or value is None:
@@ -167,17 +180,18 @@ def _render_markdown(results: RunResults, pruning: list[PrunedRow], plots: list[
     ]
     top5 = "" if baseline.top5 is None else f", top-5 {baseline.top5:.2f}%"
     lines += [
-        f"Top-1 {baseline.top1:.2f}%{top5}, {_human(baseline.macs)} MACs, "
-        f"{_human(baseline.params)} params; trained {baseline.epochs} epochs in "
-        f"{baseline.train_time_s:.1f} s.",
+        f"Top-1 {_ci(baseline.top1, _top1_interval(baseline))}%{top5}{_images(baseline)}, "
+        f"{_human(baseline.macs)} MACs, {_human(baseline.params)} params; trained "
+        f"{baseline.epochs} epochs in {baseline.train_time_s:.1f} s.",
         "",
         f"## {_schedule_title(pruning)} pruning of all layers",
         "",
     ]
-    lines += _pruning_table(pruning, baseline)
+    lines += _pruning_table(pruning, baseline, results.baseline_retrained)
     epochs = sorted({row.retrain_epochs for row in pruning})
     if epochs:
         lines += ["", f"Retraining epochs per pruned model: {', '.join(map(str, epochs))}."]
+    lines += _interval_notes(results)
     if results.scratch:
         lines += ["", "## Pruned architectures trained from scratch (controls)", ""]
         lines += _scratch_table(results.scratch, pruning)
@@ -190,7 +204,7 @@ def _render_markdown(results: RunResults, pruning: list[PrunedRow], plots: list[
         lines += _sensitivity_section(sensitivity, baseline.top1)
 
     if _compares(results):
-        lines += [""] + comparison_lines(results, _human, _table)
+        lines += [""] + comparison_lines(results, _human, _table, _ci)
 
     titles = {
         SENSITIVITY_PNG: "Sensitivity to pruning",
@@ -206,8 +220,43 @@ def _render_markdown(results: RunResults, pruning: list[PrunedRow], plots: list[
     return "\n".join(lines)
 
 
-def _pruning_table(pruning: list[PrunedRow], baseline: Baseline) -> list[str]:
-    """Renders the main table, one row per pruning point; top-5 columns when any is known."""
+def _top1_interval(record) -> Interval | None:
+    return None if record.intervals is None else record.intervals.top1
+
+
+def _images(record) -> str:
+    """``" on 10000 test images"``, when the record's intervals say."""
+    iv = record.intervals
+    return "" if iv is None else f" on {iv.n} {iv.split} images"
+
+
+def _interval_notes(results: RunResults) -> list[str]:
+    """How the intervals are computed, and what the control for extra training is."""
+    iv = results.baseline.intervals
+    lines = []
+    if iv is not None:
+        paired = all(row.correct is not None for row in [results.baseline, *results.pruning])
+        lines += ["", f"Top-1 in % on the {iv.n} images of the {iv.split} split, with its 95% "
+                  "interval in brackets (Wilson score); each drop (points, positive = accuracy "
+                  "lost) with its 95% interval "
+                  + ("paired on the same images (Newcombe), narrower than the two top-1 "
+                     "intervals suggest." if paired else
+                     "(unpaired: a record without per-image outcomes; resume or rerun the run "
+                     "for paired ones).")]
+    control = results.baseline_retrained
+    if control is not None:
+        lines += ["", f"The pruned models are retrained for {control.epochs} epoch(s) the "
+                  "baseline never had; the control row is the baseline retrained the same way, "
+                  "and each row's drop from it is what pruning costs beyond what extra training "
+                  "gains."]
+    return lines
+
+
+def _pruning_table(
+    pruning: list[PrunedRow], baseline: Baseline, control: RetrainedBaseline | None = None
+) -> list[str]:
+    """Renders the main table, one row per pruning point after the control for extra training
+    (when it ran); top-5 columns when any is known."""
     with_top5 = baseline.top5 is not None or any(
         value is not None for row in pruning for value in (row.top5_before, row.top5_after)
     )
@@ -221,20 +270,25 @@ def _pruning_table(pruning: list[PrunedRow], baseline: Baseline) -> list[str]:
         "top-1 after retraining",
         "drop vs baseline (after)",
     ]
+    if control is not None:
+        header.append("drop vs baseline retrained (after)")
     if with_top5:
         header += ["top-5 before retraining", "top-5 after retraining", "top-5 drop (after)"]
-    rows = []
+    rows = [] if control is None else [_control_row(control, baseline, with_top5)]
     for row in pruning:
+        iv = row.intervals
         cells = [
             row.label,
             _human(row.macs),
             _pct(row.macs_reduction),
             _human(row.params),
             _pct(row.params_reduction),
-            _acc(row.top1_before),
-            _acc(row.top1_after),
-            _drop(baseline.top1, row.top1_after),
+            _ci(row.top1_before, iv and iv.top1_before),
+            _ci(row.top1_after, iv and iv.top1),
+            _ci_drop(baseline.top1, row.top1_after, iv and iv.drop),
         ]
+        if control is not None:
+            cells.append(_ci_drop(control.top1, row.top1_after, iv and iv.drop_vs_retrained))
         if with_top5:
             cells += [
                 _acc(row.top5_before),
@@ -243,6 +297,23 @@ def _pruning_table(pruning: list[PrunedRow], baseline: Baseline) -> list[str]:
             ]
         rows.append(cells)
     return _table(header, rows)
+
+
+def _ci_drop(reference: float, value: float, interval: Interval | None) -> str:
+    """A drop from ``reference`` with its interval (``_drop``, ``_ci``)."""
+    return _drop(reference, value) + _bracket(interval)
+
+
+def _control_row(control: RetrainedBaseline, baseline: Baseline, with_top5: bool) -> list[str]:
+    """The row of the baseline retrained as the pruned models are (the control)."""
+    iv = control.intervals
+    cells = ["baseline retrained (control)", _human(baseline.macs), _pct(0),
+             _human(baseline.params), _pct(0), _ci(baseline.top1, _top1_interval(baseline)),
+             _ci(control.top1, iv and iv.top1),
+             _ci_drop(baseline.top1, control.top1, iv and iv.drop), _MISSING]
+    if with_top5:
+        cells += [_acc(baseline.top5), _acc(control.top5), _drop(baseline.top5, control.top5)]
+    return cells
 
 
 def _schedule_title(pruning: list[PrunedRow]) -> str:
@@ -256,7 +327,8 @@ def _scratch_table(scratch: list[ScratchRow], pruning: list[PrunedRow]) -> list[
     pruned = {row.stage: row for row in pruning}
     rows = [
         [pruned[row.pruned].label, f"scratch-{row.kind}", str(row.epochs),
-         _acc(row.top1), _acc(pruned[row.pruned].top1_after)]
+         _ci(row.top1, _top1_interval(row)),
+         _ci(pruned[row.pruned].top1_after, _top1_interval(pruned[row.pruned]))]
         for row in sorted(scratch, key=lambda row: (-pruned[row.pruned].macs, row.kind))
     ]
     lines = ["The pruned architecture re-initialised at random and trained with the baseline's "

@@ -32,6 +32,7 @@ from filterprune.engine import (
 from filterprune.engine.coverage import coverage
 from filterprune.errors import FilterpruneError, warn
 from filterprune.paper import named_plan
+from filterprune.pipeline.accuracy import with_intervals
 from filterprune.pipeline.analysis import filter_norms, sensitivity
 from filterprune.pipeline.config import RunConfig
 from filterprune.pipeline.deployment import deploy_stage
@@ -114,7 +115,7 @@ def _train_baseline(
         history = session.train(model, config.train, "baseline", stages.state("baseline"))
     distributed.on_main(lambda: save_model(out_dir / "baseline.safetensors", model, session.spec))
     cost = profile(model, session.spec.example_input())
-    metrics = session.evaluate(model)
+    metrics = session.evaluate(model, per_image=True)
     log(f"baseline top-1 {metrics['top1']:.2f}%, {cost.macs / 1e6:.2f}M MACs, "
         f"{cost.params / 1e6:.3f}M params")
     return {
@@ -266,7 +267,7 @@ def run_pipeline(
     measured = [row.stage for row in pruning] + [
         row.stage for rows in methods.values() for row in rows]
     deploy = deploy_stage(session, measured, stages, out_dir, log)
-    results = RunResults(
+    results = with_intervals(RunResults(
         model=session.spec.name,
         dataset=DatasetInfo(
             session.dataset.name,
@@ -277,7 +278,7 @@ def run_pipeline(
         coverage=reach, baseline=Baseline(**baseline), filter_norms=filter_norms(model, graph),
         sensitivity=sensitivity_result, pruning=pruning, methods=methods, scratch=scratch,
         deploy=deploy, wall_time_s=stages.record_session(),
-    )
+    ))
 
     def write() -> None:
         results.save(out_dir / "results.json")

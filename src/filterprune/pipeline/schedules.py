@@ -153,13 +153,14 @@ def train_from_scratch(
         log: receives one line.
 
     Returns:
-        ``{"epochs", "top1", "top5", "loss", "train_time_s"}``.
+        ``{"epochs", "top1", "top5", "loss", "correct", "train_time_s"}`` (``correct``: the
+        per-image outcomes, ``Session.evaluate``).
     """
     torch.manual_seed(seed)
     model = spec.build()
     settings = session.config.train.model_copy(update={"epochs": epochs})
     history = session.train(model, settings, stage, stages.state(stage))
     distributed.on_main(lambda: save_model(out_dir / f"{stage}.safetensors", model, spec))
-    metrics = session.evaluate(model)
+    metrics = session.evaluate(model, per_image=True)
     log(f"{stage}: trained from scratch {epochs} epochs, top-1 {metrics['top1']:.2f}%")
     return {"epochs": epochs, **metrics, "train_time_s": sum(h["time_s"] for h in history)}

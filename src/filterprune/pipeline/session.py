@@ -37,6 +37,7 @@ from filterprune.data.stream import load_user_datasets
 from filterprune.engine.criteria import Criterion, random_criterion
 from filterprune.errors import FilterpruneError
 from filterprune.pipeline.config import RunConfig, load_config
+from filterprune.pipeline.results import pack_outcomes
 from filterprune.training import TrainSettings, evaluate, train
 
 Log = Callable[[str], None]
@@ -68,8 +69,15 @@ class Session:
         name = self.config.prune.criterion
         return random_criterion(stage_seed(self.config.seed, stage)) if name == "random" else name
 
-    def evaluate(self, model: nn.Module) -> dict:
-        return evaluate(model, self.test_batches, self.device, self.config.compute)
+    def evaluate(self, model: nn.Module, *, per_image: bool = False) -> dict:
+        """Top-1, top-5 and loss of ``model`` on the test split (``filterprune.training.evaluate``);
+        with ``per_image``, also ``"correct"``: whether it got each image right, packed as the
+        records keep it (``filterprune.pipeline.results.pack_outcomes``)."""
+        metrics = evaluate(model, self.test_batches, self.device, self.config.compute,
+                           per_image=per_image)
+        if per_image:
+            metrics["correct"] = pack_outcomes(metrics["correct"])
+        return metrics
 
     def train(
         self, model: nn.Module, settings: TrainSettings, stage: str, state_path: Path,
