@@ -81,7 +81,7 @@ def test_train_prune_finetune_evaluate_summary(tmp_path, config, capsys):
     assert summary["layers"][0]["weight_shape"] == [16, 1, 3, 3]
 
     code, stdout, _ = run_cli(capsys, "sensitivity", config, "--checkpoint", baseline)
-    assert code == 0 and "features.4" in stdout and "(test split)" in stdout
+    assert code == 0 and "features.4" in stdout and "(validation split)" in stdout
 
 
 def test_summary_of_zoo_model_with_plan(tmp_path, capsys):

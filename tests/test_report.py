@@ -81,8 +81,8 @@ def test_main_table(results, written):
         "MACs reduction",
         "params",
         "params reduction",
-        "top-1 before retraining",
-        "top-1 after retraining",
+        "top-1 before retraining (test)",
+        "top-1 after retraining (test)",
         "drop vs baseline (after)",
     ]
     assert not any("top-5" in h for h in header)
@@ -269,3 +269,22 @@ def test_intervals_round_trip_through_results_json(results, tmp_path):
     loaded = RunResults.load(path)
     assert loaded == results
     assert isinstance(loaded.pruning[0].intervals.drop, Interval)
+
+
+def test_report_says_which_split_the_sensitivity_comes_from(results, tmp_path):
+    results.dataset.validation_size = 6000
+    results.sensitivity.split, results.sensitivity.baseline_top1 = "validation", 93.0
+    write_report(results, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "60000 train / 6000 validation (held out of the training set" in text
+    section = _section(text, "Sensitivity")
+    assert "Top-1 (%) on the validation split" in section
+    # the drop is from the baseline's top-1 on the same split: 93.0 - 60.3
+    assert "a drop of 32.70 points" in section
+
+    results.dataset.validation_size = 0
+    results.sensitivity.split, results.sensitivity.baseline_top1 = "test", None
+    write_report(results, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "no validation split held out, so the sensitivity is measured on the test split" in text
+    assert "selects on the test split" in _section(text, "Sensitivity")

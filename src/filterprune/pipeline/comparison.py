@@ -52,7 +52,7 @@ def comparison_lines(results: RunResults, fmt_count, table, fmt_top1) -> list[st
     methods = method_rows(results)
     baseline = results.baseline
     deploy = results.deploy
-    header = ["method", "ratio / plan", "top-1 (95% CI)", "MACs", "params"]
+    header = ["method", "ratio / plan", "top-1 test (95% CI)", "MACs", "params"]
     lines = ["## Methods compared", ""]
     if deploy is not None:
         small, large = (str(b) for b in (deploy["batch_sizes"][0], deploy["batch_sizes"][-1]))
@@ -124,7 +124,7 @@ def _figure(methods: dict[str, list[PrunedRow]], baseline_top1: float, baseline_
     ax.plot(baseline_x, baseline_top1, marker="*", markersize=14, color="black",
             linestyle="none", label="baseline")
     ax.set_xlabel(label)
-    ax.set_ylabel("top-1 accuracy after retraining (%)")
+    ax.set_ylabel("top-1 accuracy after retraining, test split (%)")
     ax.set_title(f"Top-1 vs {label.split(' (')[0]}, one line per method")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -47,7 +47,13 @@ class DataConfig(_Strict):
     ImageNet-style folder ``data_dir`` with ``train/<class>/`` and ``val/<class>/``, or
     ``package.module:callable`` returning the user's own (train, test) datasets), where its
     files are, a training subset size (None = all images), the evaluation batch size, and the
-    side in pixels image folders are resized and centre-cropped to (``image_size``)."""
+    side in pixels image folders are resized and centre-cropped to (``image_size``).
+
+    ``validation``: the share of each class of the training set held out (seeded by ``seed``,
+    ``filterprune.data.split.validation_split``) as the validation split, on which the
+    sensitivity analysis and every choice are made; the test split gives only the reported
+    accuracies. 0 holds nothing out: the sensitivity is then measured on the test split (the
+    report says so)."""
 
     name: str = "fashion-mnist-sample"
     data_dir: str | None = None
@@ -55,6 +61,7 @@ class DataConfig(_Strict):
     train_subset: int | None = Field(None, ge=1)
     eval_batch_size: int = Field(1000, ge=1)
     image_size: int = Field(224, ge=1)
+    validation: float = Field(0.1, ge=0, lt=1)
 
 
 class PruneConfig(_Strict):

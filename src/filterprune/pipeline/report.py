@@ -23,6 +23,7 @@ from filterprune.pipeline.comparison import TITLES as COMPARISON_TITLES
 from filterprune.pipeline.comparison import comparison_figures, comparison_lines
 from filterprune.pipeline.results import (
     Baseline,
+    DatasetInfo,
     PrunedRow,
     RetrainedBaseline,
     RunResults,
@@ -70,7 +71,8 @@ def write_report(results: RunResults, out_dir: str | Path) -> list[Path]:
         ACCURACY_VS_PARAMS_PNG: _accuracy_vs_cost_figure(pruning, baseline, "params", "parameters"),
     }
     if sensitivity is not None:
-        figures = {SENSITIVITY_PNG: _sensitivity_figure(sensitivity, baseline.top1), **figures}
+        figures = {SENSITIVITY_PNG: _sensitivity_figure(
+            sensitivity, _sensitivity_baseline(sensitivity, baseline)), **figures}
     if _compares(results):
         figures |= comparison_figures(results)
     text = _render_markdown(results, pruning, list(figures))
@@ -166,8 +168,7 @@ def _render_markdown(results: RunResults, pruning: list[PrunedRow], plots: list[
         "",
         f"Criterion `{results.criterion}`, strategy `{results.strategy}`, residual policy "
         f"`{results.residual}`; dataset "
-        f"{dataset.name} ({dataset.train_size} train / {dataset.test_size} test images, "
-        f"{dataset.num_classes} classes).",
+        f"{dataset.name} ({_splits(dataset)}, {dataset.num_classes} classes).",
         "",
         "Environment: " + ", ".join(f"{key} {value}" for key, value in env.items()) + ".",
         "",
@@ -201,7 +202,7 @@ def _render_markdown(results: RunResults, pruning: list[PrunedRow], plots: list[
         retrained = sensitivity.retrain_epochs
         how = f"retrained {retrained} epochs" if retrained else "no retraining"
         lines += ["", f"## Sensitivity of each layer pruned alone ({how})", ""]
-        lines += _sensitivity_section(sensitivity, baseline.top1)
+        lines += _sensitivity_section(sensitivity, _sensitivity_baseline(sensitivity, baseline))
 
     if _compares(results):
         lines += [""] + comparison_lines(results, _human, _table, _ci)
@@ -218,6 +219,16 @@ def _render_markdown(results: RunResults, pruning: list[PrunedRow], plots: list[
         lines += ["", f"![{titles[name]}]({name})"]
     lines += ["", f"Wall time: {results.wall_time_s:.1f} s (every session of the run).", ""]
     return "\n".join(lines)
+
+
+def _splits(dataset: DatasetInfo) -> str:
+    """``"4500 train / 500 validation / 1000 test images"`` and what each split is for."""
+    if not dataset.validation_size:
+        return (f"{dataset.train_size} train / {dataset.test_size} test images; no validation "
+                "split held out, so the sensitivity is measured on the test split")
+    return (f"{dataset.train_size} train / {dataset.validation_size} validation (held out of "
+            f"the training set; the sensitivity is measured on it) / {dataset.test_size} test "
+            "images (the reported accuracies)")
 
 
 def _top1_interval(record) -> Interval | None:
@@ -266,8 +277,8 @@ def _pruning_table(
         "MACs reduction",
         "params",
         "params reduction",
-        "top-1 before retraining",
-        "top-1 after retraining",
+        "top-1 before retraining (test)",
+        "top-1 after retraining (test)",
         "drop vs baseline (after)",
     ]
     if control is not None:
@@ -340,8 +351,14 @@ def _scratch_table(scratch: list[ScratchRow], pruning: list[PrunedRow]) -> list[
     )
 
 
+def _sensitivity_baseline(sensitivity: SensitivityTable, baseline: Baseline) -> float:
+    """The baseline's top-1 on the sensitivity's split (its test top-1 in older records)."""
+    return baseline.top1 if sensitivity.baseline_top1 is None else sensitivity.baseline_top1
+
+
 def _sensitivity_section(sensitivity: SensitivityTable, baseline_top1: float) -> list[str]:
-    """Renders the sensitivity table (layers x ratios, top-1 %) and names the most sensitive layer.
+    """Renders the sensitivity table (layers x ratios, top-1 % on its split) and names the most
+    sensitive layer; ``baseline_top1`` is the baseline's on that split.
 
     The most sensitive layer is the one with the largest accuracy drop at the highest ratio.
     """
@@ -349,7 +366,13 @@ def _sensitivity_section(sensitivity: SensitivityTable, baseline_top1: float) ->
     layers = sensitivity.layers
     header = ["layer"] + [_pct(r) for r in ratios]
     rows = [[f"`{name}`"] + [_acc(v) for v in accs] for name, accs in layers.items()]
-    lines = ["Top-1 (%) with the given fraction of the layer's filters removed.", ""]
+    lines = [f"Top-1 (%) on the {sensitivity.split} split with the given fraction of the "
+             "layer's filters removed"
+             + (" (no validation split was held out: choosing layers from it selects on the test "
+                "split, which also gives the reported accuracies)."
+                if sensitivity.split == "test" else
+                ", held out of the training set so that choosing layers from it leaves the test "
+                "split for the reported accuracies."), ""]
     lines += _table(header, rows)
     if layers and ratios:
         last = int(np.argmax(ratios))
@@ -388,7 +411,7 @@ def _sensitivity_figure(sensitivity: SensitivityTable, baseline_top1: float) -> 
         ax.plot(x, accs, marker="o", markersize=3, color=color, label=name)
     ax.axhline(baseline_top1, color="black", linestyle="--", linewidth=1, label="baseline")
     ax.set_xlabel("filters pruned away (%)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel(f"top-1 accuracy on the {sensitivity.split} split (%)")
     ax.set_title("Sensitivity to pruning (each layer alone, no retraining)")
     ax.grid(alpha=0.3)
     _legend(ax, len(layers) + 1)
@@ -453,7 +476,7 @@ def _accuracy_vs_cost_figure(
         label="baseline",
     )
     ax.set_xlabel(f"{label} (millions)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel("top-1 accuracy on the test split (%)")
     ax.set_title(f"Top-1 accuracy vs {label} (labels: ratio of filters removed, or plan)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

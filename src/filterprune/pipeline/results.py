@@ -209,23 +209,31 @@ class SensitivityTable:
     Attributes:
         members: group name -> its members, for groups of several layers.
         retrain_epochs: epochs of retraining before evaluation (0: none, Fig. 2b).
+        split: the images it is measured on: ``validation`` (held out of the training set), or
+            ``test`` when the run held none out.
+        baseline_top1: the baseline's top-1 on that split (None: not recorded; the report then
+            compares with the test top-1).
     """
 
     ratios: list[float]
     layers: dict[str, list[float]]
     members: dict[str, list[str]] = field(default_factory=dict)
     retrain_epochs: int = 0
+    split: str = "test"
+    baseline_top1: float | None = None
 
 
 @dataclass
 class DatasetInfo:
-    """The dataset: its name, the training images used (``data.train_subset`` or all), the
-    test images and the number of classes."""
+    """The dataset: its name, the training images used (``data.train_subset`` or all, less the
+    validation split), the test images, the number of classes and the validation images held
+    out of the training set (0: none; choices were then made on the test split)."""
 
     name: str
     train_size: int
     test_size: int
     num_classes: int
+    validation_size: int = 0
 
 
 @dataclass

@@ -126,6 +126,23 @@ def _train_baseline(
     }
 
 
+def sensitivity_stage(
+    session: Session, model: nn.Module, graph: DependencyGraph, stages: Stages, log: Log
+) -> dict:
+    """The sensitivity of each layer pruned alone (Fig. 2b; Fig. 2c with
+    ``sensitivity.retrain_epochs``) on the split choices are made on, with the baseline's top-1
+    on that split (``SensitivityTable``)."""
+    ratios = session.config.sensitivity.ratios
+    split = session.choice_split
+    if split == "test":
+        log("sensitivity: data.validation is 0, so it is measured on the test split, which also "
+            "gives the reported accuracies")
+    table = (sensitivity_retrained(session, model, graph, ratios, stages, log)
+             if session.config.sensitivity.retrain_epochs
+             else sensitivity(session, model, graph, ratios, log))
+    return {**table, "baseline_top1": session.evaluate(model, split)["top1"]}
+
+
 def prunable_share(session: Session, model: nn.Module, graph: DependencyGraph) -> Coverage:
     """The coverage of pruning every layer (minus ``prune.skip``) at ratio 0.5: what share of
     the conv MACs the sweep can reach, and the blocked convs with their reasons.
@@ -253,10 +270,8 @@ def run_pipeline(
     specs: dict[str, ModelSpec] = {}
     sensitivity_result = None
     if config.sensitivity.enabled:
-        sensitivity_result = SensitivityTable(**stages.run("sensitivity", lambda: (
-            sensitivity_retrained(session, model, graph, config.sensitivity.ratios, stages, log)
-            if config.sensitivity.retrain_epochs
-            else sensitivity(session, model, graph, config.sensitivity.ratios, log))))
+        sensitivity_result = SensitivityTable(**stages.run("sensitivity", lambda: sensitivity_stage(
+            session, model, graph, stages, log)))
     pruning = [PrunedRow(**stages.run(pruned_stage(p), lambda p=p: prune_and_retrain(
         session, model, graph, p, baseline, stages, out_dir, log, specs)))
         for p in pruning_points(config)]
@@ -272,7 +287,8 @@ def run_pipeline(
         dataset=DatasetInfo(
             session.dataset.name,
             config.data.train_subset or len(session.dataset.train_labels),
-            len(session.dataset.test_labels), session.dataset.num_classes),
+            len(session.dataset.test_labels), session.dataset.num_classes,
+            0 if session.validation_batches is None else session.validation_batches.num_samples),
         criterion=config.prune.criterion, strategy=config.prune.strategy,
         residual=config.prune.residual, environment=Environment(**environment(session)),
         coverage=reach, baseline=Baseline(**baseline), filter_norms=filter_norms(model, graph),

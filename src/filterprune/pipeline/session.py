@@ -33,6 +33,7 @@ from filterprune._io import atomic_write_text
 from filterprune.checkpoint import ModelSpec, builder_arguments, load_model, load_weights
 from filterprune.data import BatchLoader, ImageDataset, load_dataset, make_loaders, sample_images
 from filterprune.data.imagefolder import IMAGE_FOLDER, load_image_folder
+from filterprune.data.split import validation_split
 from filterprune.data.stream import load_user_datasets
 from filterprune.engine.criteria import Criterion, random_criterion
 from filterprune.errors import FilterpruneError
@@ -44,9 +45,18 @@ Log = Callable[[str], None]
 SESSIONS = "sessions.json"
 
 
+TEST, VALIDATION = "test", "validation"
+
+
 @dataclass
 class Session:
-    """Data, loaders and device of a run, prepared once from its config."""
+    """Data, loaders and device of a run, prepared once from its config.
+
+    Attributes:
+        dataset: the dataset, less the validation images in its training split.
+        validation_batches: the validation split (``data.validation`` of the training set), or
+            None when ``data.validation`` is 0.
+    """
 
     config: RunConfig
     dataset: ImageDataset
@@ -55,6 +65,17 @@ class Session:
     device: torch.device
     spec: ModelSpec
     progress: bool = True
+    validation_batches: BatchLoader | None = None
+
+    @property
+    def choice_split(self) -> str:
+        """The split choices are made on (sensitivity, criteria, plans): ``validation``, or
+        ``test`` when no validation split is held out."""
+        return TEST if self.validation_batches is None else VALIDATION
+
+    def batches(self, split: str) -> BatchLoader:
+        """The batches of ``split`` (``test`` or ``validation``)."""
+        return self.test_batches if split == TEST else self.validation_batches
 
     def sample_images(self, count: int) -> Iterator[torch.Tensor]:
         """``count`` training images drawn at random (seeded by the run's seed), normalised, not
@@ -69,11 +90,11 @@ class Session:
         name = self.config.prune.criterion
         return random_criterion(stage_seed(self.config.seed, stage)) if name == "random" else name
 
-    def evaluate(self, model: nn.Module, *, per_image: bool = False) -> dict:
-        """Top-1, top-5 and loss of ``model`` on the test split (``filterprune.training.evaluate``);
+    def evaluate(self, model: nn.Module, split: str = TEST, *, per_image: bool = False) -> dict:
+        """Top-1, top-5 and loss of ``model`` on ``split`` (``filterprune.training.evaluate``);
         with ``per_image``, also ``"correct"``: whether it got each image right, packed as the
         records keep it (``filterprune.pipeline.results.pack_outcomes``)."""
-        metrics = evaluate(model, self.test_batches, self.device, self.config.compute,
+        metrics = evaluate(model, self.batches(split), self.device, self.config.compute,
                            per_image=per_image)
         if per_image:
             metrics["correct"] = pack_outcomes(metrics["correct"])
@@ -278,9 +299,14 @@ def open_run(out_dir: Path, config: RunConfig, resume: bool, log: Log) -> Stages
 
 
 def prepare(config: RunConfig, *, progress: bool = True) -> Session:
-    """Loads the dataset, builds loaders and the model spec (dataset-dependent arguments filled).
+    """Loads the dataset, holds out the validation split (``data.validation``), builds loaders
+    and the model spec (dataset-dependent arguments filled).
 
     With ``config.deterministic``, torch is restricted to deterministic algorithms.
+
+    Raises:
+        FilterpruneError: data not found or unreadable, a class with too few training images to
+            hold some out (the message says how to turn the split off), or a bad device.
     """
     seed_everything(config.seed)
     if config.deterministic:
@@ -295,13 +321,20 @@ def prepare(config: RunConfig, *, progress: bool = True) -> Session:
     else:
         dataset = load_dataset(config.data.name, config.data.data_dir,
                                download=config.data.download)
+    validation_batches = None
+    if config.data.validation:
+        try:
+            dataset, held_out = validation_split(dataset, config.data.validation, config.seed)
+        except FilterpruneError as e:
+            raise FilterpruneError(f"{e} (set data.validation: 0 to hold none out)") from None
+        validation_batches = _loaders(config, held_out, device, config.train.batch_size)[1]
     train_batches, test_batches = _loaders(config, dataset, device, config.train.batch_size)
     shape = (dataset.in_channels, dataset.image_size, dataset.image_size)
     kwargs = builder_arguments(config.model.name, config.model.kwargs, shape,
                                dataset.num_classes)
     spec = ModelSpec(config.model.name, kwargs, (1, *shape))
     return Session(config, dataset, train_batches, test_batches, device, spec,
-                   progress and distributed.is_main())
+                   progress and distributed.is_main(), validation_batches)
 
 
 def environment(session: Session) -> dict:
