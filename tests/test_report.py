@@ -13,7 +13,12 @@ from filterprune.engine.coverage import BlockedLayer, Coverage
 from filterprune.errors import FilterpruneError
 from filterprune.pipeline.accuracy import with_intervals
 from filterprune.pipeline.report import write_report
-from filterprune.pipeline.results import RunResults, pack_outcomes, unpack_outcomes
+from filterprune.pipeline.results import (
+    RetrainedBaseline,
+    RunResults,
+    pack_outcomes,
+    unpack_outcomes,
+)
 from filterprune.stats import Interval
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -288,3 +293,23 @@ def test_report_says_which_split_the_sensitivity_comes_from(results, tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "no validation split held out, so the sensitivity is measured on the test split" in text
     assert "selects on the test split" in _section(text, "Sensitivity")
+
+
+def test_report_shows_the_control_for_extra_training_beside_the_pruned_rows(results, tmp_path):
+    _with_outcomes(results)  # baseline 870 of 1000 right; pruned 0.5: 860
+    results.baseline_retrained = RetrainedBaseline(
+        top1=88.0, top5=None, loss=0.3, epochs=2, train_time_s=1.0,
+        correct=pack_outcomes(_outcomes(880)))
+    write_report(with_intervals(results), tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    header, rows = _table(_section(text, "One-shot"))
+    assert header[8] == "drop vs baseline retrained (after)"
+    control = rows[0]
+    assert control[0] == "baseline retrained (control)" and control[2] == "0.0%"
+    assert control[6].startswith("88.00 (") and control[7].startswith("-1.00 (")
+    assert control[8] == "–"
+    half = next(cells for cells in rows if cells[0] == "0.5")
+    drop = results.pruning[0].intervals.drop_vs_retrained
+    assert half[8] == f"2.00 ({drop.low:.2f} to {drop.high:.2f})"  # 88.0 - 86.0
+    assert drop.low > 0  # 20 images apart, all lost by the pruned model
+    assert "retrained for 2 epoch(s) the baseline never had" in text

@@ -92,7 +92,7 @@ def test_finished_stages_are_not_redone(tmp_path, config, monkeypatch, capsys):
     monkeypatch.setattr("filterprune.pipeline.session.train", no_training)
     assert main([*map(str, resume_args(config)), "--out", str(out), "--resume"]) == 0
     logged = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
-    assert "3 stage(s) finished (baseline, pruned-50, deploy)" in logged
+    assert "4 stage(s) finished (baseline, baseline-retrained, pruned-50, deploy)" in logged
     assert (out / "report.md").read_text().split("Wall time")[0] == report.split("Wall time")[0]
     sessions = json.loads((out / "stages" / "sessions.json").read_text())["sessions"]
     assert len(first) == 1 and len(sessions) == 2

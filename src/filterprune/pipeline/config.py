@@ -199,6 +199,10 @@ class RunConfig(_Strict):
             epochs) and/or ``B`` (the baseline's compute), Liu et al. 2019.
         compute: memory format, bf16 autocast and torch.compile of training and evaluation
             (all off by default).
+        baseline_retrained: the control for extra training: when ``retrain.epochs`` > 0, the
+            baseline is also retrained with the ``retrain`` settings (stage
+            ``baseline-retrained``) and every pruned row's drop is given against it too, so that
+            gains from the extra epochs are not credited to pruning.
     """
 
     seed: int = 0
@@ -216,6 +220,7 @@ class RunConfig(_Strict):
     methods: list[MethodConfig] = Field(default_factory=list)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    baseline_retrained: bool = True
 
     @field_validator("methods")
     @classmethod

@@ -13,6 +13,7 @@ typed records (filterprune.pipeline.results).
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -45,6 +46,7 @@ from filterprune.pipeline.results import (
     Environment,
     MethodRow,
     PrunedRow,
+    RetrainedBaseline,
     RunResults,
     ScratchRow,
     SensitivityTable,
@@ -67,6 +69,8 @@ from filterprune.pipeline.session import (
     stage_seed,
 )
 from filterprune.training.loop import console
+
+RETRAINED = "baseline-retrained"
 
 
 def initial_model(session: Session, log: Log) -> nn.Module:
@@ -124,6 +128,29 @@ def _train_baseline(
         "epochs": len(history), "train_time_s": sum(h["time_s"] for h in history),
         "history": history,
     }
+
+
+def retrained_baseline_stage(
+    session: Session, model: nn.Module, stages: Stages, log: Log
+) -> RetrainedBaseline | None:
+    """The control for extra training (stage ``baseline-retrained``): a copy of the baseline
+    ``model`` retrained with the ``retrain`` settings of the pruned models (without
+    distillation), evaluated on the test split; None when ``baseline_retrained`` is off or
+    ``retrain.epochs`` is 0. Its model is not saved."""
+    config = session.config
+    if not config.baseline_retrained or config.retrain.epochs == 0:
+        return None
+
+    def compute() -> dict:
+        control = copy.deepcopy(model)
+        history = session.train(control, config.retrain, RETRAINED, stages.state(RETRAINED))
+        metrics = session.evaluate(control, per_image=True)
+        log(f"{RETRAINED}: top-1 {metrics['top1']:.2f}% after {config.retrain.epochs} more "
+            "epochs (the control for extra training)")
+        return {**metrics, "epochs": config.retrain.epochs,
+                "train_time_s": sum(h["time_s"] for h in history)}
+
+    return RetrainedBaseline(**stages.run(RETRAINED, compute))
 
 
 def sensitivity_stage(
@@ -272,6 +299,7 @@ def run_pipeline(
     if config.sensitivity.enabled:
         sensitivity_result = SensitivityTable(**stages.run("sensitivity", lambda: sensitivity_stage(
             session, model, graph, stages, log)))
+    control = retrained_baseline_stage(session, model, stages, log)
     pruning = [PrunedRow(**stages.run(pruned_stage(p), lambda p=p: prune_and_retrain(
         session, model, graph, p, baseline, stages, out_dir, log, specs)))
         for p in pruning_points(config)]
@@ -293,7 +321,7 @@ def run_pipeline(
         residual=config.prune.residual, environment=Environment(**environment(session)),
         coverage=reach, baseline=Baseline(**baseline), filter_norms=filter_norms(model, graph),
         sensitivity=sensitivity_result, pruning=pruning, methods=methods, scratch=scratch,
-        deploy=deploy, wall_time_s=stages.record_session(),
+        deploy=deploy, wall_time_s=stages.record_session(), baseline_retrained=control,
     ))
 
     def write() -> None:
