@@ -4,14 +4,17 @@ import copy
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from conftest import BASE_MACS, BASE_PARAMS, BASE_TOP1, make_results, pruned_row
+from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
 from filterprune.engine.coverage import BlockedLayer, Coverage
 from filterprune.errors import FilterpruneError
 from filterprune.pipeline.accuracy import with_intervals
+from filterprune.pipeline.comparison import COMPARE_LATENCY_PNG, comparison_figures
 from filterprune.pipeline.report import write_report
 from filterprune.pipeline.results import (
     RetrainedBaseline,
@@ -313,3 +316,67 @@ def test_report_shows_the_control_for_extra_training_beside_the_pruned_rows(resu
     assert half[8] == f"2.00 ({drop.low:.2f} to {drop.high:.2f})"  # 88.0 - 86.0
     assert drop.low > 0  # 20 images apart, all lost by the pruned model
     assert "retrained for 2 epoch(s) the baseline never had" in text
+
+
+def _latency(ms, low, high, reliable=True, reason="IQR 3% of the median over 9 rounds in 2 s"):
+    return {"latency_ms": ms, "latency_low_ms": low, "latency_high_ms": high, "iqr_ms": 0.1,
+            "images_per_s": 4 / ms * 1e3, "peak_memory_mb": 1.5, "rounds": 9,
+            "reliable": reliable, "reason": reason}
+
+
+def _paired(ratio, low, high, reliable=True, reason="95% interval 5% of the ratio wide"):
+    return {"ratio": ratio, "low": low, "high": high, "confidence": 0.96, "rounds": 9,
+            "reliable": reliable, "reason": reason}
+
+
+def _deployed(results):
+    """``results`` with hand-written deployment measurements of the baseline and pruned-50 at
+    batch sizes 1 and 4; pruned-50's latency at batch 1 is unreliable, and its paired speed-up
+    (2.00) differs from the ratio of the two medians (1.0 / 0.8 = 1.25), as under drifting
+    load. Only pruned-50 stays of the pruning rows."""
+    results.pruning = [row for row in results.pruning if row.stage == "pruned-50"]
+    same = _paired(1.0, 0.98, 1.02)
+    results.deploy = {
+        "device": "cpu", "threads": 1, "batch_sizes": [1, 4], "rounds": 5, "max_spread": 0.1,
+        "budget_s": 20.0, "reliable": False, "models": {
+            "baseline": {"size_mb": 1.0, "metrics": {"1": _latency(1.0, 0.9, 1.1),
+                                                     "4": _latency(2.0, 1.9, 2.1)},
+                         "speedup": {"1": _paired(1.0, 1.0, 1.0), "4": _paired(1.0, 1.0, 1.0)},
+                         "same_widths": {"1": 1.0, "4": 1.0},
+                         "same_widths_interval": {"1": same, "4": same}},
+            "pruned-50": {"size_mb": 0.4, "metrics": {
+                "1": _latency(0.8, 0.5, 1.2, False, "IQR 40% of the median after 5 rounds in "
+                              "20 s (limit 10%): machine busy"),
+                "4": _latency(1.0, 0.95, 1.05)},
+                "speedup": {"1": _paired(2.0, 1.9, 2.1), "4": _paired(2.0, 1.8, 2.2)},
+                "same_widths": {"1": 1.0, "4": 1.0},
+                "same_widths_interval": {"1": same, "4": same}},
+        }}
+    return results
+
+
+def test_deployment_speedups_come_from_the_paired_ratios_and_unreliable_figures_are_marked(
+        results, tmp_path):
+    write_report(_deployed(results), tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    section = _section(text, "Methods compared")
+    assert section.splitlines()[2].startswith("**The machine was too busy")
+    assert "interleaved, order-balanced rounds" in section and "under 10%" in section
+    header, rows = _table(section)
+    half = dict(zip(header, next(cells for cells in rows if cells[1] == "0.5"), strict=True))
+    assert half["speed-up b=1 / b=4"] == "2.00 (1.90 to 2.10) / 2.00 (1.80 to 2.20)"
+    assert half["latency ms b=1"] == "0.800 (0.500 to 1.200)†"
+    assert half["latency ms b=4"] == "1.000 (0.950 to 1.050)"
+    # MAC speed-up 7.9M / 3.002M = 2.63; 2.00 / 2.63 = 0.76
+    assert half["speed-up / MAC speed-up b=1 / b=4"].startswith("0.76 (0.72 to 0.80) / 0.76")
+    assert "- `pruned-50` latency b=1: IQR 40% of the median after 5 rounds" in section
+    assert section.count("\n- ") == 1  # one unreliable figure, one footnote
+
+
+def test_latency_plot_draws_the_intervals_as_error_bars(results):
+    figures = comparison_figures(_deployed(results))
+    ax = figures[COMPARE_LATENCY_PNG].axes[0]
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    spans = sorted(tuple(np.round(seg[:, 0], 3)) for c in bars for col in c.lines[2]
+                   for seg in col.get_segments())
+    assert spans == [(0.95, 1.05), (1.9, 2.1)]  # pruned-50 and the baseline at batch 4
