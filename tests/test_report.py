@@ -380,3 +380,13 @@ def test_latency_plot_draws_the_intervals_as_error_bars(results):
     spans = sorted(tuple(np.round(seg[:, 0], 3)) for c in bars for col in c.lines[2]
                    for seg in col.get_segments())
     assert spans == [(0.95, 1.05), (1.9, 2.1)]  # pruned-50 and the baseline at batch 4
+
+
+def test_report_states_the_compute_setting_and_why(results, tmp_path):
+    results.environment.compute = "channels-last"
+    results.calibration = {"reason": "compute: auto picked channels-last: 1.20x float32 (95% "
+                           "interval 1.10-1.30); images/s: float32 790, channels-last 949"}
+    write_report(results, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "compute channels-last" in text.split("Environment:")[1].splitlines()[0]
+    assert "compute: auto picked channels-last: 1.20x float32" in text

@@ -67,7 +67,7 @@ def sensitivity(
                               lambda m: session.evaluate(m, session.choice_split)["top1"])
     else:
         top1 = top1_shared_prefix(model, graph, plans, session.batches(session.choice_split),
-                                  session.device, session.config.compute)
+                                  session.device, session.compute)
     gathered = distributed.gather_dicts(top1)
     layers = {name: gathered[name] for name in groups}
     for name, accuracies in layers.items():

@@ -197,8 +197,11 @@ class RunConfig(_Strict):
         deploy: deployment metrics (latency, throughput, memory, file size).
         scratch: from-scratch controls trained for every pruned model: ``E`` (the baseline's
             epochs) and/or ``B`` (the baseline's compute), Liu et al. 2019.
-        compute: memory format, bf16 autocast and torch.compile of training and evaluation
-            (all off by default).
+        compute: ``auto`` (the default): the fastest correct setting for the model and device,
+            picked once per run from a short measured calibration
+            (``filterprune.training.calibrate.calibrate_compute``, at most
+            ``calibration_budget_s`` seconds of timed rounds); or explicit settings of memory
+            format, bf16 autocast and torch.compile for training and evaluation.
         baseline_retrained: the control for extra training: when ``retrain.epochs`` > 0, the
             baseline is also retrained with the ``retrain`` settings (stage
             ``baseline-retrained``) and every pruned row's drop is given against it too, so that
@@ -216,11 +219,20 @@ class RunConfig(_Strict):
     sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
     baseline: str | None = None
     scratch: list[Literal["E", "B"]] = Field(default_factory=list)
-    compute: ComputeSettings = Field(default_factory=ComputeSettings)
+    compute: ComputeSettings | Literal["auto"] = Field("auto", union_mode="left_to_right")
+    calibration_budget_s: float = Field(5.0, gt=0)
     methods: list[MethodConfig] = Field(default_factory=list)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     baseline_retrained: bool = True
+
+    @field_validator("compute", mode="before")
+    @classmethod
+    def _auto_or_settings(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "auto":
+            raise ValueError(f"'{value}' is neither 'auto' nor a mapping of settings "
+                             "(channels_last, bf16, compile)")
+        return value
 
     @field_validator("methods")
     @classmethod
@@ -272,7 +284,10 @@ def parse_config(data: dict, overrides: list[str] = ()) -> RunConfig:
         return RunConfig.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "config"
+        # keys are snake_case: a capitalised or literal[...] part names a member of a union
+        where = ".".join(str(p) for p in err["loc"]
+                         if not str(p)[:1].isupper() and not str(p).startswith("literal[")
+                         ) or "config"
         raise FilterpruneError(f"invalid config: {where}: {err['msg']}") from None
 
 

@@ -172,6 +172,7 @@ def _render_markdown(results: RunResults, pruning: list[PrunedRow], plots: list[
         "",
         "Environment: " + ", ".join(f"{key} {value}" for key, value in env.items()) + ".",
         "",
+        *([] if results.calibration is None else [results.calibration["reason"] + ".", ""]),
         *_coverage_lines(results.coverage),
         'MACs are the multiply-accumulates of the conv and linear layers (the paper\'s "FLOP"; '
         "FLOPs = 2 x MACs). `ratio` is the fraction of filters removed from every pruned layer.",

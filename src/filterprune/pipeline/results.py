@@ -238,7 +238,8 @@ class DatasetInfo:
 
 @dataclass
 class Environment:
-    """Versions, device, seed and number of processes (torchrun) of the run."""
+    """Versions, device, seed, number of processes (torchrun) and compute setting (its name,
+    ``filterprune.training.calibrate.setting_name``) of the run."""
 
     filterprune: str
     torch: str
@@ -246,6 +247,7 @@ class Environment:
     device: str
     seed: int
     processes: int
+    compute: str = "float32"
 
 
 @dataclass
@@ -254,6 +256,9 @@ class RunResults:
 
     Attributes:
         baseline_retrained: the control for extra training, or None when it was not run.
+        calibration: how ``compute: auto`` picked the compute setting
+            (``filterprune.training.calibrate.Calibration.to_dict``), or None with explicit
+            settings.
         deploy: the deployment measurements (filterprune.pipeline.deployment), or None when
             ``deploy.enabled`` is false; kept as that stage's dict.
         wall_time_s: seconds worked by every session of the run (a resumed run counts all).
@@ -275,6 +280,7 @@ class RunResults:
     deploy: dict | None = None
     wall_time_s: float = 0.0
     baseline_retrained: RetrainedBaseline | None = None
+    calibration: dict | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
@@ -308,6 +314,7 @@ class RunResults:
                 deploy=data.get("deploy"), wall_time_s=data["wall_time_s"],
                 baseline_retrained=None if data.get("baseline_retrained") is None
                 else _record(RetrainedBaseline, data["baseline_retrained"]),
+                calibration=data.get("calibration"),
             )
         except (KeyError, TypeError) as e:
             raise FilterpruneError(f"malformed results: {e}") from None

@@ -61,6 +61,7 @@ from filterprune.pipeline.session import (
     Log,
     Session,
     Stages,
+    choose_compute,
     environment,
     load_checkpoint,
     open_run,
@@ -293,6 +294,7 @@ def run_pipeline(
     graph = trace(model, session.spec.example_input(), residual=config.prune.residual)
     reach = prunable_share(session, model, graph)  # checks skip and score_by before training
     stages = open_run(out_dir, config, resume, log)  # the inputs are checked: now write
+    calibration = choose_compute(session, model, stages, log)
     model, baseline = baseline_stage(session, model, stages, out_dir, log)
     specs: dict[str, ModelSpec] = {}
     sensitivity_result = None
@@ -322,6 +324,7 @@ def run_pipeline(
         coverage=reach, baseline=Baseline(**baseline), filter_norms=filter_norms(model, graph),
         sensitivity=sensitivity_result, pruning=pruning, methods=methods, scratch=scratch,
         deploy=deploy, wall_time_s=stages.record_session(), baseline_retrained=control,
+        calibration=calibration,
     ))
 
     def write() -> None:

@@ -19,7 +19,7 @@ import shutil
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +39,13 @@ from filterprune.engine.criteria import Criterion, random_criterion
 from filterprune.errors import FilterpruneError
 from filterprune.pipeline.config import RunConfig, load_config
 from filterprune.pipeline.results import pack_outcomes
-from filterprune.training import TrainSettings, evaluate, train
+from filterprune.training import ComputeSettings, TrainSettings, evaluate, train
+from filterprune.training.calibrate import calibrate_compute, setting_name
 
 Log = Callable[[str], None]
 SESSIONS = "sessions.json"
+AUTO = "auto"
+COMPUTE = "compute"
 
 
 TEST, VALIDATION = "test", "validation"
@@ -56,6 +59,8 @@ class Session:
         dataset: the dataset, less the validation images in its training split.
         validation_batches: the validation split (``data.validation`` of the training set), or
             None when ``data.validation`` is 0.
+        compute: the compute setting of training and evaluation: the configured one, or with
+            ``compute: auto`` float32 until ``choose_compute`` picks one.
     """
 
     config: RunConfig
@@ -66,6 +71,7 @@ class Session:
     spec: ModelSpec
     progress: bool = True
     validation_batches: BatchLoader | None = None
+    compute: ComputeSettings = field(default_factory=ComputeSettings)
 
     @property
     def choice_split(self) -> str:
@@ -94,7 +100,7 @@ class Session:
         """Top-1, top-5 and loss of ``model`` on ``split`` (``filterprune.training.evaluate``);
         with ``per_image``, also ``"correct"``: whether it got each image right, packed as the
         records keep it (``filterprune.pipeline.results.pack_outcomes``)."""
-        metrics = evaluate(model, self.batches(split), self.device, self.config.compute,
+        metrics = evaluate(model, self.batches(split), self.device, self.compute,
                            per_image=per_image)
         if per_image:
             metrics["correct"] = pack_outcomes(metrics["correct"])
@@ -114,7 +120,7 @@ class Session:
         loader.generator.manual_seed(seed)
         return train(model, loader, settings, self.device, description=stage,
                      progress=self.progress, state_path=state_path, rng=loader.generator,
-                     compute=self.config.compute, **hooks)
+                     compute=self.compute, **hooks)
 
 
 class Stages:
@@ -333,18 +339,46 @@ def prepare(config: RunConfig, *, progress: bool = True) -> Session:
     kwargs = builder_arguments(config.model.name, config.model.kwargs, shape,
                                dataset.num_classes)
     spec = ModelSpec(config.model.name, kwargs, (1, *shape))
+    compute = ComputeSettings() if config.compute == AUTO else config.compute
     return Session(config, dataset, train_batches, test_batches, device, spec,
-                   progress and distributed.is_main(), validation_batches)
+                   progress and distributed.is_main(), validation_batches, compute)
 
 
 def environment(session: Session) -> dict:
-    """Package and torch versions, device, seed and number of processes (torchrun), written
-    next to every result."""
+    """Package and torch versions, device, seed, number of processes (torchrun) and compute
+    setting, written next to every result."""
     return {
         "filterprune": filterprune.__version__, "torch": torch.__version__,
         "python": platform.python_version(), "device": str(session.device),
         "seed": session.config.seed, "processes": distributed.world_size(),
+        "compute": setting_name(session.compute),
     }
+
+
+def choose_compute(session: Session, model: nn.Module, stages: Stages, log: Log) -> dict | None:
+    """With ``compute: auto``, picks the compute setting of the run once, before any training
+    (stage ``compute``: a resumed run reuses the pick), and makes it ``session.compute``; logs
+    the pick and why in one line. The calibration times a few training steps of copies of
+    ``model`` on one training batch (``calibrate_compute``; ``model`` is not changed). Under
+    torchrun rank 0 calibrates and every rank takes its pick.
+
+    Returns:
+        The calibration (``Calibration.to_dict()``), or None with explicit settings.
+    """
+    if session.config.compute != AUTO:
+        return None
+    finished = COMPUTE in stages.finished()
+
+    def calibrate() -> dict:
+        images, labels = next(iter(session.train_batches))
+        return calibrate_compute(model, images, labels, session.device,
+                                 budget_s=session.config.calibration_budget_s).to_dict()
+
+    picked = stages.run(COMPUTE, lambda: distributed.on_main(calibrate))
+    picked = distributed.gather_dicts({} if picked is None else {COMPUTE: picked})[COMPUTE]
+    session.compute = ComputeSettings(**picked["settings"])
+    log(picked["reason"] + (" (the pick of the run's first session)" if finished else ""))
+    return picked
 
 
 def load_checkpoint(session: Session, path: str | Path) -> nn.Module:
