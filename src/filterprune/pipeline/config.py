@@ -16,6 +16,7 @@ from filterprune.engine.criteria import CRITERIA
 from filterprune.engine.graph import RESIDUAL_POLICIES
 from filterprune.engine.plan import STRATEGIES, check_ratio
 from filterprune.errors import FilterpruneError
+from filterprune.models._external import pretrained_arguments
 from filterprune.paper import named_plan
 from filterprune.training.loop import ComputeSettings, TrainSettings
 
@@ -35,11 +36,24 @@ class ModelConfig(_Strict):
     (an importable builder), its builder arguments (``num_classes``, ``in_channels`` / timm's
     ``in_chans`` and ``input_size`` are filled from the dataset where the builder takes them,
     unless given), and ``weights`` loaded before the baseline is trained (``train.epochs: 0``
-    keeps them as they are): safetensors, or a ``.pt``/``.pth`` state dict."""
+    keeps them as they are): safetensors, or a ``.pt``/``.pth`` state dict. ``pretrained``
+    starts a ``timm:`` or ``torchvision:`` model from its hub's pretrained weights
+    (``filterprune.checkpoint.build_model``; downloaded, so the hub must be reachable; not
+    recorded in the model files, which carry their own weights)."""
 
     name: str = "scnnb"
     kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = None
+    pretrained: bool = False
+
+    @model_validator(mode="after")
+    def _pretrained_needs_a_hub(self) -> ModelConfig:
+        if self.pretrained:
+            try:
+                pretrained_arguments(self.name)
+            except FilterpruneError as e:
+                raise ValueError(str(e)) from None
+        return self
 
 
 class DataConfig(_Strict):

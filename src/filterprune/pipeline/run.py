@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from filterprune import distributed
-from filterprune.checkpoint import ModelSpec, load_model, load_weights, save_model
+from filterprune.checkpoint import ModelSpec, build_model, load_model, load_weights, save_model
 from filterprune.engine import (
     Coverage,
     DependencyGraph,
@@ -75,13 +75,24 @@ RETRAINED = "baseline-retrained"
 
 
 def initial_model(session: Session, log: Log) -> nn.Module:
-    """The model to start from: ``config.baseline`` loaded, or a freshly initialised one."""
+    """The model to start from: ``config.baseline`` loaded, or a freshly initialised one (with
+    ``model.pretrained``, its hub's pretrained weights), then ``model.weights`` loaded.
+
+    Raises:
+        FilterpruneError: an unreadable model or weights file, or pretrained weights whose hub
+            cannot be reached.
+    """
     config = session.config
     if config.baseline is not None:
         log(f"loaded baseline {config.baseline}")
         return load_checkpoint(session, config.baseline)
     torch.manual_seed(config.seed)
-    model = session.spec.build()
+    if config.model.pretrained:
+        model, _ = build_model(config.model.name, session.spec.kwargs,
+                               input_shape=session.spec.input_shape[1:], pretrained=True)
+        log(f"loaded the pretrained weights of {config.model.name} from its hub")
+    else:
+        model = session.spec.build()
     if config.model.weights is not None:
         log(f"loaded weights {config.model.weights}")
         load_weights(model, config.model.weights)
