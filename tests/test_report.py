@@ -19,6 +19,7 @@ from filterprune.pipeline.report import write_report
 from filterprune.pipeline.results import (
     RetrainedBaseline,
     RunResults,
+    SeedRepeat,
     pack_outcomes,
     unpack_outcomes,
 )
@@ -390,3 +391,25 @@ def test_report_states_the_compute_setting_and_why(results, tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "compute channels-last" in text.split("Environment:")[1].splitlines()[0]
     assert "compute: auto picked channels-last: 1.20x float32" in text
+
+
+def test_report_gives_each_row_its_mean_and_spread_over_seeds(results, tmp_path):
+    def again(seed, shift):
+        base = copy.deepcopy(results.baseline)
+        base.top1 += shift
+        rows = copy.deepcopy(results.pruning)
+        for row in rows:
+            row.top1_after += shift
+        return SeedRepeat(seed, base, rows)
+
+    results.repeats = [again(1, -1.0), again(2, 1.0)]
+    write_report(results, tmp_path)
+    header, rows = _table(_section((tmp_path / "report.md").read_text(), "Repeated over 3 seeds"))
+    assert header[0] == "ratio / plan" and [cells[0] for cells in rows] == [
+        "baseline", "0.5", "0.25", "0.75"]
+    # 91.23 +- 1: mean 91.23, std 1.00, t(0.975, 2) = 4.303: 4.303 / sqrt(3) = 2.484
+    assert rows[0] == ["baseline", "91.23", "1.00", "(88.75 to 93.71)", "–", "–"]
+    # 90.80 +- 1 after retraining, each seed 0.43 below its own baseline: no spread
+    assert rows[1] == ["0.5", "90.80", "1.00", "(88.32 to 93.28)", "0.43", "(0.43 to 0.43)"]
+    loaded = RunResults.load(results.save(tmp_path / "results.json"))
+    assert loaded.repeats == results.repeats

@@ -202,6 +202,9 @@ class RunConfig(_Strict):
 
     Attributes:
         seed: seeds weights, data order and augmentation.
+        seeds: how many seeds the baseline and the pruning sweep are run with: ``seed`` (the
+            whole run) and, beyond 1, ``seed + 1`` ... ``seed + seeds - 1`` (baseline and sweep
+            only; the report gives each row's mean and spread over the seeds).
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1``...
         deterministic: restrict torch to deterministic algorithms (same seed, same weights).
         baseline: a model file to start from instead of training the baseline.
@@ -223,6 +226,7 @@ class RunConfig(_Strict):
     """
 
     seed: int = 0
+    seeds: int = Field(1, ge=1)
     device: str = "auto"
     deterministic: bool = False
     model: ModelConfig = Field(default_factory=ModelConfig)

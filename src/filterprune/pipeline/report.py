@@ -30,7 +30,7 @@ from filterprune.pipeline.results import (
     ScratchRow,
     SensitivityTable,
 )
-from filterprune.stats import Interval
+from filterprune.stats import Interval, over_seeds
 
 REPORT_NAME = "report.md"
 SENSITIVITY_PNG = "sensitivity.png"
@@ -194,6 +194,8 @@ def _render_markdown(results: RunResults, pruning: list[PrunedRow], plots: list[
     if epochs:
         lines += ["", f"Retraining epochs per pruned model: {', '.join(map(str, epochs))}."]
     lines += _interval_notes(results)
+    if results.repeats:
+        lines += _seeds_section(results)
     if results.scratch:
         lines += ["", "## Pruned architectures trained from scratch (controls)", ""]
         lines += _scratch_table(results.scratch, pruning)
@@ -326,6 +328,36 @@ def _control_row(control: RetrainedBaseline, baseline: Baseline, with_top5: bool
     if with_top5:
         cells += [_acc(baseline.top5), _acc(control.top5), _drop(baseline.top5, control.top5)]
     return cells
+
+
+def _seeds_section(results: RunResults) -> list[str]:
+    """Each row's top-1 after retraining and drop from its seed's baseline over the seeds
+    (``filterprune.stats.over_seeds``: mean, sample standard deviation, Student-t interval)."""
+    runs = [(results.environment.seed, results.baseline, results.pruning)] + [
+        (r.seed, r.baseline, r.pruning) for r in results.repeats]
+    seeds = [seed for seed, _, _ in runs]
+
+    def cells(label: str, top1: list[float], drop: list[float] | None) -> list[str]:
+        summary = over_seeds(top1)
+        row = [label, f"{summary.mean:.2f}", f"{summary.std:.2f}",
+               _bracket(summary.interval).strip()]
+        if drop is None:
+            return [*row, _MISSING, _MISSING]
+        lost = over_seeds(drop)
+        return [*row, f"{lost.mean:.2f}", _bracket(lost.interval).strip()]
+
+    rows = [cells("baseline", [base.top1 for _, base, _ in runs], None)]
+    for i, row in enumerate(results.pruning):
+        rows.append(cells(row.label, [pruning[i].top1_after for _, _, pruning in runs],
+                          [base.top1 - pruning[i].top1_after for _, base, pruning in runs]))
+    lines = ["", f"## Repeated over {len(runs)} seeds", "",
+             f"The baseline and the sweep trained with seeds {', '.join(map(str, seeds))} (the "
+             "tables above are seed "
+             f"{seeds[0]}'s): top-1 after retraining on the test split, its mean, sample "
+             "standard deviation and the 95% Student-t interval of the mean over the seeds; the "
+             "drop is each seed's baseline minus its pruned model.", ""]
+    return lines + _table(["ratio / plan", "top-1 mean", "std", "95% CI of the mean",
+                           "drop mean", "95% CI of the drop"], rows)
 
 
 def _schedule_title(pruning: list[PrunedRow]) -> str:

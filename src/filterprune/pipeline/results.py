@@ -203,6 +203,28 @@ class RetrainedBaseline:
 
 
 @dataclass
+class SeedRepeat:
+    """The baseline and the pruning sweep repeated with another seed (``seeds``: weights, data
+    order and augmentation; the data splits stay those of the run's seed). Its stages and
+    model files carry the suffix ``-seed<seed>``.
+
+    Attributes:
+        seed: the seed.
+        baseline: its baseline.
+        pruning: its pruned rows, in the order of the run's.
+    """
+
+    seed: int
+    baseline: Baseline
+    pruning: list[PrunedRow]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SeedRepeat:
+        return cls(data["seed"], _record(Baseline, data["baseline"]),
+                   [_record(PrunedRow, row) for row in data["pruning"]])
+
+
+@dataclass
 class SensitivityTable:
     """Top-1 (%) per analysed layer (one per channel group) and ratio (Fig. 2b, 2c).
 
@@ -259,6 +281,7 @@ class RunResults:
         calibration: how ``compute: auto`` picked the compute setting
             (``filterprune.training.calibrate.Calibration.to_dict``), or None with explicit
             settings.
+        repeats: the baseline and sweep repeated with the other seeds (``seeds`` > 1).
         deploy: the deployment measurements (filterprune.pipeline.deployment), or None when
             ``deploy.enabled`` is false; kept as that stage's dict.
         wall_time_s: seconds worked by every session of the run (a resumed run counts all).
@@ -281,6 +304,7 @@ class RunResults:
     wall_time_s: float = 0.0
     baseline_retrained: RetrainedBaseline | None = None
     calibration: dict | None = None
+    repeats: list[SeedRepeat] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
@@ -315,6 +339,7 @@ class RunResults:
                 baseline_retrained=None if data.get("baseline_retrained") is None
                 else _record(RetrainedBaseline, data["baseline_retrained"]),
                 calibration=data.get("calibration"),
+                repeats=[SeedRepeat.from_dict(r) for r in data.get("repeats", [])],
             )
         except (KeyError, TypeError) as e:
             raise FilterpruneError(f"malformed results: {e}") from None

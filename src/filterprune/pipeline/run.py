@@ -14,6 +14,7 @@ typed records (filterprune.pipeline.results).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -49,6 +50,7 @@ from filterprune.pipeline.results import (
     RetrainedBaseline,
     RunResults,
     ScratchRow,
+    SeedRepeat,
     SensitivityTable,
 )
 from filterprune.pipeline.schedules import (
@@ -100,9 +102,14 @@ def initial_model(session: Session, log: Log) -> nn.Module:
 
 
 def baseline_stage(
-    session: Session, model: nn.Module, stages: Stages, out_dir: Path, log: Log
+    session: Session, model: nn.Module, stages: Stages, out_dir: Path, log: Log,
+    stage: str = "baseline",
 ) -> tuple[nn.Module, dict]:
-    """Trains ``model`` (unless it was loaded) into ``baseline.safetensors``, once.
+    """Trains ``model`` (unless it was loaded) into ``<stage>.safetensors``, once.
+
+    Args:
+        stage: the stage's name: ``baseline``, or ``baseline-seed<seed>`` for a repeat with
+            another seed (``seed_repeats``).
 
     Returns:
         The trained baseline (kept in memory; read from its file when a resumed run had
@@ -112,27 +119,28 @@ def baseline_stage(
 
     def compute() -> dict:
         trained.append(model)
-        return _train_baseline(session, model, stages, out_dir, log)
+        return _train_baseline(session, model, stages, out_dir, log, stage)
 
-    metrics = stages.run("baseline", compute)
+    metrics = stages.run(stage, compute)
     if not trained:
-        model = load_checkpoint(session, out_dir / "baseline.safetensors")
+        model = load_checkpoint(session, out_dir / f"{stage}.safetensors")
     return model, metrics
 
 
 def _train_baseline(
-    session: Session, model: nn.Module, stages: Stages, out_dir: Path, log: Log
+    session: Session, model: nn.Module, stages: Stages, out_dir: Path, log: Log, stage: str
 ) -> dict:
     config = session.config
     history: list[dict] = []
     if config.baseline is None:
         log(f"training {config.model.name} on {session.dataset.name} for "
-            f"{config.train.epochs} epochs")
-        history = session.train(model, config.train, "baseline", stages.state("baseline"))
-    distributed.on_main(lambda: save_model(out_dir / "baseline.safetensors", model, session.spec))
+            f"{config.train.epochs} epochs (seed {config.seed})")
+        history = session.train(model, config.train, stage, stages.state(stage))
+    distributed.on_main(lambda: save_model(out_dir / f"{stage}.safetensors", model,
+                                           session.spec))
     cost = profile(model, session.spec.example_input())
     metrics = session.evaluate(model, per_image=True)
-    log(f"baseline top-1 {metrics['top1']:.2f}%, {cost.macs / 1e6:.2f}M MACs, "
+    log(f"{stage} top-1 {metrics['top1']:.2f}%, {cost.macs / 1e6:.2f}M MACs, "
         f"{cost.params / 1e6:.3f}M params")
     return {
         **metrics, "macs": cost.macs, "params": cost.params,
@@ -207,10 +215,10 @@ def _silent(message: str) -> None:
     """The log of ranks other than 0."""
 
 
-def pruned_stage(point: float | str) -> str:
+def pruned_stage(point: float | str, suffix: str = "") -> str:
     """Name of the stage (and model file) of pruning at a ratio (``pruned-50``) or by a named
-    plan (its name)."""
-    return point if isinstance(point, str) else f"pruned-{percent(point)}"
+    plan (its name), with ``suffix`` (a repeat's ``-seed<seed>``)."""
+    return (point if isinstance(point, str) else f"pruned-{percent(point)}") + suffix
 
 
 def pruning_points(config: RunConfig) -> list[float | str]:
@@ -221,12 +229,13 @@ def pruning_points(config: RunConfig) -> list[float | str]:
 def prune_and_retrain(
     session: Session, model: nn.Module, graph: DependencyGraph, point: float | str,
     baseline: dict, stages: Stages, out_dir: Path, log: Log, specs: dict[str, ModelSpec],
+    suffix: str = "",
 ) -> dict:
     """Pruning of every prunable layer at a ratio or by a named plan of the paper
     (``filterprune.paper``; with its own residual policy, recorded in the row), one-shot or
     iterative (``prune.schedule``), then retraining (§3.4). The pruned model's spec is added
-    to ``specs`` under the stage's name."""
-    stage = pruned_stage(point)
+    to ``specs`` under the stage's name (``pruned_stage(point, suffix)``)."""
+    stage = pruned_stage(point, suffix)
     cfg = session.config.prune
     if isinstance(point, str):
         named = named_plan(point)
@@ -249,6 +258,35 @@ def prune_and_retrain(
     specs[stage] = with_plan(session.spec, plan)
     return {**row, "plan": point if isinstance(point, str) else None, "schedule": cfg.schedule,
             "residual": graph.residual}
+
+
+def sweep(
+    session: Session, model: nn.Module, graph: DependencyGraph, baseline: dict, stages: Stages,
+    out_dir: Path, log: Log, specs: dict[str, ModelSpec], suffix: str = "",
+) -> list[PrunedRow]:
+    """Every pruning point of the run (``pruning_points``) pruned from the baseline ``model``
+    and retrained, one stage each (``prune_and_retrain``; stage names end in ``suffix``)."""
+    return [PrunedRow(**stages.run(pruned_stage(p, suffix), lambda p=p: prune_and_retrain(
+        session, model, graph, p, baseline, stages, out_dir, log, specs, suffix)))
+        for p in pruning_points(session.config)]
+
+
+def seed_repeats(session: Session, stages: Stages, out_dir: Path, log: Log) -> list[SeedRepeat]:
+    """The baseline and the sweep again with each further seed (``seeds`` > 1): ``seed + 1``
+    ... ``seed + seeds - 1``, their stages and model files named with ``-seed<seed>``
+    (resumable like the others). A baseline given as a file (``baseline``) is loaded for every
+    seed, so that only the retraining varies."""
+    config = session.config
+    repeats = []
+    for seed in range(config.seed + 1, config.seed + config.seeds):
+        suffix = f"-seed{seed}"
+        again = dataclasses.replace(session, config=config.model_copy(update={"seed": seed}))
+        model = initial_model(again, log)
+        graph = trace(model, again.spec.example_input(), residual=config.prune.residual)
+        model, baseline = baseline_stage(again, model, stages, out_dir, log, f"baseline{suffix}")
+        repeats.append(SeedRepeat(seed, Baseline(**baseline), sweep(
+            again, model, graph, baseline, stages, out_dir, log, {}, suffix)))
+    return repeats
 
 
 def scratch_controls(
@@ -313,9 +351,8 @@ def run_pipeline(
         sensitivity_result = SensitivityTable(**stages.run("sensitivity", lambda: sensitivity_stage(
             session, model, graph, stages, log)))
     control = retrained_baseline_stage(session, model, stages, log)
-    pruning = [PrunedRow(**stages.run(pruned_stage(p), lambda p=p: prune_and_retrain(
-        session, model, graph, p, baseline, stages, out_dir, log, specs)))
-        for p in pruning_points(config)]
+    pruning = sweep(session, model, graph, baseline, stages, out_dir, log, specs)
+    repeats = seed_repeats(session, stages, out_dir, log)
     methods = {name: [MethodRow(**row) for row in rows] for name, rows in run_methods(
         session, model, graph, baseline, stages, out_dir, log).items()}
     scratch = [ScratchRow(**row) for row in scratch_controls(
@@ -335,7 +372,7 @@ def run_pipeline(
         coverage=reach, baseline=Baseline(**baseline), filter_norms=filter_norms(model, graph),
         sensitivity=sensitivity_result, pruning=pruning, methods=methods, scratch=scratch,
         deploy=deploy, wall_time_s=stages.record_session(), baseline_retrained=control,
-        calibration=calibration,
+        calibration=calibration, repeats=repeats,
     ))
 
     def write() -> None:
