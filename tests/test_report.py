@@ -263,7 +263,8 @@ def test_every_top1_has_its_wilson_interval_and_every_drop_a_paired_one(results)
 def test_report_shows_intervals_and_the_split(results, tmp_path):
     write_report(with_intervals(_with_outcomes(results)), tmp_path)
     text = (tmp_path / "report.md").read_text()
-    assert "Top-1 87.00 (84.77 to 88.94)% on 1000 test images" in _section(text, "Baseline")
+    assert "Top-1 87.00% (95% CI 84.77 to 88.94) on 1000 test images" in _section(
+        text, "Baseline")
     _, rows = _table(_section(text, "One-shot"))
     half = next(cells for cells in rows if cells[0] == "0.5")
     iv = results.pruning[0].intervals
