@@ -50,6 +50,7 @@ def config(tmp_path, data_dir):
         "sensitivity": {"ratios": [0.5]},
         "deploy": {"batch_sizes": [1, 4], "min_run_time_s": 0.002, "rounds": 3,
                    "budget_s": 0.2},
+        "compute": {},  # float32, explicitly: no calibration (compute: auto is the default)
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))

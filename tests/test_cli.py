@@ -14,6 +14,8 @@ from filterprune.errors import FilterpruneError
 from filterprune.models import create_model
 from filterprune.pipeline.config import load_config, parse_config
 from filterprune.pipeline.results import RunResults
+from filterprune.pipeline.run import initial_model, retrained_baseline_stage
+from filterprune.pipeline.session import open_run, prepare
 
 
 def run_cli(capsys, *argv):
@@ -39,6 +41,20 @@ def test_run_writes_the_report_and_every_stage(tmp_path, config, capsys):
     assert macs == sorted(macs, reverse=True) and len(set(macs)) == 3
     assert results.pruning[1].kept == {"features.0": 12, "features.4": 25}  # floor(n * 0.4)
     assert list(results.sensitivity.layers) == ["features.0", "features.4"]
+    assert results.sensitivity.split == "validation" and results.dataset.validation_size == 20
+    assert results.dataset.train_size == 180
+    control = results.baseline_retrained  # the control for the pruned rows' extra epoch
+    assert control.epochs == 1 and 0 <= control.top1 <= 100
+    for record in [results.baseline, control, *results.pruning]:
+        assert record.intervals.split == "test" and record.intervals.n == 100
+        assert record.intervals.top1.contains(record.intervals.top1.estimate)
+    for row in results.pruning:
+        assert "paired" in row.intervals.drop.method
+        assert row.intervals.drop_vs_retrained.estimate == pytest.approx(
+            control.top1 - row.top1_after)
+    report = (out / "report.md").read_text()
+    assert "| baseline retrained (control) |" in report
+    assert "drop vs baseline retrained (after)" in report
     assert load_config(out / "config.yaml") == load_config(config)
     model, spec = load_model(out / "pruned-60.safetensors")
     assert model.features[0].out_channels == 12
@@ -81,7 +97,7 @@ def test_train_prune_finetune_evaluate_summary(tmp_path, config, capsys):
     assert summary["layers"][0]["weight_shape"] == [16, 1, 3, 3]
 
     code, stdout, _ = run_cli(capsys, "sensitivity", config, "--checkpoint", baseline)
-    assert code == 0 and "features.4" in stdout and "(test split)" in stdout
+    assert code == 0 and "features.4" in stdout and "(validation split)" in stdout
 
 
 def test_summary_of_zoo_model_with_plan(tmp_path, capsys):
@@ -226,3 +242,13 @@ def test_pt_state_dicts_load_without_running_code(tmp_path, config, capsys):
     torch.save(create_model("resnet20").state_dict(), wrong)
     code, _, err = run_cli(capsys, "evaluate", config, "--checkpoint", wrong)
     assert code == 2 and "do not fit the model: 'features.0.weight' is missing" in err
+
+
+@pytest.mark.parametrize("override", ["baseline_retrained=false", "retrain.epochs=0"])
+def test_the_control_for_extra_training_is_off_when_asked_or_without_retraining(
+        tmp_path, config, override):
+    cfg = load_config(config, [override])
+    session = prepare(cfg, progress=False)
+    stages = open_run(tmp_path / "run", cfg, False, print)
+    assert retrained_baseline_stage(session, initial_model(session, print), stages, print) is None
+    assert stages.finished() == []

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from filterprune.checkpoint import ModelSpec, load_model, save_model
+from filterprune.cli import main
 from filterprune.errors import FilterpruneError
 from filterprune.models import create_model
-from filterprune.pipeline.config import load_config
+from filterprune.pipeline.config import load_config, parse_config
 from filterprune.training import ComputeSettings, TrainSettings, evaluate, train
 from filterprune.training import calibrate as calibrate_module
-from filterprune.training.calibrate import calibrate_compute
+from filterprune.training.calibrate import bf16_supported, calibrate_compute
 
 
 def batches(n=64, size=16, seed=0):
@@ -75,6 +76,10 @@ def test_compiled_training_matches_eager():
 
 def test_compute_keys_are_validated(config):
     assert load_config(config).compute == ComputeSettings()
+    assert parse_config({}).compute == "auto"  # the default
+    assert load_config(config, ["compute=auto"]).compute == "auto"
+    with pytest.raises(FilterpruneError, match="compute"):
+        load_config(config, ["compute=fast"])
     assert load_config(config, ["compute.bf16=true"]).compute.bf16
     with pytest.raises(FilterpruneError, match="compute.fp16"):
         load_config(config, ["compute.fp16=true"])
@@ -185,3 +190,21 @@ def test_auto_calibrates_a_real_model_without_changing_it():
     assert result.picked in result.measured and result.measured[result.picked]["correct"]
     for key, value in net.state_dict().items():
         assert torch.equal(value, before[key])
+
+
+def test_auto_is_calibrated_once_per_run_and_trains_with_the_pick(tmp_path, config, capsys):
+    out = tmp_path / "train"
+    argv = ["train", str(config), "--out", str(out), "--json", "--set", "train.epochs=1",
+            "--set", "compute=auto", "--set", "calibration_budget_s=0.05"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    calibration = json.loads((out / "stages" / "compute.json").read_text())
+    assert result["compute"] == calibration["picked"]
+    assert set(calibration["measured"]) >= {"float32", "channels-last"}
+    assert calibration["reason"].startswith(f"compute: auto picked {calibration['picked']}")
+    if not bf16_supported(torch.device("cpu")):
+        assert "bf16" in calibration["skipped"]
+    written = (out / "stages" / "compute.json").stat().st_mtime_ns
+    assert main(argv + ["--resume"]) == 0  # reuses the pick: no second calibration
+    assert json.loads(capsys.readouterr().out)["compute"] == calibration["picked"]
+    assert (out / "stages" / "compute.json").stat().st_mtime_ns == written

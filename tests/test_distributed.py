@@ -47,24 +47,27 @@ def torchrun(*argv, cwd):
 def test_two_process_run_writes_once_and_resumes(tmp_path, config):
     out = tmp_path / "run"
     args = ["run", config, "--out", out, "--json", "--set", "train.epochs=2",
-            "--set", "prune.ratios=[0.5]"]
+            "--set", "prune.ratios=[0.5]", "--set", "compute=auto",
+            "--set", "calibration_budget_s=0.1"]
     done = torchrun(*args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)  # rank 0 alone printed: one JSON document
     results = RunResults.load(out / "results.json")
-    assert printed["baseline"] == vars(results.baseline)
+    assert printed["baseline"] == results.to_dict()["baseline"]
     assert results.environment.processes == 2
     assert results.baseline.top1 > 50 and results.baseline.epochs == 2
     assert list(results.sensitivity.layers) == ["features.0", "features.4"]  # both ranks'
     assert done.stderr.count("baseline top-1") == 1  # rank 0 alone logged
+    assert done.stderr.count("compute: auto picked") == 1  # rank 0 calibrated, both use it
+    assert results.environment.compute == results.calibration["picked"]
     assert sorted(p.name for p in (out / "stages").iterdir()) == [
-        "baseline.json", "deploy.json", "pruned-50.json", "sensitivity.json",
-        "sessions.json"]  # no state file
+        "baseline-retrained.json", "baseline.json", "compute.json", "deploy.json",
+        "pruned-50.json", "sensitivity.json", "sessions.json"]  # no state file
     assert not list(out.rglob("*.tmp"))
     model, _ = load_model(out / "pruned-50.safetensors")
     assert model.features[0].out_channels == 16
 
     again = torchrun(*args, "--resume", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["pruning"] == [vars(row) for row in results.pruning]
+    assert json.loads(again.stdout)["pruning"] == results.to_dict()["pruning"]
     assert "training" not in again.stderr  # every stage was read back

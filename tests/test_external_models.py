@@ -11,6 +11,9 @@ from filterprune.checkpoint import build_model, load_model, load_weights, save_m
 from filterprune.errors import FilterpruneError
 from filterprune.models import create_model, model_arguments
 from filterprune.models._external import default_input_shape
+from filterprune.pipeline.config import load_config
+from filterprune.pipeline.run import initial_model
+from filterprune.pipeline.session import prepare
 
 
 @pytest.fixture
@@ -154,3 +157,23 @@ def test_pretrained_weights_of_a_model_without_a_hub_are_refused(user_module):
         build_model(f"{user_module}:build", pretrained=True)
     with pytest.raises(FilterpruneError, match="'resnet20' has none"):
         build_model("resnet20", pretrained=True)
+
+
+def test_the_run_starts_from_pretrained_weights_when_the_config_asks(tmp_path, monkeypatch,
+                                                                      config):
+    torchvision = pytest.importorskip("torchvision")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # the hub's cache, as above: no network
+    url = torchvision.models.get_model_weights("squeezenet1_1").DEFAULT.url
+    torch.manual_seed(1)
+    published = torchvision.models.squeezenet1_1().state_dict()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(published, tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[1])
+    # torchvision's weights are for its 1000 classes: the model keeps them (only built here)
+    cfg = load_config(config, ["model.name=torchvision:squeezenet1_1", "model.pretrained=true",
+                               "model.kwargs={num_classes: 1000}"])
+    lines = []
+    model = initial_model(prepare(cfg, progress=False), lines.append)
+    assert torch.equal(model.features[0].weight, published["features.0.weight"])
+    assert lines == ["loaded the pretrained weights of torchvision:squeezenet1_1 from its hub"]
+    with pytest.raises(FilterpruneError, match="model: .*'scnnb' has none"):
+        load_config(config, ["model.pretrained=true"])

@@ -92,7 +92,7 @@ def test_finished_stages_are_not_redone(tmp_path, config, monkeypatch, capsys):
     monkeypatch.setattr("filterprune.pipeline.session.train", no_training)
     assert main([*map(str, resume_args(config)), "--out", str(out), "--resume"]) == 0
     logged = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
-    assert "3 stage(s) finished (baseline, pruned-50, deploy)" in logged
+    assert "4 stage(s) finished (baseline, baseline-retrained, pruned-50, deploy)" in logged
     assert (out / "report.md").read_text().split("Wall time")[0] == report.split("Wall time")[0]
     sessions = json.loads((out / "stages" / "sessions.json").read_text())["sessions"]
     assert len(first) == 1 and len(sessions) == 2
@@ -183,3 +183,29 @@ def test_deterministic_runs_give_the_same_plan_and_weights(tmp_path, config, cap
             plans.append((tmp_path / f"p{i}.plan.json").read_text())
         assert plans[0] == plans[1]
         assert tensors_equal(tmp_path / "p0.safetensors", tmp_path / "p1.safetensors")
+
+
+@pytest.mark.slow  # a run of two seeds, then its resume: ~9 s
+def test_seeds_repeat_the_baseline_and_the_sweep_in_resumable_stages(tmp_path, config,
+                                                                    monkeypatch):
+    args = [*map(str, resume_args(config)), "--set", "train.epochs=1", "--set",
+            "retrain.epochs=1", "--set", "deploy.enabled=false", "--set", "seeds=2",
+            "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    out = tmp_path / "run"
+    results = RunResults.load(out / "results.json")
+    (repeat,) = results.repeats
+    assert repeat.seed == 1 and [row.stage for row in repeat.pruning] == ["pruned-50-seed1"]
+    for name in ["baseline-seed1", "pruned-50-seed1"]:
+        assert (out / f"{name}.safetensors").is_file()
+        assert (out / "stages" / f"{name}.json").is_file()
+    # another seed, other initial weights: the two baselines differ
+    assert not tensors_equal(out / "baseline.safetensors", out / "baseline-seed1.safetensors")
+    assert "## Repeated over 2 seeds" in (out / "report.md").read_text()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished stage was trained again")
+
+    monkeypatch.setattr("filterprune.pipeline.session.train", no_training)
+    assert main([*args, "--resume"]) == 0
+    assert RunResults.load(out / "results.json").repeats == results.repeats

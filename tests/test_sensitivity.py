@@ -93,9 +93,32 @@ def test_the_run_gives_the_numbers_of_the_public_sensitivity(config):
     model = initial_model(session, print)
     graph = trace(model, session.spec.example_input())
     run = sensitivity(session, model, graph, [0.5, 0.9], lambda line: None)
+    # the run measures on the validation split: 10% of each class of the training set
+    assert run["split"] == "validation" and session.validation_batches.num_samples == 20
     public = filterprune.sensitivity(model, session.spec.example_input(),
-                                     data=session.test_batches, ratios=[0.5, 0.9])
+                                     data=session.validation_batches, ratios=[0.5, 0.9])
     assert run["layers"] == public.layers and run["ratios"] == public.ratios
+
+
+def test_without_a_validation_split_the_sensitivity_is_on_the_test_split(config):
+    session = prepare(load_config(config, ["data.validation=0"]), progress=False)
+    model = initial_model(session, print)
+    run = sensitivity(session, model, trace(model, session.spec.example_input()), [0.5],
+                      lambda line: None)
+    public = filterprune.sensitivity(model, session.spec.example_input(),
+                                     data=session.test_batches, ratios=[0.5])
+    assert run["split"] == "test" and run["layers"] == public.layers
+    assert session.train_batches.num_samples == 200  # nothing held out of the training set
+
+
+def test_the_validation_split_is_held_out_of_training(config):
+    session = prepare(load_config(config), progress=False)
+    assert session.train_batches.num_samples == 180 and session.test_batches.num_samples == 100
+    validation = session.validation_batches
+    assert validation.labels.bincount().tolist() == [2] * 10  # 10% of each class
+    train = {tuple(image.flatten().tolist()) for image in session.train_batches.images}
+    held = {tuple(image.flatten().tolist()) for image in validation.images}
+    assert len(train) == 180 and len(held) == 20 and not train & held  # noisy: all distinct
 
 
 def test_unknown_method_is_rejected(config):

@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> dict:
     session = prepare(config, progress=False)
     model = load_checkpoint(session, args.checkpoint)
     graph = trace(model, session.spec.example_input(), residual=config.prune.residual)
-    baseline_top1 = session.evaluate(model)["top1"]
-    result = {"baseline_top1": baseline_top1,
+    baseline_top1 = session.evaluate(model, session.choice_split)["top1"]
+    result = {"baseline_top1": baseline_top1, "split": session.choice_split,
               **compare_criteria(session, model, graph, args.criteria, args.ratios, args.images,
                                  quiet)}
     out = Path(args.out or Path("runs") / f"{Path(args.config).stem}-criteria")
@@ -70,7 +70,7 @@ def render(result: dict) -> str:
     width = max(len(name) for name in [*layers, *curves]) + 2
     ratios = " ".join(f"{r:>6.0%}" for r in result["ratios"])
     header = f"{'layer / criterion':<{width + 2}}{ratios}"
-    lines = [f"baseline top-1 {result['baseline_top1']:.2f}%", header]
+    lines = [f"baseline top-1 {result['baseline_top1']:.2f}% ({result['split']} split)", header]
     for layer in layers:
         lines.append(layer)
         lines += [f"  {criterion:<{width}}" + " ".join(f"{a:>6.2f}" for a in per_layer[layer])

@@ -14,7 +14,8 @@ from filterprune.cli._common import (
     quiet,
     render_fields,
 )
-from filterprune.pipeline.session import load_checkpoint, open_run, prepare
+from filterprune.pipeline.session import choose_compute, load_checkpoint, open_run, prepare
+from filterprune.training.calibrate import setting_name
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> dict:
     session = prepare(config, progress=not args.json)
     model = load_checkpoint(session, args.checkpoint)
     stages = open_run(out, config, args.resume, quiet)
+    choose_compute(session, model, stages, quiet)
 
     def finetune() -> dict:
         before = session.evaluate(model)["top1"]
@@ -44,6 +46,6 @@ def run(args: argparse.Namespace) -> dict:
         distributed.on_main(lambda: save_model(path, model, session.spec))
         return {"checkpoint": str(path), "top1_before": before,
                 "top1_after": session.evaluate(model)["top1"], "split": "test",
-                "epochs": config.retrain.epochs}
+                "epochs": config.retrain.epochs, "compute": setting_name(session.compute)}
 
     return stages.run("finetune", finetune)

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> dict:
     session = prepare(config, progress=False)
     model = load_checkpoint(session, args.checkpoint)
     graph = trace(model, session.spec.example_input(), residual=config.prune.residual)
-    result = {"baseline_top1": session.evaluate(model)["top1"], "split": "test",
+    result = {"baseline_top1": session.evaluate(model, session.choice_split)["top1"],
               **sensitivity(session, model, graph, config.sensitivity.ratios, quiet)}
     if args.out:
         distributed.on_main(lambda: atomic_write_text(args.out, json.dumps(result, indent=2)))

@@ -13,7 +13,8 @@ from filterprune.cli._common import (
     render_fields,
 )
 from filterprune.pipeline.run import baseline_stage, initial_model
-from filterprune.pipeline.session import open_run, prepare
+from filterprune.pipeline.session import choose_compute, open_run, prepare
+from filterprune.training.calibrate import setting_name
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -33,6 +34,9 @@ def run(args: argparse.Namespace) -> dict:
     session = prepare(config, progress=not args.json)
     model = initial_model(session, quiet)
     stages = open_run(out, config, args.resume, quiet)
+    choose_compute(session, model, stages, quiet)
     _, metrics = baseline_stage(session, model, stages, out, quiet)
     metrics.pop("history")
-    return {"checkpoint": str(out / "baseline.safetensors"), **metrics}
+    metrics.pop("correct")
+    return {"checkpoint": str(out / "baseline.safetensors"), **metrics,
+            "compute": setting_name(session.compute)}

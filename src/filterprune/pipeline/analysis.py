@@ -41,8 +41,9 @@ def sensitivity(
     session: Session, model: nn.Module, graph: DependencyGraph, ratios: list[float], log: Log,
     criterion: str | Criterion | None = None, scores: Mapping[str, torch.Tensor] | None = None,
 ) -> dict:
-    """Each channel group (named by its first member) pruned alone at each ratio, evaluated on
-    the test set without retraining (Fig. 2b).
+    """Each channel group (named by its first member) pruned alone at each ratio, evaluated
+    without retraining (Fig. 2b) on the split choices are made on (``Session.choice_split``:
+    the validation split, or the test split when none is held out).
 
     ``criterion`` (default: the run's, ``Session.criterion``) or precomputed ``scores`` choose
     the filters (``select_filters``). The ``shared-prefix`` method falls back to pruned copies
@@ -50,7 +51,8 @@ def sensitivity(
 
     Returns:
         ``{"ratios": [...], "layers": {name: [top-1 % per ratio]}, "members": {name: [every
-        member]}}``; ``members`` lists the groups of several layers (``residual="coupled"``).
+        member]}, "split": the split}``; ``members`` lists the groups of several layers
+        (``residual="coupled"``).
     """
     groups = analysed_layers(graph, None)
     mine = groups[distributed.rank() :: distributed.world_size()]  # torchrun: a share
@@ -61,14 +63,16 @@ def sensitivity(
         log("sensitivity: torch.fx cannot trace the model whole; evaluating pruned copies")
         method = "copies"
     if method == "copies":
-        top1 = top1_by_copies(model, graph, plans, lambda m: session.evaluate(m)["top1"])
+        top1 = top1_by_copies(model, graph, plans,
+                              lambda m: session.evaluate(m, session.choice_split)["top1"])
     else:
-        top1 = top1_shared_prefix(model, graph, plans, session.test_batches, session.device,
-                                  session.config.compute)
+        top1 = top1_shared_prefix(model, graph, plans, session.batches(session.choice_split),
+                                  session.device, session.compute)
     gathered = distributed.gather_dicts(top1)
     layers = {name: gathered[name] for name in groups}
     for name, accuracies in layers.items():
         log(f"sensitivity {name}: " + " ".join(f"{a:.1f}" for a in accuracies))
     members = {name: list(graph.layers[name].members) for name in groups
                if len(graph.layers[name].members) > 1}
-    return {"ratios": list(ratios), "layers": layers, "members": members}
+    return {"ratios": list(ratios), "layers": layers, "members": members,
+            "split": session.choice_split}

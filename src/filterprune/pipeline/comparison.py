@@ -17,6 +17,7 @@ from filterprune.pipeline.results import Baseline, PrunedRow, RunResults
 
 COMPARE_MACS_PNG = "compare_accuracy_vs_macs.png"
 COMPARE_LATENCY_PNG = "compare_accuracy_vs_latency.png"
+DAGGER = "†"
 TITLES = {COMPARE_MACS_PNG: "Top-1 vs MACs, per method",
           COMPARE_LATENCY_PNG: "Top-1 vs measured latency, per method"}
 
@@ -33,47 +34,52 @@ def comparison_figures(results: RunResults) -> dict[str, Figure]:
     methods = method_rows(results)
     baseline = results.baseline
     figures = {COMPARE_MACS_PNG: _figure(
-        methods, baseline.top1, baseline.macs / 1e6, lambda row: row.macs / 1e6,
+        methods, baseline.top1, (baseline.macs / 1e6,) * 3, lambda row: (row.macs / 1e6,) * 3,
         "MACs (millions)")}
     deploy = results.deploy
     if deploy is not None:
         models = deploy["models"]
         batch = str(deploy["batch_sizes"][-1])
+        def latency(stage: str) -> tuple[float, float, float]:
+            m = models[stage]["metrics"][batch]
+            return m["latency_ms"], m["latency_low_ms"], m["latency_high_ms"]
+
         figures[COMPARE_LATENCY_PNG] = _figure(
-            methods, baseline.top1, models["baseline"]["metrics"][batch]["latency_ms"],
-            lambda row: models[row.stage]["metrics"][batch]["latency_ms"],
-            f"latency at batch {batch} (ms, median)")
+            methods, baseline.top1, latency("baseline"), lambda row: latency(row.stage),
+            f"latency at batch {batch} (ms, median; bars: 95% interval)")
     return figures
 
 
-def comparison_lines(results: RunResults, fmt_count, table) -> list[str]:
-    """The Markdown of the section (``fmt_count`` and ``table`` are report.py's formatters)."""
+def comparison_lines(results: RunResults, fmt_count, table, fmt_top1) -> list[str]:
+    """The Markdown of the section (``fmt_count``, ``table`` and ``fmt_top1`` (a top-1 and its
+    interval) are report.py's formatters)."""
     methods = method_rows(results)
     baseline = results.baseline
     deploy = results.deploy
-    header = ["method", "ratio / plan", "top-1", "MACs", "params"]
+    header = ["method", "ratio / plan", "top-1 test (95% CI)", "MACs", "params"]
     lines = ["## Methods compared", ""]
+    unreliable: dict[str, str] = {}  # what -> why, for the footnotes
     if deploy is not None:
         small, large = (str(b) for b in (deploy["batch_sizes"][0], deploy["batch_sizes"][-1]))
         both = f"b={small} / b={large}"
         header += [f"latency ms b={small}", f"latency ms b={large}", f"images/s b={large}",
                    f"speed-up {both}", "MAC speed-up", f"speed-up / MAC speed-up {both}",
                    f"vs same widths built directly {both}", f"peak MB b={large}", "size MB"]
-        lines += [
-            f"Measured on {deploy['device']} with {deploy['threads']} thread(s): latency is the "
-            "median of one forward pass (IQR in brackets) in the fastest of "
-            f"{deploy['rounds']} interleaved rounds; speed-up = baseline latency / "
-            "latency; MAC speed-up = baseline MACs / MACs; their ratio is the share of the MAC "
-            "reduction that became real speed. \"vs same widths\" is the "
-            "latency over that of the same network built directly at its widths (1.00 = "
-            "nothing left behind by pruning). Peak MB: tensor memory of one forward pass beyond "
-            "the weights; size MB: the safetensors model file.", ""]
-    rows = [_row("baseline", None, baseline.top1, baseline, baseline, deploy, "baseline",
-                 fmt_count)]
+        lines += _deploy_notes(deploy)
+
+    def top1(record, value: float) -> str:
+        return fmt_top1(value, None if record.intervals is None else record.intervals.top1)
+
+    rows = [_row("baseline", None, top1(baseline, baseline.top1), baseline, baseline, deploy,
+                 "baseline", fmt_count, unreliable)]
     for name, method in methods.items():
-        rows += [_row(name, row.label, row.top1_after, row, baseline, deploy, row.stage,
-                      fmt_count) for row in method]
+        rows += [_row(name, row.label, top1(row, row.top1_after), row, baseline, deploy,
+                      row.stage, fmt_count, unreliable) for row in method]
     lines += table(header, rows)
+    if unreliable:
+        lines += ["", f"{DAGGER} unreliable (the machine was too busy; the figure is shown, "
+                  "not trusted):"]
+        lines += [f"- {what}: {why}" for what, why in unreliable.items()]
     if any(getattr(row, "zeroed_conv_weights", None) is not None
            for rows in methods.values() for row in rows):
         lines += ["", "Unstructured rows zero that share of the conv weights but stay dense: "
@@ -81,45 +87,105 @@ def comparison_lines(results: RunResults, fmt_count, table) -> list[str]:
     return lines
 
 
-def _row(name: str, label: str | None, top1: float, row: PrunedRow | Baseline,
-         baseline: Baseline, deploy: dict | None, stage: str, fmt_count) -> list[str]:
-    """One table row; ``label`` is the pruning point (None for the baseline)."""
-    cells = [name, label or "–", f"{top1:.2f}", fmt_count(row.macs), fmt_count(row.params)]
+def _deploy_notes(deploy: dict) -> list[str]:
+    """How the deployment figures were measured, after one line when the machine was too busy."""
+    lines = []
+    if not deploy["reliable"]:
+        lines += ["**The machine was too busy to measure latency reliably** (marked "
+                  f"{DAGGER} below): compare the paired speed-ups and \"vs same widths\", which "
+                  "hold when absolute times do not.", ""]
+    spread = deploy.get("max_spread")
+    until = ("the spread is small" if spread is None else
+             f"every latency's spread (IQR / median) is under {spread:.0%}")
+    budget = deploy.get("budget_s")
+    lines += [
+        f"Measured on {deploy['device']} with {deploy['threads']} thread(s) in interleaved, "
+        "order-balanced rounds (every model timed once per round, the order rotated) until "
+        f"{until} or the budget{'' if budget is None else f' of {budget:g} s'} per batch size "
+        f"is spent (at least {deploy['rounds']} rounds). Latency: the median over the rounds, "
+        "its 95% interval in brackets. Speed-up: baseline latency / latency and \"vs same "
+        "widths\": latency / that of the same network built directly at its widths (1.00 = "
+        "nothing left behind by pruning), each the median of the rounds' paired ratios with "
+        "its 95% interval. MAC speed-up = baseline MACs / MACs; speed-up / MAC speed-up is the "
+        "share of the MAC reduction that became real speed. Peak MB: tensor memory of one "
+        "forward pass beyond the weights; size MB: the safetensors model file.", ""]
+    return lines
+
+
+def _mark(entry: dict, what: str, unreliable: dict[str, str]) -> str:
+    """A dagger when ``entry`` (a latency or ratio entry) is unreliable, its reason recorded
+    under ``what``."""
+    if entry.get("reliable", True):
+        return ""
+    unreliable[what] = entry.get("reason", "no reason recorded")
+    return DAGGER
+
+
+def _ratio(entry: dict, what: str, unreliable: dict[str, str], scale: float = 1.0) -> str:
+    """A paired ratio entry (``filterprune.deploy.Comparison.ratio``) divided by ``scale``,
+    with its interval: ``"1.52 (1.48 to 1.57)"``, daggered when unreliable."""
+    return (f"{entry['ratio'] / scale:.2f} ({entry['low'] / scale:.2f} to "
+            f"{entry['high'] / scale:.2f}){_mark(entry, what, unreliable)}")
+
+
+def _row(name: str, label: str | None, top1: str, row: PrunedRow | Baseline,
+         baseline: Baseline, deploy: dict | None, stage: str, fmt_count,
+         unreliable: dict[str, str]) -> list[str]:
+    """One table row; ``label`` is the pruning point (None for the baseline), ``top1`` its
+    formatted top-1; the reasons of its unreliable figures are added to ``unreliable``."""
+    cells = [name, label or "–", top1, fmt_count(row.macs), fmt_count(row.params)]
     if deploy is None:
         return cells
     model = deploy["models"].get(stage)
     if model is None:  # a run resumed from results without this model's file
         return cells + ["–"] * 9
     metrics = model["metrics"]
-    base = deploy["models"]["baseline"]["metrics"]
     small, large = (str(b) for b in (deploy["batch_sizes"][0], deploy["batch_sizes"][-1]))
     mac_speedup = baseline.macs / row.macs
-    speed = {b: base[b]["latency_ms"] / metrics[b]["latency_ms"] for b in (small, large)}
+
+    def latency(b: str) -> str:
+        m = metrics[b]
+        return (f"{m['latency_ms']:.3f} ({m['latency_low_ms']:.3f} to {m['latency_high_ms']:.3f})"
+                + _mark(m, f"`{stage}` latency b={b}", unreliable))
+
+    def pair(key: str, what: str, scale: float = 1.0) -> str:
+        return " / ".join(_ratio(model[key][b], f"`{stage}` {what} b={b}", unreliable, scale)
+                          for b in (small, large))
+
     return cells + [
-        f"{metrics[small]['latency_ms']:.3f} ({metrics[small]['iqr_ms']:.3f})",
-        f"{metrics[large]['latency_ms']:.3f} ({metrics[large]['iqr_ms']:.3f})",
+        latency(small),
+        latency(large),
         f"{metrics[large]['images_per_s']:.0f}",
-        f"{speed[small]:.2f} / {speed[large]:.2f}",
+        pair("speedup", "speed-up"),
         f"{mac_speedup:.2f}",
-        f"{speed[small] / mac_speedup:.2f} / {speed[large] / mac_speedup:.2f}",
-        f"{model['same_widths'][small]:.2f} / {model['same_widths'][large]:.2f}",
+        pair("speedup", "speed-up", mac_speedup),
+        pair("same_widths_interval", "vs same widths"),
         f"{metrics[large]['peak_memory_mb']:.2f}",
         f"{model['size_mb']:.3f}",
     ]
 
 
-def _figure(methods: dict[str, list[PrunedRow]], baseline_top1: float, baseline_x: float, x_of,
-            label: str) -> Figure:
+def _figure(methods: dict[str, list[PrunedRow]], baseline_top1: float,
+            baseline_x: tuple[float, float, float], x_of, label: str) -> Figure:
+    """Top-1 after retraining against a cost, one line per method; ``x_of(row)`` and
+    ``baseline_x`` give the cost and its interval ``(value, low, high)``, drawn as error bars
+    where it has one."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
+
+    def draw(points: list[tuple[float, float, float]], top1: list[float], **style) -> None:
+        x = [p[0] for p in points]
+        xerr = [[p[0] - p[1] for p in points], [p[2] - p[0] for p in points]]
+        ax.errorbar(x, top1, xerr=xerr, capsize=3, **style)
+
     for name, rows in methods.items():
         if rows:
-            ax.plot([x_of(row) for row in rows], [row.top1_after for row in rows],
-                    marker="o", label=name)
-    ax.plot(baseline_x, baseline_top1, marker="*", markersize=14, color="black",
-            linestyle="none", label="baseline")
+            draw([x_of(row) for row in rows], [row.top1_after for row in rows], marker="o",
+                 label=name)
+    draw([baseline_x], [baseline_top1], marker="*", markersize=14, color="black",
+         linestyle="none", label="baseline")
     ax.set_xlabel(label)
-    ax.set_ylabel("top-1 accuracy after retraining (%)")
+    ax.set_ylabel("top-1 accuracy after retraining, test split (%)")
     ax.set_title(f"Top-1 vs {label.split(' (')[0]}, one line per method")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -16,6 +16,7 @@ from filterprune.engine.criteria import CRITERIA
 from filterprune.engine.graph import RESIDUAL_POLICIES
 from filterprune.engine.plan import STRATEGIES, check_ratio
 from filterprune.errors import FilterpruneError
+from filterprune.models._external import pretrained_arguments
 from filterprune.paper import named_plan
 from filterprune.training.loop import ComputeSettings, TrainSettings
 
@@ -35,11 +36,24 @@ class ModelConfig(_Strict):
     (an importable builder), its builder arguments (``num_classes``, ``in_channels`` / timm's
     ``in_chans`` and ``input_size`` are filled from the dataset where the builder takes them,
     unless given), and ``weights`` loaded before the baseline is trained (``train.epochs: 0``
-    keeps them as they are): safetensors, or a ``.pt``/``.pth`` state dict."""
+    keeps them as they are): safetensors, or a ``.pt``/``.pth`` state dict. ``pretrained``
+    starts a ``timm:`` or ``torchvision:`` model from its hub's pretrained weights
+    (``filterprune.checkpoint.build_model``; downloaded, so the hub must be reachable; not
+    recorded in the model files, which carry their own weights)."""
 
     name: str = "scnnb"
     kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = None
+    pretrained: bool = False
+
+    @model_validator(mode="after")
+    def _pretrained_needs_a_hub(self) -> ModelConfig:
+        if self.pretrained:
+            try:
+                pretrained_arguments(self.name)
+            except FilterpruneError as e:
+                raise ValueError(str(e)) from None
+        return self
 
 
 class DataConfig(_Strict):
@@ -47,7 +61,13 @@ class DataConfig(_Strict):
     ImageNet-style folder ``data_dir`` with ``train/<class>/`` and ``val/<class>/``, or
     ``package.module:callable`` returning the user's own (train, test) datasets), where its
     files are, a training subset size (None = all images), the evaluation batch size, and the
-    side in pixels image folders are resized and centre-cropped to (``image_size``)."""
+    side in pixels image folders are resized and centre-cropped to (``image_size``).
+
+    ``validation``: the share of each class of the training set held out (seeded by ``seed``,
+    ``filterprune.data.split.validation_split``) as the validation split, on which the
+    sensitivity analysis and every choice are made; the test split gives only the reported
+    accuracies. 0 holds nothing out: the sensitivity is then measured on the test split (the
+    report says so)."""
 
     name: str = "fashion-mnist-sample"
     data_dir: str | None = None
@@ -55,6 +75,7 @@ class DataConfig(_Strict):
     train_subset: int | None = Field(None, ge=1)
     eval_batch_size: int = Field(1000, ge=1)
     image_size: int = Field(224, ge=1)
+    validation: float = Field(0.1, ge=0, lt=1)
 
 
 class PruneConfig(_Strict):
@@ -181,6 +202,9 @@ class RunConfig(_Strict):
 
     Attributes:
         seed: seeds weights, data order and augmentation.
+        seeds: how many seeds the baseline and the pruning sweep are run with: ``seed`` (the
+            whole run) and, beyond 1, ``seed + 1`` ... ``seed + seeds - 1`` (baseline and sweep
+            only; the report gives each row's mean and spread over the seeds).
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1``...
         deterministic: restrict torch to deterministic algorithms (same seed, same weights).
         baseline: a model file to start from instead of training the baseline.
@@ -190,11 +214,19 @@ class RunConfig(_Strict):
         deploy: deployment metrics (latency, throughput, memory, file size).
         scratch: from-scratch controls trained for every pruned model: ``E`` (the baseline's
             epochs) and/or ``B`` (the baseline's compute), Liu et al. 2019.
-        compute: memory format, bf16 autocast and torch.compile of training and evaluation
-            (all off by default).
+        compute: ``auto`` (the default): the fastest correct setting for the model and device,
+            picked once per run from a short measured calibration
+            (``filterprune.training.calibrate.calibrate_compute``, at most
+            ``calibration_budget_s`` seconds of timed rounds); or explicit settings of memory
+            format, bf16 autocast and torch.compile for training and evaluation.
+        baseline_retrained: the control for extra training: when ``retrain.epochs`` > 0, the
+            baseline is also retrained with the ``retrain`` settings (stage
+            ``baseline-retrained``) and every pruned row's drop is given against it too, so that
+            gains from the extra epochs are not credited to pruning.
     """
 
     seed: int = 0
+    seeds: int = Field(1, ge=1)
     device: str = "auto"
     deterministic: bool = False
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -205,10 +237,20 @@ class RunConfig(_Strict):
     sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
     baseline: str | None = None
     scratch: list[Literal["E", "B"]] = Field(default_factory=list)
-    compute: ComputeSettings = Field(default_factory=ComputeSettings)
+    compute: ComputeSettings | Literal["auto"] = Field("auto", union_mode="left_to_right")
+    calibration_budget_s: float = Field(5.0, gt=0)
     methods: list[MethodConfig] = Field(default_factory=list)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    baseline_retrained: bool = True
+
+    @field_validator("compute", mode="before")
+    @classmethod
+    def _auto_or_settings(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "auto":
+            raise ValueError(f"'{value}' is neither 'auto' nor a mapping of settings "
+                             "(channels_last, bf16, compile)")
+        return value
 
     @field_validator("methods")
     @classmethod
@@ -260,7 +302,10 @@ def parse_config(data: dict, overrides: list[str] = ()) -> RunConfig:
         return RunConfig.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "config"
+        # keys are snake_case: a capitalised or literal[...] part names a member of a union
+        where = ".".join(str(p) for p in err["loc"]
+                         if not str(p)[:1].isupper() and not str(p).startswith("literal[")
+                         ) or "config"
         raise FilterpruneError(f"invalid config: {where}: {err['msg']}") from None
 
 

@@ -98,7 +98,8 @@ def compare_criteria(
 
 
 def criteria_figure(result: dict, baseline_top1: float) -> Figure:
-    """One panel per layer: top-1 vs % of filters removed, one line per criterion (Fig. 8, 9)."""
+    """One panel per layer: top-1 (on ``result["split"]``) vs % of filters removed, one line per
+    criterion (Fig. 8, 9)."""
     curves = result["criteria"]
     layers = list(next(iter(curves.values())))
     columns = min(3, len(layers))
@@ -114,7 +115,7 @@ def criteria_figure(result: dict, baseline_top1: float) -> Figure:
         ax.axhline(baseline_top1, color="black", linestyle=":", linewidth=1)
         ax.set_title(layer, fontsize=9)
         ax.set_xlabel("filters pruned away (%)", fontsize=8)
-        ax.set_ylabel("top-1 (%)", fontsize=8)
+        ax.set_ylabel(f"top-1, {result['split']} split (%)", fontsize=8)
         ax.grid(alpha=0.3)
         if i == 0:
             ax.legend(fontsize=7)

@@ -29,7 +29,8 @@ def deploy_stage(
     when ``deploy.enabled`` is false (and on ranks other than 0 under torchrun).
 
     Returns:
-        ``{"device", "threads", "batch_sizes", "rounds"`` (the least rounds), ``"reliable"``
+        ``{"device", "threads", "batch_sizes", "rounds"`` (the least rounds), ``"max_spread"``,
+        ``"budget_s"`` (per batch size: ``deploy`` settings), ``"reliable"``
         (every latency's spread under ``deploy.max_spread``), ``"models": {stage: {"size_mb",
         "metrics": {batch: Comparison.latency entry}, "speedup": {batch: Comparison.ratio entry
         of the baseline's latency over this model's}, "same_widths": {batch: latency / latency
@@ -75,6 +76,7 @@ def _measure_all(session: Session, names: list[str], out_dir: Path, log: Log) ->
             "ratios (speedup, same_widths), not the times")
     return {"device": str(session.device), "threads": torch.get_num_threads(),
             "batch_sizes": list(cfg.batch_sizes), "rounds": cfg.rounds,
+            "max_spread": cfg.max_spread, "budget_s": cfg.budget_s,
             "reliable": not busy, "models": results}
 
 

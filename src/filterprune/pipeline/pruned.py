@@ -47,7 +47,7 @@ def pruned_row(
         before: its evaluation right after pruning, before retraining.
     """
     cost = profile(model, session.spec.example_input())
-    after = session.evaluate(model)
+    after = session.evaluate(model, per_image=True)
     spec = session.spec if plan is None else with_plan(session.spec, plan)
     distributed.on_main(lambda: save_model(out_dir / f"{stage}.safetensors", model, spec))
     log(f"{stage}: {cost.macs / 1e6:.2f}M MACs, top-1 {before['top1']:.2f}% -> "
@@ -58,7 +58,7 @@ def pruned_row(
         "macs_reduction": 1 - cost.macs / baseline["macs"],
         "params_reduction": 1 - cost.params / baseline["params"],
         "top1_before": before["top1"], "top1_after": after["top1"],
-        "top5_before": before["top5"], "top5_after": after["top5"],
+        "top5_before": before["top5"], "top5_after": after["top5"], "correct": after["correct"],
         "retrain_epochs": session.config.retrain.epochs,
         "kept": {} if plan is None else {name: len(kept) for name, kept in plan.kept.items()},
     }

@@ -23,11 +23,14 @@ from filterprune.pipeline.comparison import TITLES as COMPARISON_TITLES
 from filterprune.pipeline.comparison import comparison_figures, comparison_lines
 from filterprune.pipeline.results import (
     Baseline,
+    DatasetInfo,
     PrunedRow,
+    RetrainedBaseline,
     RunResults,
     ScratchRow,
     SensitivityTable,
 )
+from filterprune.stats import Interval, interval_text, over_seeds
 
 REPORT_NAME = "report.md"
 SENSITIVITY_PNG = "sensitivity.png"
@@ -68,7 +71,8 @@ def write_report(results: RunResults, out_dir: str | Path) -> list[Path]:
         ACCURACY_VS_PARAMS_PNG: _accuracy_vs_cost_figure(pruning, baseline, "params", "parameters"),
     }
     if sensitivity is not None:
-        figures = {SENSITIVITY_PNG: _sensitivity_figure(sensitivity, baseline.top1), **figures}
+        figures = {SENSITIVITY_PNG: _sensitivity_figure(
+            sensitivity, _sensitivity_baseline(sensitivity, baseline)), **figures}
     if _compares(results):
         figures |= comparison_figures(results)
     text = _render_markdown(results, pruning, list(figures))
@@ -115,6 +119,17 @@ def _acc(value: float | None) -> str:
     return _MISSING if value is None else f"{value:.2f}"
 
 
+def _ci(value: float | None, interval: Interval | None) -> str:
+    """Formats a top-1 or a drop with its 95% interval, ``"90.80 (90.21 to 91.36)"``; the value
+    alone when the interval is missing."""
+    return _acc(value) + _bracket(interval)
+
+
+def _bracket(interval: Interval | None) -> str:
+    """``" (90.21 to 91.36)"``, or nothing without an interval."""
+    return "" if interval is None else f" ({interval.low:.2f} to {interval.high:.2f})"
+
+
 def _drop(baseline: float | None, value: float | None) -> str:
     """Formats baseline minus value in points with two decimals (positive = accuracy lost)."""
     if baseline is None or value is None:
@@ -153,11 +168,11 @@ def _render_markdown(results: RunResults, pruning: list[PrunedRow], plots: list[
         "",
         f"Criterion `{results.criterion}`, strategy `{results.strategy}`, residual policy "
         f"`{results.residual}`; dataset "
-        f"{dataset.name} ({dataset.train_size} train / {dataset.test_size} test images, "
-        f"{dataset.num_classes} classes).",
+        f"{dataset.name} ({_splits(dataset)}, {dataset.num_classes} classes).",
         "",
         "Environment: " + ", ".join(f"{key} {value}" for key, value in env.items()) + ".",
         "",
+        *([] if results.calibration is None else [results.calibration["reason"] + ".", ""]),
         *_coverage_lines(results.coverage),
         'MACs are the multiply-accumulates of the conv and linear layers (the paper\'s "FLOP"; '
         "FLOPs = 2 x MACs). `ratio` is the fraction of filters removed from every pruned layer.",
@@ -167,17 +182,20 @@ def _render_markdown(results: RunResults, pruning: list[PrunedRow], plots: list[
     ]
     top5 = "" if baseline.top5 is None else f", top-5 {baseline.top5:.2f}%"
     lines += [
-        f"Top-1 {baseline.top1:.2f}%{top5}, {_human(baseline.macs)} MACs, "
-        f"{_human(baseline.params)} params; trained {baseline.epochs} epochs in "
-        f"{baseline.train_time_s:.1f} s.",
+        f"Top-1 {_top1_text(baseline)}{top5}{_images(baseline)}, "
+        f"{_human(baseline.macs)} MACs, {_human(baseline.params)} params; trained "
+        f"{baseline.epochs} epochs in {baseline.train_time_s:.1f} s.",
         "",
         f"## {_schedule_title(pruning)} pruning of all layers",
         "",
     ]
-    lines += _pruning_table(pruning, baseline)
+    lines += _pruning_table(pruning, baseline, results.baseline_retrained)
     epochs = sorted({row.retrain_epochs for row in pruning})
     if epochs:
         lines += ["", f"Retraining epochs per pruned model: {', '.join(map(str, epochs))}."]
+    lines += _interval_notes(results)
+    if results.repeats:
+        lines += _seeds_section(results)
     if results.scratch:
         lines += ["", "## Pruned architectures trained from scratch (controls)", ""]
         lines += _scratch_table(results.scratch, pruning)
@@ -187,10 +205,10 @@ def _render_markdown(results: RunResults, pruning: list[PrunedRow], plots: list[
         retrained = sensitivity.retrain_epochs
         how = f"retrained {retrained} epochs" if retrained else "no retraining"
         lines += ["", f"## Sensitivity of each layer pruned alone ({how})", ""]
-        lines += _sensitivity_section(sensitivity, baseline.top1)
+        lines += _sensitivity_section(sensitivity, _sensitivity_baseline(sensitivity, baseline))
 
     if _compares(results):
-        lines += [""] + comparison_lines(results, _human, _table)
+        lines += [""] + comparison_lines(results, _human, _table, _ci)
 
     titles = {
         SENSITIVITY_PNG: "Sensitivity to pruning",
@@ -206,8 +224,59 @@ def _render_markdown(results: RunResults, pruning: list[PrunedRow], plots: list[
     return "\n".join(lines)
 
 
-def _pruning_table(pruning: list[PrunedRow], baseline: Baseline) -> list[str]:
-    """Renders the main table, one row per pruning point; top-5 columns when any is known."""
+def _splits(dataset: DatasetInfo) -> str:
+    """``"4500 train / 500 validation / 1000 test images"`` and what each split is for."""
+    if not dataset.validation_size:
+        return (f"{dataset.train_size} train / {dataset.test_size} test images; no validation "
+                "split held out, so the sensitivity is measured on the test split")
+    return (f"{dataset.train_size} train / {dataset.validation_size} validation (held out of "
+            f"the training set; the sensitivity is measured on it) / {dataset.test_size} test "
+            "images (the reported accuracies)")
+
+
+def _top1_text(record) -> str:
+    """``"87.00% (95% CI 84.77 to 88.94)"``, or ``"87.00%"`` without an interval."""
+    interval = _top1_interval(record)
+    return f"{record.top1:.2f}%" if interval is None else interval_text(interval)
+
+
+def _top1_interval(record) -> Interval | None:
+    return None if record.intervals is None else record.intervals.top1
+
+
+def _images(record) -> str:
+    """``" on 10000 test images"``, when the record's intervals say."""
+    iv = record.intervals
+    return "" if iv is None else f" on {iv.n} {iv.split} images"
+
+
+def _interval_notes(results: RunResults) -> list[str]:
+    """How the intervals are computed, and what the control for extra training is."""
+    iv = results.baseline.intervals
+    lines = []
+    if iv is not None:
+        paired = all(row.correct is not None for row in [results.baseline, *results.pruning])
+        lines += ["", f"Top-1 in % on the {iv.n} images of the {iv.split} split, with its 95% "
+                  "interval in brackets (Wilson score); each drop (points, positive = accuracy "
+                  "lost) with its 95% interval "
+                  + ("paired on the same images (Newcombe), narrower than the two top-1 "
+                     "intervals suggest." if paired else
+                     "(unpaired: a record without per-image outcomes; resume or rerun the run "
+                     "for paired ones).")]
+    control = results.baseline_retrained
+    if control is not None:
+        lines += ["", f"The pruned models are retrained for {control.epochs} epoch(s) the "
+                  "baseline never had; the control row is the baseline retrained the same way, "
+                  "and each row's drop from it is what pruning costs beyond what extra training "
+                  "gains."]
+    return lines
+
+
+def _pruning_table(
+    pruning: list[PrunedRow], baseline: Baseline, control: RetrainedBaseline | None = None
+) -> list[str]:
+    """Renders the main table, one row per pruning point after the control for extra training
+    (when it ran); top-5 columns when any is known."""
     with_top5 = baseline.top5 is not None or any(
         value is not None for row in pruning for value in (row.top5_before, row.top5_after)
     )
@@ -217,24 +286,29 @@ def _pruning_table(pruning: list[PrunedRow], baseline: Baseline) -> list[str]:
         "MACs reduction",
         "params",
         "params reduction",
-        "top-1 before retraining",
-        "top-1 after retraining",
+        "top-1 before retraining (test)",
+        "top-1 after retraining (test)",
         "drop vs baseline (after)",
     ]
+    if control is not None:
+        header.append("drop vs baseline retrained (after)")
     if with_top5:
         header += ["top-5 before retraining", "top-5 after retraining", "top-5 drop (after)"]
-    rows = []
+    rows = [] if control is None else [_control_row(control, baseline, with_top5)]
     for row in pruning:
+        iv = row.intervals
         cells = [
             row.label,
             _human(row.macs),
             _pct(row.macs_reduction),
             _human(row.params),
             _pct(row.params_reduction),
-            _acc(row.top1_before),
-            _acc(row.top1_after),
-            _drop(baseline.top1, row.top1_after),
+            _ci(row.top1_before, iv and iv.top1_before),
+            _ci(row.top1_after, iv and iv.top1),
+            _ci_drop(baseline.top1, row.top1_after, iv and iv.drop),
         ]
+        if control is not None:
+            cells.append(_ci_drop(control.top1, row.top1_after, iv and iv.drop_vs_retrained))
         if with_top5:
             cells += [
                 _acc(row.top5_before),
@@ -243,6 +317,53 @@ def _pruning_table(pruning: list[PrunedRow], baseline: Baseline) -> list[str]:
             ]
         rows.append(cells)
     return _table(header, rows)
+
+
+def _ci_drop(reference: float, value: float, interval: Interval | None) -> str:
+    """A drop from ``reference`` with its interval (``_drop``, ``_ci``)."""
+    return _drop(reference, value) + _bracket(interval)
+
+
+def _control_row(control: RetrainedBaseline, baseline: Baseline, with_top5: bool) -> list[str]:
+    """The row of the baseline retrained as the pruned models are (the control)."""
+    iv = control.intervals
+    cells = ["baseline retrained (control)", _human(baseline.macs), _pct(0),
+             _human(baseline.params), _pct(0), _ci(baseline.top1, _top1_interval(baseline)),
+             _ci(control.top1, iv and iv.top1),
+             _ci_drop(baseline.top1, control.top1, iv and iv.drop), _MISSING]
+    if with_top5:
+        cells += [_acc(baseline.top5), _acc(control.top5), _drop(baseline.top5, control.top5)]
+    return cells
+
+
+def _seeds_section(results: RunResults) -> list[str]:
+    """Each row's top-1 after retraining and drop from its seed's baseline over the seeds
+    (``filterprune.stats.over_seeds``: mean, sample standard deviation, Student-t interval)."""
+    runs = [(results.environment.seed, results.baseline, results.pruning)] + [
+        (r.seed, r.baseline, r.pruning) for r in results.repeats]
+    seeds = [seed for seed, _, _ in runs]
+
+    def cells(label: str, top1: list[float], drop: list[float] | None) -> list[str]:
+        summary = over_seeds(top1)
+        row = [label, f"{summary.mean:.2f}", f"{summary.std:.2f}",
+               _bracket(summary.interval).strip()]
+        if drop is None:
+            return [*row, _MISSING, _MISSING]
+        lost = over_seeds(drop)
+        return [*row, f"{lost.mean:.2f}", _bracket(lost.interval).strip()]
+
+    rows = [cells("baseline", [base.top1 for _, base, _ in runs], None)]
+    for i, row in enumerate(results.pruning):
+        rows.append(cells(row.label, [pruning[i].top1_after for _, _, pruning in runs],
+                          [base.top1 - pruning[i].top1_after for _, base, pruning in runs]))
+    lines = ["", f"## Repeated over {len(runs)} seeds", "",
+             f"The baseline and the sweep trained with seeds {', '.join(map(str, seeds))} (the "
+             "tables above are seed "
+             f"{seeds[0]}'s): top-1 after retraining on the test split, its mean, sample "
+             "standard deviation and the 95% Student-t interval of the mean over the seeds; the "
+             "drop is each seed's baseline minus its pruned model.", ""]
+    return lines + _table(["ratio / plan", "top-1 mean", "std", "95% CI of the mean",
+                           "drop mean", "95% CI of the drop"], rows)
 
 
 def _schedule_title(pruning: list[PrunedRow]) -> str:
@@ -256,7 +377,8 @@ def _scratch_table(scratch: list[ScratchRow], pruning: list[PrunedRow]) -> list[
     pruned = {row.stage: row for row in pruning}
     rows = [
         [pruned[row.pruned].label, f"scratch-{row.kind}", str(row.epochs),
-         _acc(row.top1), _acc(pruned[row.pruned].top1_after)]
+         _ci(row.top1, _top1_interval(row)),
+         _ci(pruned[row.pruned].top1_after, _top1_interval(pruned[row.pruned]))]
         for row in sorted(scratch, key=lambda row: (-pruned[row.pruned].macs, row.kind))
     ]
     lines = ["The pruned architecture re-initialised at random and trained with the baseline's "
@@ -268,8 +390,14 @@ def _scratch_table(scratch: list[ScratchRow], pruning: list[PrunedRow]) -> list[
     )
 
 
+def _sensitivity_baseline(sensitivity: SensitivityTable, baseline: Baseline) -> float:
+    """The baseline's top-1 on the sensitivity's split (its test top-1 in older records)."""
+    return baseline.top1 if sensitivity.baseline_top1 is None else sensitivity.baseline_top1
+
+
 def _sensitivity_section(sensitivity: SensitivityTable, baseline_top1: float) -> list[str]:
-    """Renders the sensitivity table (layers x ratios, top-1 %) and names the most sensitive layer.
+    """Renders the sensitivity table (layers x ratios, top-1 % on its split) and names the most
+    sensitive layer; ``baseline_top1`` is the baseline's on that split.
 
     The most sensitive layer is the one with the largest accuracy drop at the highest ratio.
     """
@@ -277,7 +405,13 @@ def _sensitivity_section(sensitivity: SensitivityTable, baseline_top1: float) ->
     layers = sensitivity.layers
     header = ["layer"] + [_pct(r) for r in ratios]
     rows = [[f"`{name}`"] + [_acc(v) for v in accs] for name, accs in layers.items()]
-    lines = ["Top-1 (%) with the given fraction of the layer's filters removed.", ""]
+    lines = [f"Top-1 (%) on the {sensitivity.split} split with the given fraction of the "
+             "layer's filters removed"
+             + (" (no validation split was held out: choosing layers from it selects on the test "
+                "split, which also gives the reported accuracies)."
+                if sensitivity.split == "test" else
+                ", held out of the training set so that choosing layers from it leaves the test "
+                "split for the reported accuracies."), ""]
     lines += _table(header, rows)
     if layers and ratios:
         last = int(np.argmax(ratios))
@@ -316,7 +450,7 @@ def _sensitivity_figure(sensitivity: SensitivityTable, baseline_top1: float) -> 
         ax.plot(x, accs, marker="o", markersize=3, color=color, label=name)
     ax.axhline(baseline_top1, color="black", linestyle="--", linewidth=1, label="baseline")
     ax.set_xlabel("filters pruned away (%)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel(f"top-1 accuracy on the {sensitivity.split} split (%)")
     ax.set_title("Sensitivity to pruning (each layer alone, no retraining)")
     ax.grid(alpha=0.3)
     _legend(ax, len(layers) + 1)
@@ -381,7 +515,7 @@ def _accuracy_vs_cost_figure(
         label="baseline",
     )
     ax.set_xlabel(f"{label} (millions)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel("top-1 accuracy on the test split (%)")
     ax.set_title(f"Top-1 accuracy vs {label} (labels: ratio of filters removed, or plan)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -7,26 +7,98 @@ through it (``RunResults.load``) by the report, the comparison section, ``paper-
 version found, and the run that wrote it can be resumed to rewrite it (``filterprune run
 ... --resume``; its finished stages are read back, not recomputed).
 
-Accuracies are top-1 / top-5 in % on the test set; ``macs`` are multiply-accumulates per image
+Accuracies are top-1 / top-5 in % on the test set (``TopIntervals.split`` says which images a
+figure comes from); every top-1 of a model carries its 95% interval and every drop its paired
+interval (``TopIntervals``, filled by ``with_intervals`` from the per-image outcomes each model
+record keeps, ``pack_outcomes``); ``macs`` are multiply-accumulates per image
 (FLOPs = 2 x MACs); reductions are fractions in [0, 1] of the baseline's count.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from filterprune._io import atomic_write_text
 from filterprune.engine.coverage import BlockedLayer, Coverage
 from filterprune.errors import FilterpruneError
+from filterprune.stats import Interval
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+def pack_outcomes(correct: torch.Tensor) -> str:
+    """Per-image outcomes as the records keep them: bool (N,) -> base64 of the packed bits
+    (N / 8 bytes; 1,000 test images take 168 characters)."""
+    bits = np.packbits(correct.bool().cpu().numpy())
+    return base64.b64encode(bits.tobytes()).decode("ascii")
+
+
+def unpack_outcomes(text: str, n: int) -> torch.Tensor:
+    """The bool (N,) tensor that ``pack_outcomes`` packed, ``n`` = N.
+
+    Raises:
+        FilterpruneError: ``text`` is not base64 or holds fewer than ``n`` bits.
+    """
+    try:
+        bits = np.frombuffer(base64.b64decode(text, validate=True), dtype=np.uint8)
+    except ValueError as e:
+        raise FilterpruneError(f"malformed per-image outcomes: {e}") from None
+    if len(bits) * 8 < n:
+        raise FilterpruneError(f"per-image outcomes of {len(bits) * 8} images, need {n}")
+    return torch.from_numpy(np.unpackbits(bits)[:n].astype(bool))
+
+
+@dataclass
+class TopIntervals:
+    """The 95% intervals of one model's top-1 (filterprune.stats).
+
+    Attributes:
+        split: the images the top-1 comes from (``test``).
+        n: how many images.
+        top1: Wilson interval of the top-1 (%).
+        top1_before: of a pruned model, its top-1 before retraining.
+        drop: the drop (points; positive = accuracy lost) from the baseline, paired on the
+            per-image outcomes when both records keep them, else unpaired (``method`` says).
+        drop_vs_retrained: the drop from the baseline retrained as long as the pruned models
+            (the ``baseline-retrained`` control), paired likewise.
+    """
+
+    split: str
+    n: int
+    top1: Interval
+    top1_before: Interval | None = None
+    drop: Interval | None = None
+    drop_vs_retrained: Interval | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TopIntervals:
+        fields = {k: None if v is None else Interval(**v) for k, v in data.items()
+                  if k not in ("split", "n")}
+        return cls(split=data["split"], n=data["n"], **fields)
+
+
+def _record(cls: type, data: dict):
+    """``cls(**data)`` with its ``intervals`` read back as ``TopIntervals``."""
+    intervals = data.get("intervals")
+    return cls(**{**data, "intervals": None if intervals is None
+                  else TopIntervals.from_dict(intervals)})
 
 
 @dataclass
 class Baseline:
-    """The unpruned model: accuracy, cost, and its training (``epochs`` 0 when loaded)."""
+    """The unpruned model: accuracy, cost, and its training (``epochs`` 0 when loaded).
+
+    Attributes:
+        correct: whether it got each test image right (``pack_outcomes``; None in records
+            written before they were kept).
+        intervals: its top-1 interval (``with_intervals``).
+    """
 
     top1: float
     top5: float | None
@@ -37,6 +109,8 @@ class Baseline:
     epochs: int
     train_time_s: float
     history: list[dict] = field(default_factory=list)
+    correct: str | None = None
+    intervals: TopIntervals | None = None
 
 
 @dataclass
@@ -48,6 +122,8 @@ class PrunedRow:
         stage: its stage and model file name (``pruned-50``).
         kept: layer name -> number of filters kept (empty: the baseline's architecture).
         residual: the residual policy it was pruned under (a named plan's own).
+        correct: whether it got each test image right after retraining (``pack_outcomes``).
+        intervals: of its top-1 before and after retraining and of its drops.
     """
 
     stage: str
@@ -66,6 +142,8 @@ class PrunedRow:
     plan: str | None = None
     schedule: str = "one-shot"
     residual: str | None = None
+    correct: str | None = None
+    intervals: TopIntervals | None = None
 
     @property
     def label(self) -> str:
@@ -100,6 +178,50 @@ class ScratchRow:
     top5: float | None
     loss: float
     train_time_s: float
+    correct: str | None = None
+    intervals: TopIntervals | None = None
+
+
+@dataclass
+class RetrainedBaseline:
+    """The control for extra training: the baseline retrained with the ``retrain`` settings of
+    the pruned models (stage ``baseline-retrained``), so that what retraining alone gains is
+    not credited to pruning.
+
+    Attributes:
+        epochs: retraining epochs (``retrain.epochs``).
+        correct: whether it got each test image right (``pack_outcomes``).
+    """
+
+    top1: float
+    top5: float | None
+    loss: float
+    epochs: int
+    train_time_s: float
+    correct: str | None = None
+    intervals: TopIntervals | None = None
+
+
+@dataclass
+class SeedRepeat:
+    """The baseline and the pruning sweep repeated with another seed (``seeds``: weights, data
+    order and augmentation; the data splits stay those of the run's seed). Its stages and
+    model files carry the suffix ``-seed<seed>``.
+
+    Attributes:
+        seed: the seed.
+        baseline: its baseline.
+        pruning: its pruned rows, in the order of the run's.
+    """
+
+    seed: int
+    baseline: Baseline
+    pruning: list[PrunedRow]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SeedRepeat:
+        return cls(data["seed"], _record(Baseline, data["baseline"]),
+                   [_record(PrunedRow, row) for row in data["pruning"]])
 
 
 @dataclass
@@ -109,28 +231,37 @@ class SensitivityTable:
     Attributes:
         members: group name -> its members, for groups of several layers.
         retrain_epochs: epochs of retraining before evaluation (0: none, Fig. 2b).
+        split: the images it is measured on: ``validation`` (held out of the training set), or
+            ``test`` when the run held none out.
+        baseline_top1: the baseline's top-1 on that split (None: not recorded; the report then
+            compares with the test top-1).
     """
 
     ratios: list[float]
     layers: dict[str, list[float]]
     members: dict[str, list[str]] = field(default_factory=dict)
     retrain_epochs: int = 0
+    split: str = "test"
+    baseline_top1: float | None = None
 
 
 @dataclass
 class DatasetInfo:
-    """The dataset: its name, the training images used (``data.train_subset`` or all), the
-    test images and the number of classes."""
+    """The dataset: its name, the training images used (``data.train_subset`` or all, less the
+    validation split), the test images, the number of classes and the validation images held
+    out of the training set (0: none; choices were then made on the test split)."""
 
     name: str
     train_size: int
     test_size: int
     num_classes: int
+    validation_size: int = 0
 
 
 @dataclass
 class Environment:
-    """Versions, device, seed and number of processes (torchrun) of the run."""
+    """Versions, device, seed, number of processes (torchrun) and compute setting (its name,
+    ``filterprune.training.calibrate.setting_name``) of the run."""
 
     filterprune: str
     torch: str
@@ -138,6 +269,7 @@ class Environment:
     device: str
     seed: int
     processes: int
+    compute: str = "float32"
 
 
 @dataclass
@@ -145,6 +277,11 @@ class RunResults:
     """Everything ``filterprune run`` measured (``results.json``).
 
     Attributes:
+        baseline_retrained: the control for extra training, or None when it was not run.
+        calibration: how ``compute: auto`` picked the compute setting
+            (``filterprune.training.calibrate.Calibration.to_dict``), or None with explicit
+            settings.
+        repeats: the baseline and sweep repeated with the other seeds (``seeds`` > 1).
         deploy: the deployment measurements (filterprune.pipeline.deployment), or None when
             ``deploy.enabled`` is false; kept as that stage's dict.
         wall_time_s: seconds worked by every session of the run (a resumed run counts all).
@@ -165,6 +302,9 @@ class RunResults:
     scratch: list[ScratchRow] = field(default_factory=list)
     deploy: dict | None = None
     wall_time_s: float = 0.0
+    baseline_retrained: RetrainedBaseline | None = None
+    calibration: dict | None = None
+    repeats: list[SeedRepeat] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
@@ -189,13 +329,17 @@ class RunResults:
                 criterion=data["criterion"], strategy=data["strategy"],
                 residual=data["residual"], environment=Environment(**data["environment"]),
                 coverage=coverage_from_dict(data["coverage"]),
-                baseline=Baseline(**data["baseline"]), filter_norms=data["filter_norms"],
+                baseline=_record(Baseline, data["baseline"]), filter_norms=data["filter_norms"],
                 sensitivity=None if sensitivity is None else SensitivityTable(**sensitivity),
-                pruning=[PrunedRow(**row) for row in data["pruning"]],
-                methods={name: [MethodRow(**row) for row in rows]
+                pruning=[_record(PrunedRow, row) for row in data["pruning"]],
+                methods={name: [_record(MethodRow, row) for row in rows]
                          for name, rows in data.get("methods", {}).items()},
-                scratch=[ScratchRow(**row) for row in data.get("scratch", [])],
+                scratch=[_record(ScratchRow, row) for row in data.get("scratch", [])],
                 deploy=data.get("deploy"), wall_time_s=data["wall_time_s"],
+                baseline_retrained=None if data.get("baseline_retrained") is None
+                else _record(RetrainedBaseline, data["baseline_retrained"]),
+                calibration=data.get("calibration"),
+                repeats=[SeedRepeat.from_dict(r) for r in data.get("repeats", [])],
             )
         except (KeyError, TypeError) as e:
             raise FilterpruneError(f"malformed results: {e}") from None

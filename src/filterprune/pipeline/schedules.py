@@ -26,15 +26,16 @@ def sensitivity_retrained(
     session: Session, model: nn.Module, graph: DependencyGraph, ratios: list[float],
     stages: Stages, log: Log,
 ) -> dict:
-    """Each prunable layer pruned alone at each ratio, retrained briefly, then evaluated
-    (Li et al. 2017, §3.2, Fig. 2c).
+    """Each prunable layer pruned alone at each ratio, retrained briefly, then evaluated on the
+    split choices are made on (``Session.choice_split``) (Li et al. 2017, §3.2, Fig. 2c).
 
     Retraining uses the ``retrain`` settings for ``sensitivity.retrain_epochs`` epochs. Each
     (layer, ratio) is its own stage, ``sensitivity-<layer>-<percent>``; a channel group is
     analysed once, named by its first member.
 
     Returns:
-        ``{"ratios": [...], "layers": {name: [top-1 % per ratio]}, "retrain_epochs": n}``.
+        ``{"ratios": [...], "layers": {name: [top-1 % per ratio]}, "retrain_epochs": n,
+        "split": the split}``.
     """
     config = session.config
     settings = config.retrain.model_copy(update={"epochs": config.sensitivity.retrain_epochs})
@@ -43,7 +44,7 @@ def sensitivity_retrained(
         plan = select_filters(model, graph, {name: ratio}, session.criterion(stage))
         pruned = apply_plan(model, plan, graph)
         session.train(pruned, settings, stage, stages.state(stage))
-        return session.evaluate(pruned)
+        return session.evaluate(pruned, session.choice_split)
 
     layers: dict[str, list[float]] = {}
     for name in analysed_layers(graph, None):  # one per channel group
@@ -55,7 +56,8 @@ def sensitivity_retrained(
         layers[name] = accuracies
         log(f"sensitivity {name} (retrained {settings.epochs} epochs): "
             + " ".join(f"{a:.1f}" for a in accuracies))
-    return {"ratios": list(ratios), "layers": layers, "retrain_epochs": settings.epochs}
+    return {"ratios": list(ratios), "layers": layers, "retrain_epochs": settings.epochs,
+            "split": session.choice_split}
 
 
 def prune_iteratively(
@@ -153,13 +155,14 @@ def train_from_scratch(
         log: receives one line.
 
     Returns:
-        ``{"epochs", "top1", "top5", "loss", "train_time_s"}``.
+        ``{"epochs", "top1", "top5", "loss", "correct", "train_time_s"}`` (``correct``: the
+        per-image outcomes, ``Session.evaluate``).
     """
     torch.manual_seed(seed)
     model = spec.build()
     settings = session.config.train.model_copy(update={"epochs": epochs})
     history = session.train(model, settings, stage, stages.state(stage))
     distributed.on_main(lambda: save_model(out_dir / f"{stage}.safetensors", model, spec))
-    metrics = session.evaluate(model)
+    metrics = session.evaluate(model, per_image=True)
     log(f"{stage}: trained from scratch {epochs} epochs, top-1 {metrics['top1']:.2f}%")
     return {"epochs": epochs, **metrics, "train_time_s": sum(h["time_s"] for h in history)}

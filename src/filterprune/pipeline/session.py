@@ -19,7 +19,7 @@ import shutil
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,19 +33,35 @@ from filterprune._io import atomic_write_text
 from filterprune.checkpoint import ModelSpec, builder_arguments, load_model, load_weights
 from filterprune.data import BatchLoader, ImageDataset, load_dataset, make_loaders, sample_images
 from filterprune.data.imagefolder import IMAGE_FOLDER, load_image_folder
+from filterprune.data.split import validation_split
 from filterprune.data.stream import load_user_datasets
 from filterprune.engine.criteria import Criterion, random_criterion
 from filterprune.errors import FilterpruneError
 from filterprune.pipeline.config import RunConfig, load_config
-from filterprune.training import TrainSettings, evaluate, train
+from filterprune.pipeline.results import pack_outcomes
+from filterprune.training import ComputeSettings, TrainSettings, evaluate, train
+from filterprune.training.calibrate import calibrate_compute, setting_name
 
 Log = Callable[[str], None]
 SESSIONS = "sessions.json"
+AUTO = "auto"
+COMPUTE = "compute"
+
+
+TEST, VALIDATION = "test", "validation"
 
 
 @dataclass
 class Session:
-    """Data, loaders and device of a run, prepared once from its config."""
+    """Data, loaders and device of a run, prepared once from its config.
+
+    Attributes:
+        dataset: the dataset, less the validation images in its training split.
+        validation_batches: the validation split (``data.validation`` of the training set), or
+            None when ``data.validation`` is 0.
+        compute: the compute setting of training and evaluation: the configured one, or with
+            ``compute: auto`` float32 until ``choose_compute`` picks one.
+    """
 
     config: RunConfig
     dataset: ImageDataset
@@ -54,6 +70,18 @@ class Session:
     device: torch.device
     spec: ModelSpec
     progress: bool = True
+    validation_batches: BatchLoader | None = None
+    compute: ComputeSettings = field(default_factory=ComputeSettings)
+
+    @property
+    def choice_split(self) -> str:
+        """The split choices are made on (sensitivity, criteria, plans): ``validation``, or
+        ``test`` when no validation split is held out."""
+        return TEST if self.validation_batches is None else VALIDATION
+
+    def batches(self, split: str) -> BatchLoader:
+        """The batches of ``split`` (``test`` or ``validation``)."""
+        return self.test_batches if split == TEST else self.validation_batches
 
     def sample_images(self, count: int) -> Iterator[torch.Tensor]:
         """``count`` training images drawn at random (seeded by the run's seed), normalised, not
@@ -68,8 +96,15 @@ class Session:
         name = self.config.prune.criterion
         return random_criterion(stage_seed(self.config.seed, stage)) if name == "random" else name
 
-    def evaluate(self, model: nn.Module) -> dict:
-        return evaluate(model, self.test_batches, self.device, self.config.compute)
+    def evaluate(self, model: nn.Module, split: str = TEST, *, per_image: bool = False) -> dict:
+        """Top-1, top-5 and loss of ``model`` on ``split`` (``filterprune.training.evaluate``);
+        with ``per_image``, also ``"correct"``: whether it got each image right, packed as the
+        records keep it (``filterprune.pipeline.results.pack_outcomes``)."""
+        metrics = evaluate(model, self.batches(split), self.device, self.compute,
+                           per_image=per_image)
+        if per_image:
+            metrics["correct"] = pack_outcomes(metrics["correct"])
+        return metrics
 
     def train(
         self, model: nn.Module, settings: TrainSettings, stage: str, state_path: Path,
@@ -85,7 +120,7 @@ class Session:
         loader.generator.manual_seed(seed)
         return train(model, loader, settings, self.device, description=stage,
                      progress=self.progress, state_path=state_path, rng=loader.generator,
-                     compute=self.config.compute, **hooks)
+                     compute=self.compute, **hooks)
 
 
 class Stages:
@@ -270,9 +305,14 @@ def open_run(out_dir: Path, config: RunConfig, resume: bool, log: Log) -> Stages
 
 
 def prepare(config: RunConfig, *, progress: bool = True) -> Session:
-    """Loads the dataset, builds loaders and the model spec (dataset-dependent arguments filled).
+    """Loads the dataset, holds out the validation split (``data.validation``), builds loaders
+    and the model spec (dataset-dependent arguments filled).
 
     With ``config.deterministic``, torch is restricted to deterministic algorithms.
+
+    Raises:
+        FilterpruneError: data not found or unreadable, a class with too few training images to
+            hold some out (the message says how to turn the split off), or a bad device.
     """
     seed_everything(config.seed)
     if config.deterministic:
@@ -287,23 +327,58 @@ def prepare(config: RunConfig, *, progress: bool = True) -> Session:
     else:
         dataset = load_dataset(config.data.name, config.data.data_dir,
                                download=config.data.download)
+    validation_batches = None
+    if config.data.validation:
+        try:
+            dataset, held_out = validation_split(dataset, config.data.validation, config.seed)
+        except FilterpruneError as e:
+            raise FilterpruneError(f"{e} (set data.validation: 0 to hold none out)") from None
+        validation_batches = _loaders(config, held_out, device, config.train.batch_size)[1]
     train_batches, test_batches = _loaders(config, dataset, device, config.train.batch_size)
     shape = (dataset.in_channels, dataset.image_size, dataset.image_size)
     kwargs = builder_arguments(config.model.name, config.model.kwargs, shape,
                                dataset.num_classes)
     spec = ModelSpec(config.model.name, kwargs, (1, *shape))
+    compute = ComputeSettings() if config.compute == AUTO else config.compute
     return Session(config, dataset, train_batches, test_batches, device, spec,
-                   progress and distributed.is_main())
+                   progress and distributed.is_main(), validation_batches, compute)
 
 
 def environment(session: Session) -> dict:
-    """Package and torch versions, device, seed and number of processes (torchrun), written
-    next to every result."""
+    """Package and torch versions, device, seed, number of processes (torchrun) and compute
+    setting, written next to every result."""
     return {
         "filterprune": filterprune.__version__, "torch": torch.__version__,
         "python": platform.python_version(), "device": str(session.device),
         "seed": session.config.seed, "processes": distributed.world_size(),
+        "compute": setting_name(session.compute),
     }
+
+
+def choose_compute(session: Session, model: nn.Module, stages: Stages, log: Log) -> dict | None:
+    """With ``compute: auto``, picks the compute setting of the run once, before any training
+    (stage ``compute``: a resumed run reuses the pick), and makes it ``session.compute``; logs
+    the pick and why in one line. The calibration times a few training steps of copies of
+    ``model`` on one training batch (``calibrate_compute``; ``model`` is not changed). Under
+    torchrun rank 0 calibrates and every rank takes its pick.
+
+    Returns:
+        The calibration (``Calibration.to_dict()``), or None with explicit settings.
+    """
+    if session.config.compute != AUTO:
+        return None
+    finished = COMPUTE in stages.finished()
+
+    def calibrate() -> dict:
+        images, labels = next(iter(session.train_batches))
+        return calibrate_compute(model, images, labels, session.device,
+                                 budget_s=session.config.calibration_budget_s).to_dict()
+
+    picked = stages.run(COMPUTE, lambda: distributed.on_main(calibrate))
+    picked = distributed.gather_dicts({} if picked is None else {COMPUTE: picked})[COMPUTE]
+    session.compute = ComputeSettings(**picked["settings"])
+    log(picked["reason"] + (" (the pick of the run's first session)" if finished else ""))
+    return picked
 
 
 def load_checkpoint(session: Session, path: str | Path) -> nn.Module:

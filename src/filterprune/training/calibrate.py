@@ -65,7 +65,9 @@ class Calibration:
                 "reason": self.reason, "measured": self.measured, "skipped": self.skipped}
 
 
-def _name(settings: ComputeSettings) -> str:
+def setting_name(settings: ComputeSettings) -> str:
+    """The name of a compute setting, as ``Calibration.picked`` gives it: ``"float32"``,
+    ``"bf16 + channels-last"``..."""
     parts = [p for p, on in [("bf16", settings.bf16), ("channels-last", settings.channels_last),
                              ("compile", settings.compile)] if on]
     return " + ".join(parts) or FLOAT32
@@ -117,16 +119,16 @@ def calibrate_compute(
     measured = _measure(model, images, labels, device, candidates, budget_s, min_rounds,
                         tolerance, timer)
     if device.type == "cuda":  # the fastest so far, compiled, timed against float32 again
-        fastest = next(s for s in candidates if _name(s) == _pick(measured))
+        fastest = next(s for s in candidates if setting_name(s) == _pick(measured))
         compiled = fastest.model_copy(update={"compile": True})
         again = _measure(model, images, labels, device, [candidates[0], compiled], budget_s,
                          min_rounds, tolerance, timer)
-        measured[_name(compiled)] = again[_name(compiled)]
+        measured[setting_name(compiled)] = again[setting_name(compiled)]
         candidates.append(compiled)
     else:
         skipped["compile"] = "not tried on CPU: compiling costs more than it saves in short runs"
     picked = _pick(measured)
-    settings = next(s for s in candidates if _name(s) == picked)
+    settings = next(s for s in candidates if setting_name(s) == picked)
     rates = ", ".join(f"{name} {m['images_per_s']:.0f}" + ("" if m["correct"] else " (wrong)")
                       for name, m in measured.items())
     if picked == FLOAT32:
@@ -164,7 +166,7 @@ def _measure(
         reference = copy.deepcopy(model).to(device).eval()(images).float()
     steps, errors = {}, {}
     for settings in candidates:
-        name = _name(settings)
+        name = setting_name(settings)
         copied = settings.prepare(copy.deepcopy(model), device)
         forward = torch.compile(copied) if settings.compile else copied
         with torch.no_grad(), settings.autocast(device):
@@ -176,7 +178,7 @@ def _measure(
     timing = interleaved_timings(steps, batch_size=len(images), budget_s=budget_s,
                                  max_spread=0.1, min_rounds=min_rounds, min_time_s=0.0,
                                  timer=timer, sync=sync)
-    base = _name(candidates[0])
+    base = setting_name(candidates[0])
     measured = {}
     for name, step in steps.items():
         if name == base and not step.finite:
