@@ -65,6 +65,7 @@ from filterprune.pipeline.session import (
     prepare,
     stage_seed,
 )
+from filterprune.pipeline.targets import check_targets, latency_stage, run_targets
 from filterprune.training.loop import console
 
 
@@ -247,7 +248,9 @@ def run_pipeline(
     model = initial_model(session, log)
     graph = trace(model, session.spec.example_input(), residual=config.prune.residual)
     reach = prunable_share(session, model, graph)  # checks skip and score_by before training
+    check_targets(session, model, graph)
     stages = open_run(out_dir, config, resume, log)  # the inputs are checked: now write
+    latency = latency_stage(session, model, graph, stages, log)  # checks latency targets
     model, baseline = baseline_stage(session, model, stages, out_dir, log)
     specs: dict[str, ModelSpec] = {}
     sensitivity_result = None
@@ -263,8 +266,11 @@ def run_pipeline(
         session, model, graph, baseline, stages, out_dir, log).items()}
     scratch = [ScratchRow(**row) for row in scratch_controls(
         session, pruning, specs, baseline, stages, out_dir, log)] if config.scratch else []
+    targets = run_targets(session, model, graph, baseline, sensitivity_result, latency, stages,
+                          out_dir, log)
     measured = [row.stage for row in pruning] + [
-        row.stage for rows in methods.values() for row in rows]
+        row.stage for rows in methods.values() for row in rows] + (
+        [] if targets is None else [row.stage for row in targets.rows])
     deploy = deploy_stage(session, measured, stages, out_dir, log)
     results = RunResults(
         model=session.spec.name,
@@ -276,7 +282,7 @@ def run_pipeline(
         residual=config.prune.residual, environment=Environment(**environment(session)),
         coverage=reach, baseline=Baseline(**baseline), filter_norms=filter_norms(model, graph),
         sensitivity=sensitivity_result, pruning=pruning, methods=methods, scratch=scratch,
-        deploy=deploy, wall_time_s=stages.record_session(),
+        deploy=deploy, wall_time_s=stages.record_session(), targets=targets,
     )
 
     def write() -> None:
