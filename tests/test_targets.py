@@ -29,7 +29,6 @@ def fast(config, **prune) -> dict:
 
 def test_each_target_is_reached_three_ways_each_a_retrained_stage(tmp_path, config):
     data = fast(config, targets=[0.5])
-    data["sensitivity"] = {"ratios": [0.5, 0.9]}
     out, lines = tmp_path / "run", []
     results = run_pipeline(parse_config(data), out, progress=False, log=lines.append)
     targets = results.targets
@@ -66,12 +65,16 @@ def test_each_target_is_reached_three_ways_each_a_retrained_stage(tmp_path, conf
     assert again.targets == targets and not any("after retraining" in line for line in lines)
 
 
-def test_without_sensitivity_the_sensitivity_way_is_skipped_and_said(tmp_path, config):
-    data = fast(config, targets=[0.3])
+def test_latency_targets_without_sensitivity_skip_that_way_and_say_so(tmp_path, config):
+    data = fast(config, targets=[0.3], target_cost="latency")
     data["sensitivity"] = {"enabled": False}
-    data["deploy"] = {"enabled": False}
+    data["deploy"] = {"enabled": False, "budget_s": 0.05, "min_run_time_s": 0.002}
     out, lines = tmp_path / "run", []
     targets = run_pipeline(parse_config(data), out, progress=False, log=lines.append).targets
+    assert (out / "stages" / "latency-table.json").is_file()  # measured once, its own stage
+    assert targets.cost == "latency" and targets.latency_table["device"] == "cpu"
+    assert set(targets.latency_table["layers"]) == {"features.0", "features.4"}
+    assert all(row.budget["target"] == "latency" for row in targets.rows)
     assert targets.ways == ["uniform", "global"] and "sensitivity" in targets.skipped
     assert [row.way for row in targets.rows] == ["uniform", "global"]
     assert not (out / "target-30-sensitivity.safetensors").exists()
@@ -79,6 +82,7 @@ def test_without_sensitivity_the_sensitivity_way_is_skipped_and_said(tmp_path, c
     assert len(skipped) == 1 and "sensitivity.enabled: false" in skipped[0]
     report = (out / "report.md").read_text()
     assert "- `sensitivity` did not run: the sensitivity analysis is disabled" in report
+    assert "Latency shares are predicted from a latency table measured on cpu" in report
     assert not (out / "budgets_accuracy_vs_latency.png").exists()  # deploy off
 
 

@@ -438,7 +438,8 @@ def budget_lines(results: RunResults) -> list[str]:
         lines += ["", f"Latency shares are predicted from a latency table measured on "
                   f"{table['device']} ({table['threads']} thread(s), input "
                   f"{tuple(table['input_shape'])}, model {table['model_ms']:.3f} ms): sums of "
-                  "per-layer savings, an estimate; the deployment section measures the models."]
+                  "per-layer savings, an estimate (the deployment stage, when enabled, "
+                  "measures the models)."]
     rows = sorted(targets.rows, key=lambda row: (row.target, targets.ways.index(row.way)))
     missed = [row for row in rows
               if abs(row.budget["achieved"] - row.target) > TOLERANCE + 1e-9]
