@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from filterprune import distributed
 from filterprune.analysis import SensitivityResult
 from filterprune.engine import (
     DependencyGraph,
@@ -110,7 +111,10 @@ def latency_stage(
                              min_run_time_s=cfg.deploy.min_run_time_s,
                              budget_s=cfg.deploy.budget_s).to_dict()
 
-    table = LatencyTable.from_dict(stages.run(LATENCY_STAGE, measure))
+    # under torchrun rank 0 alone measures (ranks timing at once would slow each other), and
+    # every rank allocates from its table
+    table = LatencyTable.from_dict(stages.run(LATENCY_STAGE, lambda: distributed.gather_dicts(
+        distributed.on_main(measure) or {})))
     log(table.describe())
     check_targets(session, model, graph, table)
     return table
