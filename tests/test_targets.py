@@ -7,6 +7,7 @@ from conftest import BASE_TOP1, make_results, pruned_row
 
 from filterprune.checkpoint import load_model
 from filterprune.cli import main
+from filterprune.cli.run import render
 from filterprune.errors import FilterpruneError
 from filterprune.pipeline.config import parse_config
 from filterprune.pipeline.report import write_report
@@ -115,6 +116,8 @@ def test_the_budgets_section_is_rendered_from_the_records(tmp_path):
     assert "| `features.4` | 0.50 | – |" in section  # global left it whole
     assert "budgets_accuracy_vs_macs.png" in report
     assert (tmp_path / "budgets_accuracy_vs_macs.png").is_file()
+    printed = render({"out_dir": str(tmp_path), **results.to_dict()})  # the CLI's run table
+    assert "50% uniform" in printed and "46.8%" in printed
     results.targets = None
     write_report(results, tmp_path)
     assert "## Budgets" not in (tmp_path / "report.md").read_text()
