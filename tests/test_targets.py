@@ -67,7 +67,8 @@ def test_each_target_is_reached_three_ways_each_a_retrained_stage(tmp_path, conf
 
 
 def test_latency_targets_without_sensitivity_skip_that_way_and_say_so(tmp_path, config):
-    data = fast(config, targets=[0.3], target_cost="latency")
+    # a small share: on a busy machine the predicted reach of SCNNB's latency was 26% to 40%
+    data = fast(config, targets=[0.1], target_cost="latency")
     data["sensitivity"] = {"enabled": False}
     data["deploy"] = {"enabled": False, "budget_s": 0.05, "min_run_time_s": 0.002}
     out, lines = tmp_path / "run", []
@@ -78,7 +79,7 @@ def test_latency_targets_without_sensitivity_skip_that_way_and_say_so(tmp_path, 
     assert all(row.budget["target"] == "latency" for row in targets.rows)
     assert targets.ways == ["uniform", "global"] and "sensitivity" in targets.skipped
     assert [row.way for row in targets.rows] == ["uniform", "global"]
-    assert not (out / "target-30-sensitivity.safetensors").exists()
+    assert not (out / "target-10-sensitivity.safetensors").exists()
     skipped = [line for line in lines if "sensitivity-driven way is skipped" in line]
     assert len(skipped) == 1 and "sensitivity.enabled: false" in skipped[0]
     report = (out / "report.md").read_text()
