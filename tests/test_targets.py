@@ -60,6 +60,7 @@ def test_each_target_is_reached_three_ways_each_a_retrained_stage(tmp_path, conf
     assert "| 50.0% | sensitivity |" in report and "| layer | 50% uniform | 50% global |" in report
     assert (out / "budgets_accuracy_vs_macs.png").is_file()
     assert (out / "budgets_accuracy_vs_latency.png").is_file()
+    assert "The deployment stage measured these models on cpu" in report
     assert RunResults.load(out / "results.json").targets == targets
     lines.clear()  # resumed: every stage is read back, nothing retrained
     again = run_pipeline(parse_config(data), out, resume=True, progress=False, log=lines.append)

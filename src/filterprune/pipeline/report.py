@@ -458,6 +458,12 @@ def budget_lines(results: RunResults) -> list[str]:
     if unmeasured:
         lines += ["", "Left whole by the sensitivity-driven way (no sensitivity curve): "
                   + ", ".join(f"`{name}`" for name in unmeasured) + "."]
+    deploy = results.deploy
+    if deploy is not None and all(row.stage in deploy["models"] for row in rows):
+        lines += ["", f"The deployment stage measured these models on {deploy['device']} "
+                  f"(`{BUDGETS_LATENCY_PNG}`: latency at batch {deploy['batch_sizes'][-1]})"
+                  + ("." if deploy["reliable"] else ": the machine was too busy for reliable "
+                     "times (spread over `deploy.max_spread`), compare them with care.")]
     layers = [name for name in results.filter_norms
               if any(name in row.budget["ratios"] for row in rows)]
     layers += sorted({name for row in rows for name in row.budget["ratios"]} - set(layers))
