@@ -11,7 +11,7 @@ from torch import nn
 import filterprune
 from filterprune import LatencyTable, SensitivityResult
 from filterprune.cli import main
-from filterprune.engine import allocate, profile, trace
+from filterprune.engine import allocate, max_share, profile, trace
 from filterprune.errors import FilterpruneError, FilterpruneWarning
 from filterprune.models import create_model
 
@@ -250,3 +250,21 @@ def test_noisy_entries_are_flagged_and_the_cli_reads_a_table(tmp_path, capsys):
     assert budget["achieved"] == pytest.approx(0.2, abs=0.01)
     code = main(["prune", *spec, "--target", "latency=0.2"])
     assert code == 2 and "needs a latency table" in capsys.readouterr().err
+
+
+def test_max_share_is_the_share_removed_at_the_largest_ratio_or_one_filter():
+    net, x = create_model("scnnb", in_channels=1), torch.zeros(1, 1, 28, 28)
+    graph, costs = trace(net, x), profile(net, x)
+    # hand-counted parameters: conv 32x1x3x3 + 32, BN 64, conv 64x32x3x3 + 64, BN 128,
+    # Linear 3136 -> 1280 + 1280, Linear 1280 -> 10 + 10
+    params = 288 + 32 + 64 + 18432 + 64 + 128 + 3136 * 1280 + 1280 + 12800 + 10
+    # features.4 at 0.5 keeps 32 of 64: half its weights, bias and BN, half of fc1's inputs
+    saved = 9216 + 32 + 64 + 1568 * 1280
+    assert max_share(net, graph, costs, "params", skip=["features.0"],
+                     largest_ratio=0.5) == pytest.approx(saved / params)
+    # one filter of 64 kept: 63/64 of conv2 and of fc1's inputs (MACs: conv2 on 14x14, fc1)
+    conv2, fc1, total = 64 * 32 * 9 * 196, 3136 * 1280, costs.macs
+    assert max_share(net, graph, costs, "macs", skip=["features.0"]) == pytest.approx(
+        63 / 64 * (conv2 + fc1) / total)
+    with pytest.raises(FilterpruneError, match="needs a latency table"):
+        max_share(net, graph, costs, "latency")

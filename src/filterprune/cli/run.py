@@ -37,8 +37,9 @@ def render(result: dict) -> str:
     results = RunResults.from_dict({k: v for k, v in result.items() if k != "out_dir"})
     base = results.baseline
     lines = [f"baseline: top-1 {base.top1:.2f}%, {base.macs / 1e6:.2f}M MACs",
-             "ratio / plan        MACs reduction  top-1 before  top-1 after"]
-    lines += [f"{r.label:<18}  {r.macs_reduction:>14.1%}  {r.top1_before:>12.2f}"
-              f"  {r.top1_after:>11.2f}" for r in results.pruning]
+             "ratio / plan / target  MACs reduction  top-1 before  top-1 after"]
+    lines += [f"{r.label:<21}  {r.macs_reduction:>14.1%}  {r.top1_before:>12.2f}"
+              f"  {r.top1_after:>11.2f}"
+              for r in results.pruning + (results.targets.rows if results.targets else [])]
     lines.append(f"report: {result['out_dir']}/report.md")
     return "\n".join(lines)

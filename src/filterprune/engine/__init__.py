@@ -4,7 +4,7 @@ It knows nothing of training, data, the CLI or reports.
 """
 
 from filterprune.engine.activations import ACTIVATION_CRITERIA, activation_scores
-from filterprune.engine.budget import Budget, allocate
+from filterprune.engine.budget import Budget, allocate, max_share
 from filterprune.engine.cluster import cluster_representatives, select_by_clustering
 from filterprune.engine.coverage import BlockedLayer, Coverage
 from filterprune.engine.criteria import (
@@ -35,7 +35,8 @@ __all__ = [
     "Coverage", "DependencyGraph", "PlanResult", "Profile", "PruneResult", "PrunedVariants",
     "PruningPlan",
     "activation_scores", "allocate", "apply_plan", "cluster_representatives", "decide_groups",
-    "get_criterion", "kept_count", "l1_largest", "l1_norm", "l2_norm", "plan_pruning", "profile",
+    "get_criterion", "kept_count", "l1_largest", "l1_norm", "l2_norm", "max_share", "plan_pruning",
+    "profile",
     "prune", "random_criterion", "resolve_ratios", "select_by_clustering", "select_filters",
     "trace", "zero_pruned",
 ]

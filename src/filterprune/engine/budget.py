@@ -322,13 +322,7 @@ def allocate(
     kind, share = check_target(target)
     if normalize not in NORMALIZERS:
         raise FilterpruneError(f"unknown normalisation '{normalize}' (mean, max or None)")
-    if kind == "latency" and latency is None:
-        raise FilterpruneError("a latency target needs a latency table of the model on the "
-                               "target device (filterprune.latency_table)")
-    cost = LatencyModel(graph, latency) if kind == "latency" else CostModel(model, graph,
-                                                                            costs, kind)
-    allowed = {id(graph.layers[name]) for name in resolve_ratios(graph, 0.5, skip)}
-    free = [i for i, g in enumerate(cost.groups) if id(g) in allowed]
+    cost, free = _cost_model(model, graph, costs, kind, latency, skip)
     method = method or ("global" if sensitivity is None else "sensitivity")
     if method not in METHODS or (method == "sensitivity") != (sensitivity is not None):
         raise FilterpruneError(f"allocation method '{method}' ({', '.join(METHODS)}; "
@@ -338,6 +332,51 @@ def allocate(
     if method == "global":
         return _global(model, cost, free, kind, share, criterion, score_by, round_to, normalize)
     return _by_sensitivity(cost, free, kind, share, sensitivity, round_to)
+
+
+def max_share(
+    model: nn.Module,
+    graph: DependencyGraph,
+    costs: Profile,
+    kind: str,
+    *,
+    latency: LatencyCosts | None = None,
+    skip: Sequence[str] = (),
+    round_to: int = 1,
+    largest_ratio: float | None = None,
+) -> float:
+    """The largest share of the cost ``kind`` that an allocation can remove: every prunable
+    layer not in ``skip`` pruned to one filter (global ranking, uniform) or, with
+    ``largest_ratio``, at that ratio (the sensitivity-driven allocation tries no ratio beyond
+    the largest measured one). Checks a target before any data is seen.
+
+    Args:
+        model, graph, costs, latency, skip, round_to: as in ``allocate``.
+        kind: ``"macs"``, ``"params"`` or ``"latency"``.
+        largest_ratio: in [0, 1]; None: one filter kept per group.
+
+    Returns:
+        The share in [0, 1) (for latency, predicted from the table).
+
+    Raises:
+        FilterpruneError: a latency target without a table, or a table of another model.
+    """
+    cost, free = _cost_model(model, graph, costs, kind, latency, skip)
+    ratio = 1.0 if largest_ratio is None else largest_ratio
+    kept = torch.tensor([_kept(g, ratio, round_to) if i in free else g.out_channels
+                         for i, g in enumerate(cost.groups)])
+    return 1 - float(cost(kept[:, None])[0]) / cost.total
+
+
+def _cost_model(model, graph, costs, kind, latency, skip) -> tuple:
+    """The cost model of ``kind`` and the indices of its groups that ``skip`` leaves free."""
+    if kind == "latency" and latency is None:
+        raise FilterpruneError("a latency target needs a latency table of the model on the "
+                               "target device (filterprune.latency_table)")
+    cost = LatencyModel(graph, latency) if kind == "latency" else CostModel(model, graph,
+                                                                            costs, kind)
+    allowed = {id(graph.layers[name]) for name in resolve_ratios(graph, 0.5, skip)}
+    return cost, [i for i, g in enumerate(cost.groups) if id(g) in allowed]
 
 
 def _kept(group: ChannelGroup, ratio: float, round_to: int) -> int:

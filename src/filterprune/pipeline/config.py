@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from filterprune.engine.budget import TARGETS
 from filterprune.engine.criteria import CRITERIA
 from filterprune.engine.graph import RESIDUAL_POLICIES
 from filterprune.engine.plan import STRATEGIES, check_ratio
@@ -92,6 +93,11 @@ class PruneConfig(_Strict):
 
     ``strict``: fail before training when pruning every layer would reach under half of the
     conv MACs (by default a warning; the report says the share either way).
+
+    ``targets``: shares in (0, 1) of the baseline's ``target_cost`` (``macs``, ``params`` or
+    ``latency``, the last from a latency table measured on the run's device) to remove, each
+    reached three ways side by side: one ratio for all layers, global ranking, and from the
+    sensitivity analysis (filterprune.pipeline.targets).
     """
 
     criterion: Literal[tuple(CRITERIA)] = "l1"
@@ -105,8 +111,22 @@ class PruneConfig(_Strict):
     schedule: Literal["one-shot", "iterative"] = "one-shot"
     iterative_epochs: int = Field(1, ge=0)
     strict: bool = False
+    targets: list[float] = Field(default_factory=list)
+    target_cost: Literal[TARGETS] = "macs"
 
     _ratios = field_validator("ratios")(_check_ratios)
+
+    @field_validator("targets")
+    @classmethod
+    def _shares(cls, targets: list[float]) -> list[float]:
+        for share in targets:
+            if not 0 < share < 1:
+                raise ValueError(f"target {share:g} is not a share in (0, 1) of the cost to "
+                                 "remove")
+        names = [round(share * 100) for share in targets]
+        if len(set(names)) < len(names):
+            raise ValueError(f"targets {targets} repeat a whole percent (stage names use it)")
+        return targets
 
     @field_validator("plans")
     @classmethod

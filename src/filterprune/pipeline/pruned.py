@@ -35,8 +35,8 @@ def distill_hooks(session: Session, teacher: nn.Module, enabled: bool) -> dict:
 
 
 def pruned_row(
-    session: Session, model: nn.Module, plan: PruningPlan | None, stage: str, ratio: float,
-    baseline: dict, before: dict, out_dir: Path, log: Log,
+    session: Session, model: nn.Module, plan: PruningPlan | None, stage: str,
+    ratio: float | None, baseline: dict, before: dict, out_dir: Path, log: Log,
 ) -> dict:
     """Profiles, evaluates and saves (``<stage>.safetensors``) a retrained model; its result row.
 

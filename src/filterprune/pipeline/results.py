@@ -306,6 +306,7 @@ class RunResults:
     calibration: dict | None = None
     repeats: list[SeedRepeat] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
+    targets: Targets | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -340,6 +341,8 @@ class RunResults:
                 else _record(RetrainedBaseline, data["baseline_retrained"]),
                 calibration=data.get("calibration"),
                 repeats=[SeedRepeat.from_dict(r) for r in data.get("repeats", [])],
+                targets=None if data.get("targets") is None else Targets.from_dict(
+                    data["targets"]),
             )
         except (KeyError, TypeError) as e:
             raise FilterpruneError(f"malformed results: {e}") from None
@@ -370,3 +373,54 @@ def coverage_from_dict(data: dict) -> Coverage:
     return Coverage(data["conv_macs"], data["requested_macs"], data["reached_macs"],
                     data["prunable_macs"], tuple(BlockedLayer(**b) for b in data["blocked"]))
 
+
+
+@dataclass
+class TargetRow(PrunedRow):
+    """A model pruned to a target share of the baseline's cost (filterprune.pipeline.targets)
+    and retrained like the sweep; ``ratio`` and ``plan`` are None.
+
+    Attributes:
+        target: the share of the baseline's ``cost`` to remove, in (0, 1).
+        way: how the per-layer ratios were chosen: ``uniform``, ``global`` or ``sensitivity``.
+        cost: ``macs``, ``params`` or ``latency``.
+        budget: the allocation (``filterprune.engine.Budget.to_dict``): the ratio of every
+            pruned layer, the ``achieved`` share (for latency, predicted from the table), the
+            ``reachable`` share and, from sensitivity, the ``predicted_loss``.
+    """
+
+    target: float = 0.0
+    way: str = ""
+    cost: str = "macs"
+    budget: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """``50% global``."""
+        return f"{self.target:.0%} {self.way}"
+
+
+@dataclass
+class Targets:
+    """The target shares of a run, each reached every way side by side.
+
+    Attributes:
+        cost: ``macs``, ``params`` or ``latency``.
+        shares: the target shares, as configured (``prune.targets``).
+        ways: the ways of choosing that ran.
+        skipped: way -> why it did not run (e.g. ``sensitivity`` when the analysis is off).
+        latency_table: with a latency cost, the table measured on the run's device
+            (``filterprune.LatencyTable.to_dict``).
+        rows: one per target and way.
+    """
+
+    cost: str
+    shares: list[float]
+    ways: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)
+    latency_table: dict | None = None
+    rows: list[TargetRow] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Targets:
+        return cls(**{**data, "rows": [TargetRow(**row) for row in data["rows"]]})

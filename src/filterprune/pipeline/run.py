@@ -71,6 +71,7 @@ from filterprune.pipeline.session import (
     prepare,
     stage_seed,
 )
+from filterprune.pipeline.targets import check_targets, latency_stage, run_targets
 from filterprune.training.loop import console
 
 RETRAINED = "baseline-retrained"
@@ -342,8 +343,10 @@ def run_pipeline(
     model = initial_model(session, log)
     graph = trace(model, session.spec.example_input(), residual=config.prune.residual)
     reach = prunable_share(session, model, graph)  # checks skip and score_by before training
+    check_targets(session, model, graph)
     stages = open_run(out_dir, config, resume, log)  # the inputs are checked: now write
     calibration = choose_compute(session, model, stages, log)
+    latency = latency_stage(session, model, graph, stages, log)  # checks latency targets
     model, baseline = baseline_stage(session, model, stages, out_dir, log)
     specs: dict[str, ModelSpec] = {}
     sensitivity_result = None
@@ -357,8 +360,11 @@ def run_pipeline(
         session, model, graph, baseline, stages, out_dir, log).items()}
     scratch = [ScratchRow(**row) for row in scratch_controls(
         session, pruning, specs, baseline, stages, out_dir, log)] if config.scratch else []
+    targets = run_targets(session, model, graph, baseline, sensitivity_result, latency, stages,
+                          out_dir, log)
     measured = [row.stage for row in pruning] + [
-        row.stage for rows in methods.values() for row in rows]
+        row.stage for rows in methods.values() for row in rows] + (
+        [] if targets is None else [row.stage for row in targets.rows])
     deploy = deploy_stage(session, measured, stages, out_dir, log)
     results = with_intervals(RunResults(
         model=session.spec.name,
@@ -372,7 +378,7 @@ def run_pipeline(
         coverage=reach, baseline=Baseline(**baseline), filter_norms=filter_norms(model, graph),
         sensitivity=sensitivity_result, pruning=pruning, methods=methods, scratch=scratch,
         deploy=deploy, wall_time_s=stages.record_session(), baseline_retrained=control,
-        calibration=calibration, repeats=repeats,
+        calibration=calibration, repeats=repeats, targets=targets,
     ))
 
     def write() -> None:
