@@ -103,3 +103,55 @@ def test_torchvision_models_prune_exactly_and_much(name):
     result = check_pruned(model, x, residual="coupled")
     before = filterprune.profile(model, x[:1]).macs
     assert filterprune.profile(result.model, x[:1]).macs < 0.6 * before
+
+
+class ChannelsLastMLP(nn.Module):
+    """A conv, then a Linear -> GELU -> layer scale -> Linear MLP on channels-last maps."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 8)
+        self.gamma = nn.Parameter(torch.rand(16) + 0.5)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x).permute(0, 2, 3, 1)
+        y = self.fc2(self.gamma * torch.nn.functional.gelu(self.fc1(y)))
+        return self.head(y.permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "record"])
+def test_linear_on_channels_last_maps_is_a_pointwise_conv_and_layer_scale_follows(tracer):
+    result = check_pruned(ChannelsLastMLP(), torch.randn(2, 3, 6, 6), tracer=tracer)
+    assert set(result.plan.kept) == {"conv", "fc1", "fc2"}
+    assert [len(result.plan.kept[n]) for n in ("conv", "fc1", "fc2")] == [5, 11, 5]
+    assert result.model.gamma.shape == (11,) and result.model.fc2.in_features == 11
+    assert result.model.head.in_channels == 5
+
+
+def test_layernorm_over_channels_blocks_with_its_reason():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.Conv2d(8, 4, 3))
+    graph = trace(net, torch.zeros(1, 3, 8, 8))
+    assert "normalises over channels" in graph.not_prunable["0"] and "'1' (GroupNorm)" in \
+        graph.not_prunable["0"]
+
+
+def test_convnext_prunes_its_mlps_exactly_timm_and_torchvision():
+    from timm.models.convnext import ConvNeXt
+    from torchvision.models.convnext import CNBlockConfig
+    from torchvision.models.convnext import ConvNeXt as TorchvisionConvNeXt
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    for conv_mlp in (False, True):
+        net = ConvNeXt(depths=(1, 1, 1, 1), dims=(8, 8, 16, 16), num_classes=4,
+                       conv_mlp=conv_mlp, ls_init_value=0.5)
+        result = check_pruned(net, x, residual="coupled")
+        assert set(result.plan.kept) == {f"stages.{i}.blocks.0.mlp.fc1" for i in range(4)}
+        assert "normalises over channels" in result.graph.not_prunable["stem.0"]
+    settings = [CNBlockConfig(8, 16, 1), CNBlockConfig(16, None, 1)]
+    net = TorchvisionConvNeXt(settings, layer_scale=0.5, num_classes=4)
+    result = check_pruned(net, x, residual="coupled")
+    assert set(result.plan.kept) == {"features.1.0.block.3", "features.3.0.block.3"}
+    assert result.model.features[1][0].block[5].in_features == 22  # floor(4 * 8 * 0.7)

@@ -3,7 +3,8 @@
 A conv is *reached* when the plan changes its cost: its filters are removed (a member of a
 pruned group), its per-channel weights shrink (a depthwise follower), or it reads fewer input
 channels (a consumer). Shares are of the MACs of all conv layers (Conv1d/2d/3d and transposed
-convs, per image, as ``filterprune.engine.profile`` counts them).
+convs, and Linears applied to channels-last feature maps as pointwise convs, as in ConvNeXt),
+per image, as ``filterprune.engine.profile`` counts them.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def coverage(
     """
     macs = {layer.name: layer.macs for layer in costs.layers}
     convs = [name for name, m in model.named_modules()
-             if isinstance(m, nn.modules.conv._ConvNd) and name in macs]
+             if (isinstance(m, nn.modules.conv._ConvNd) or name in graph.layers) and name in macs]
     requested = _requested(convs, ratio, skip)
     reached = _reached(graph, [g for g in graph.groups if g.members[0] in plan.kept])
     prunable = _reached(graph, list(graph.layers.values()))

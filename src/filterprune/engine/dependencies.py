@@ -17,7 +17,11 @@ come from, in order (one group for a conv output; several after a concatenation)
 - a concatenation along channels lays its inputs' groups side by side (offsets into the
   consumer's input channels);
 - a conv or Linear reading a layout is a *consumer*: its input channels (for a Linear after a
-  flatten, the H*W input features of each channel) are pruned.
+  flatten, the H*W input features of each channel) are pruned;
+- ``permute`` moves the channels to another dim (ConvNeXt's channels-last blocks): there a Linear
+  on the last dim reads and writes channels like a pointwise conv (a prunable layer),
+  element-wise operations keep them, a parameter with one value per channel (a layer scale
+  ``gamma * x``) is a follower, and LayerNorm over them blocks them.
 
 A grouped conv (1 < groups < in_channels) reads its input and writes its output in ``groups``
 equal runs of channels: a group it reads or writes gets ``chunks`` equal runs that must keep equal
@@ -130,6 +134,8 @@ class _Builder:
         self.outputs: dict[str, int] = {}  # member module -> its space (shared calls reuse it)
         self.convs: dict[str, str | None] = {}  # conv name -> reason it is not a member, or None
         self.pieces: dict[fx.Node, list] = {}  # split node -> layout of each piece
+        self.dims: dict[fx.Node, int] = {}  # node -> dim of its channels, where not 1
+        self.dim = 1  # dim of the channels of the node being visited
 
     # --- union-find over channel spaces ---
 
@@ -170,6 +176,9 @@ class _Builder:
     def visit(self, node: fx.Node) -> None:
         shape = _shape(node)
         inputs = [self.layouts[n] for n in node.all_input_nodes if n in self.layouts]
+        first = node.args[0] if node.args else node.kwargs.get("input")
+        dims = [self.dims.get(n, 1) for n in node.all_input_nodes if n in self.layouts]
+        self.dim = self.dims.get(first, 1) if first in self.layouts else max(dims, default=1)
         if node.op == "placeholder":
             layout = self.fresh(shape, "its channels are those of the model input")
         elif node.op == "output":
@@ -178,6 +187,8 @@ class _Builder:
             return
         elif node.op == "get_attr" or (node.op != "call_module" and not _has_tensors(node)):
             return  # parameters, and shape, dtype or device queries: no channels flow
+        elif node.target in ops.PERMUTES or set(dims) - {1}:
+            layout = self.visit_channels_last(node, shape)
         elif node.op == "call_module":
             layout = self.visit_module(node, shape)
         elif node.target in ops.SPLITS:
@@ -193,6 +204,8 @@ class _Builder:
             layout = self.fresh(shape, reason)
         if layout is not None:
             self.layouts[node] = layout
+            if self.dim != 1:
+                self.dims[node] = self.dim
 
     def describe(self, node: fx.Node) -> str:
         """The node in the user's terms: the module, or the operation and the module calling it."""
@@ -208,9 +221,9 @@ class _Builder:
         return "in the model's forward"
 
     def fresh(self, shape: tuple | None, reason: str) -> tuple | None:
-        if shape is None or len(shape) < 2:
+        if shape is None or len(shape) <= max(self.dim, 1):
             return None
-        return ((self.new_space(blocked=reason), shape[1], 1),)
+        return ((self.new_space(blocked=reason), shape[self.dim], 1),)
 
     def stop(self, source: tuple, shape: tuple | None, reason: str) -> tuple | None:
         """Blocks ``source`` with ``reason``; the output gets new blocked channels."""
@@ -222,6 +235,37 @@ class _Builder:
         previous = self.uses.setdefault((name, role), layout)
         if previous is not layout:
             self.join(previous, layout, f"module '{name}' is applied to other feature maps too")
+
+    def visit_channels_last(self, node: fx.Node, shape: tuple | None) -> tuple | None:
+        """A node reading channels at another dim than 1 (ConvNeXt's channels-last MLP): a
+        permutation moves them, a Linear on the last dim reads and writes them like a pointwise
+        conv, element-wise operations and layer scales keep them, LayerNorm over them blocks
+        them; anything else is not understood (None)."""
+        source, _ = self.source(node)
+        if shape is not None and (node.target in ops.ADD or node.target in ops.MUL):
+            return self.elementwise(node, shape)
+        if source is None or shape is None:
+            return None
+        if node.op == "call_module":
+            name, module = node.target, self.modules[node.target]
+            if isinstance(module, nn.modules.conv._ConvNd):
+                self.convs.setdefault(name, f"its input has its channels at dim {self.dim}")
+            if isinstance(module, nn.Linear) and self.dim == len(shape) - 1 and len(shape) > 2:
+                self.convs.setdefault(name, None)
+                self.use(name, "input", source)
+                return self.member(name, module.out_features)
+            if isinstance(module, nn.LayerNorm):
+                return self.stop(source, shape, _cross_norm(self.describe(node)))
+            return source if isinstance(module, ops.ELEMENTWISE_MODULES) else None
+        target = node.target
+        if target in ops.PERMUTES:
+            order = node.args[1:] if node.op == "call_method" else (_arg(node, 1, "dims"),)
+            order = order[0] if len(order) == 1 and isinstance(order[0], list | tuple) else order
+            self.dim = [d % len(shape) for d in order].index(self.dim)
+            return source if self.dim else None
+        if target in ops.CROSS_CHANNEL_NORMS:
+            return self.stop(source, shape, _cross_norm(self.describe(node)))
+        return source if ops.is_pass(target) and target not in ops.SPATIAL_FUNCTIONS else None
 
     def visit_module(self, node: fx.Node, shape: tuple | None) -> tuple | None:
         name, module = node.target, self.modules[node.target]
@@ -421,24 +465,48 @@ class _Builder:
                          "pruning would move them")
 
     def elementwise(self, node: fx.Node, shape: tuple) -> tuple | None:
-        """Addition or multiplication: operands whose channels line up share their groups."""
-        channels, operands = shape[1], []
+        """Addition or multiplication: operands whose channels line up share their groups; a
+        parameter with one value per channel (a layer scale) follows them."""
+        dims = {self.dims.get(x, 1) for x in node.all_input_nodes if x in self.layouts}
+        if len(dims) != 1:
+            return None
+        self.dim = dims.pop()
+        channels, operands, scales = shape[self.dim], [], []
         for x in node.args:
             x_shape = _shape(x) if isinstance(x, fx.Node) else None
             if x_shape is None:
                 continue
-            position = 1 - (len(shape) - len(x_shape))
+            position = self.dim - (len(shape) - len(x_shape))
             if (x_shape[position] if 0 <= position < len(x_shape) else 1) != channels:
                 continue  # broadcast over the channels, e.g. a spatial gate
-            if x not in self.layouts or len(x_shape) != len(shape):
+            if x in self.layouts and len(x_shape) == len(shape):
+                operands.append(self.layouts[x])
+            elif self.parameter(x, channels):
+                scales.append(self.parameter(x, channels))
+            else:
                 return None
-            operands.append(self.layouts[x])
         if not operands:
             return None
         what = "added to a residual shortcut" if node.target in ops.ADD else "multiplied by a gate"
         for other in operands[1:]:
             self.join(operands[0], other, f"its output is {what} {self.where(node)}")
+        for name in scales:
+            self.use(name, "follower", operands[0])
         return operands[0]
+
+    def parameter(self, node: fx.Node, channels: int) -> str | None:
+        """The qualified name of the parameter ``node`` reads (through reshapes) if it has one
+        value per channel, else None."""
+        while node.op in ("call_method", "call_function") and \
+                node.target in ops.RESHAPE_METHODS | ops.RESHAPES:
+            node = node.args[0]
+        owner = _owner(node)
+        module = self.modules.get(owner) if owner is not None else None
+        param = getattr(module, node.target.rpartition(".")[2], None)
+        if isinstance(param, nn.Parameter) and param.numel() == channels and \
+                max(param.shape, default=1) == channels:
+            return node.target
+        return None
 
     # --- result ---
 

@@ -367,7 +367,7 @@ def follower_convs(
     """
     follows = {}
     for name, layout in graph.followers.items():
-        index = layout_index(layout, kept) if isinstance(modules[name], nn.Conv2d) else None
+        index = layout_index(layout, kept) if isinstance(modules.get(name), nn.Conv2d) else None
         if index is not None:
             follows[name] = index.tolist()
     return follows

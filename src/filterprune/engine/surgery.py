@@ -88,8 +88,10 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
             _prune_out(modules[name], torch.tensor(kept, dtype=torch.long))
     for name, layout in graph.followers.items():
         index = layout_index(layout, plan.kept)
-        if index is not None:
+        if index is not None and name in modules:
             _prune_follower(modules[name], index)
+        elif index is not None:
+            _prune_scale(pruned.get_parameter(name), index)
     for name, layout in graph.inputs.items():
         index = layout_index(layout, plan.kept)
         if index is not None:
@@ -160,6 +162,11 @@ def _prune_follower(module: nn.Module, index: torch.Tensor) -> None:
         module.num_parameters = n
     else:
         module.num_features = n
+
+
+def _prune_scale(param: nn.Parameter, index: torch.Tensor) -> None:
+    """A parameter with one value per channel (a layer scale), along its channel dim."""
+    _select(param, index, max(range(param.ndim), key=lambda d: param.shape[d]))
 
 
 def _prune_in(module: nn.Conv2d | nn.Linear, index: torch.Tensor) -> None:
