@@ -155,3 +155,43 @@ def test_convnext_prunes_its_mlps_exactly_timm_and_torchvision():
     result = check_pruned(net, x, residual="coupled")
     assert set(result.plan.kept) == {"features.1.0.block.3", "features.3.0.block.3"}
     assert result.model.features[1][0].block[5].in_features == 22  # floor(4 * 8 * 0.7)
+
+
+def prune_and_check_train_mode(model, x):
+    """Prunes at 0.3 (coupled); the pruned model equals the masked original in eval mode and,
+    auxiliary heads included, in train mode; the original's state is left unchanged."""
+    from test_graph_general import masked_reference, randomize_bn
+
+    import filterprune
+
+    model = randomize_bn(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    result = filterprune.prune(model, x[:1], ratio=0.3, residual="coupled")
+    assert not model.training
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    reference = masked_reference(model, result.plan, result.graph)
+    with torch.no_grad():
+        torch.testing.assert_close(result.model.eval()(x), reference(x), rtol=1e-4, atol=1e-5)
+        pruned, expected = result.model.train()(x), reference.train()(x)
+    assert len(pruned) > 1  # main and auxiliary logits
+    for a, b in zip(pruned, expected, strict=True):  # batch statistics of 2 images: rounding
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    return result
+
+
+def test_googlenet_auxiliary_heads_are_pruned_with_the_channels_they_read():
+    torch.manual_seed(0)
+    net = torchvision.models.googlenet(aux_logits=True, init_weights=False, num_classes=5,
+                                       dropout=0.0, dropout_aux=0.0)
+    result = prune_and_check_train_mode(net, torch.randn(2, 3, 64, 64))
+    assert {"aux1.conv.conv", "aux2.conv.conv"} <= set(result.plan.kept)
+
+
+@pytest.mark.slow  # Inception-v3's auxiliary head needs a 299x299 input (about 10 s)
+def test_inception_v3_auxiliary_head_is_pruned_with_the_channels_it_reads():
+    torch.manual_seed(0)
+    net = torchvision.models.inception_v3(aux_logits=True, init_weights=False, num_classes=5,
+                                          dropout=0.0)
+    net.AuxLogits.fc.stddev = 0.0
+    result = prune_and_check_train_mode(net, torch.randn(2, 3, 299, 299))
+    assert "AuxLogits.conv0.conv" in result.plan.kept

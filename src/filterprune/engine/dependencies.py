@@ -105,13 +105,18 @@ def trace(
     for key in ignore:
         if not any(fnmatch.fnmatchcase(name, key) for name in names):
             raise FilterpruneError(f"unknown layer or pattern '{key}' in ignore: no such module")
-    graph = trace_graph(model, example_inputs, tuple(ignore), tracer)
+    graphs, train_failure = trace_graph(model, example_inputs, tuple(ignore), tracer)
     builder = _Builder(dict(model.named_modules()), tuple(ignore))
-    for node in graph.nodes:
-        builder.visit(node)
+    for graph in graphs:  # eval mode, then train mode: the same layers share their channels
+        for node in graph.nodes:
+            builder.visit(node)
     convs = [name for name in names
              if isinstance(model.get_submodule(name), nn.modules.conv._ConvNd)]
-    return builder.finish(residual, convs)
+    not_called = "it is not called in the model's forward" + (
+        f" in eval mode, and running it in train mode failed: {train_failure}"
+        if train_failure else ""
+    )
+    return builder.finish(residual, convs, not_called)
 
 
 class _Builder:
@@ -510,7 +515,7 @@ class _Builder:
 
     # --- result ---
 
-    def finish(self, residual: str, convs: list[str]) -> DependencyGraph:
+    def finish(self, residual: str, convs: list[str], not_called: str) -> DependencyGraph:
         roots: dict[int, ChannelGroup] = {}
         for space in range(len(self.parent)):
             root = self.find(space)
@@ -565,8 +570,7 @@ class _Builder:
             if name not in self.convs:
                 inside = any(fnmatch.fnmatchcase(prefix, key) for key in self.ignore
                              for prefix in _prefixes(name))
-                not_prunable[name] = "it is inside an ignored module" if inside else \
-                    "it is not called in the model's forward"
+                not_prunable[name] = "it is inside an ignored module" if inside else not_called
         return DependencyGraph(layers, not_prunable, groups, inputs, followers, residual)
 
 
