@@ -195,3 +195,38 @@ def test_inception_v3_auxiliary_head_is_pruned_with_the_channels_it_reads():
     net.AuxLogits.fc.stddev = 0.0
     result = prune_and_check_train_mode(net, torch.randn(2, 3, 299, 299))
     assert "AuxLogits.conv0.conv" in result.plan.kept
+
+
+class GhostLike(nn.Module):
+    """GhostNet's pattern: cat([x, depthwise(x)]) added to a conv shortcut of twice the width."""
+
+    def __init__(self):
+        super().__init__()
+        self.primary, self.cheap = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1,
+                                                                          groups=4)
+        self.shortcut, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = self.primary(x)
+        return self.head(torch.cat([y, self.cheap(y)], dim=1) + self.shortcut(x))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "record"])
+def test_a_conv_added_to_repeated_channels_keeps_the_same_filters_in_each_copy(tracer):
+    result = check_pruned(GhostLike(), torch.randn(2, 3, 6, 6), residual="coupled",
+                          tracer=tracer)
+    primary = result.plan.kept["primary"]
+    assert len(primary) == 2  # floor(4 * 0.7)
+    assert result.plan.kept["shortcut"] == primary + [i + 4 for i in primary]
+    assert result.graph.group_of("shortcut").tiles == {"shortcut": 2}
+
+
+def test_ghostnet_prunes_exactly_and_much():
+    import filterprune
+
+    torch.manual_seed(0)
+    model = timm.create_model("ghostnet_050", num_classes=5)
+    x = torch.randn(2, 3, 32, 32)
+    result = check_pruned(model, x, residual="coupled")
+    before = filterprune.profile(model, x[:1]).macs
+    assert filterprune.profile(result.model, x[:1]).macs < 0.6 * before

@@ -15,7 +15,9 @@ come from, in order (one group for a conv output; several after a concatenation)
   groups of their operands, so a group can have several members (e.g. every second conv of a
   ResNet stage, the stem conv and the 1x1 projection shortcut);
 - a concatenation along channels lays its inputs' groups side by side (offsets into the
-  consumer's input channels);
+  consumer's input channels); a layout of k copies of one group's C channels joined with one
+  layer's k * C channels (GhostNet: ``cat([x, depthwise(x)])`` added to a conv shortcut) makes
+  that layer a member whose filter ``i`` is channel ``i % C`` (``ChannelGroup.tiles``);
 - a conv or Linear reading a layout is a *consumer*: its input channels (for a Linear after a
   flatten, the H*W input features of each channel) are pruned;
 - ``permute`` moves the channels to another dim (ConvNeXt's channels-last blocks): there a Linear
@@ -134,6 +136,7 @@ class _Builder:
         self.blocked: list[str | None] = []
         self.coupling: list[str | None] = []
         self.chunks: list[int] = []
+        self.widths: list[int] = []  # channels of each space
         self.layouts: dict[fx.Node, tuple] = {}
         self.uses: dict[tuple[str, str], tuple] = {}  # (module, "input" | "follower") -> layout
         self.outputs: dict[str, int] = {}  # member module -> its space (shared calls reuse it)
@@ -144,7 +147,8 @@ class _Builder:
 
     # --- union-find over channel spaces ---
 
-    def new_space(self, member: str | None = None, blocked: str | None = None) -> int:
+    def new_space(self, width: int, member: str | None = None, blocked: str | None = None) -> int:
+        self.widths.append(width)
         self.parent.append(len(self.parent))
         self.members.append([member] if member else [])
         self.blocked.append(blocked)
@@ -159,10 +163,14 @@ class _Builder:
         return space
 
     def join(self, a: tuple, b: tuple, reason: str) -> None:
-        """Joins two layouts segment by segment (blocks both if they do not line up)."""
+        """Joins two layouts segment by segment, or one segment with k copies of one space
+        (its channels repeat the space's: tiles); blocks both if they do not line up."""
         if [s[1:] for s in a] != [s[1:] for s in b]:
-            self.block(a + b, f"{reason}, with channels of another layout")
-            return
+            copies = self.copies(a, b) or self.copies(b, a)
+            if copies is None:
+                self.block(a + b, f"{reason}, with channels of another layout")
+                return
+            a, b = copies
         for (x, *_), (y, *_) in zip(a, b, strict=True):
             x, y = self.find(x), self.find(y)
             if x != y:
@@ -170,6 +178,14 @@ class _Builder:
                 self.coupling[y] = self.coupling[y] or reason
                 self.chunks[min(x, y)] = math.lcm(self.chunks[x], self.chunks[y])
                 self.parent[max(x, y)] = min(x, y)
+
+    def copies(self, one: tuple, many: tuple) -> tuple[tuple, tuple] | None:
+        """``(one, many[:1])`` if ``one`` is a single segment and ``many`` k copies of one
+        space's segment, k * its channels in all (the tiles of ``ChannelGroup``), else None."""
+        if len(one) != 1 or len(many) < 2 or len({(self.find(s), *r) for s, *r in many}) > 1:
+            return None
+        (_, channels, f), (_, part, g) = one[0], many[0]
+        return (one, many[:1]) if f == g and channels == part * len(many) else None
 
     def block(self, layout: tuple, reason: str) -> None:
         for space, *_ in layout:
@@ -228,7 +244,7 @@ class _Builder:
     def fresh(self, shape: tuple | None, reason: str) -> tuple | None:
         if shape is None or len(shape) <= max(self.dim, 1):
             return None
-        return ((self.new_space(blocked=reason), shape[self.dim], 1),)
+        return ((self.new_space(shape[self.dim], blocked=reason), shape[self.dim], 1),)
 
     def stop(self, source: tuple, shape: tuple | None, reason: str) -> tuple | None:
         """Blocks ``source`` with ``reason``; the output gets new blocked channels."""
@@ -345,7 +361,7 @@ class _Builder:
 
     def member(self, name: str, channels: int) -> tuple:
         if name not in self.outputs:
-            self.outputs[name] = self.new_space(member=name)
+            self.outputs[name] = self.new_space(channels, member=name)
         return ((self.outputs[name], channels, 1),)
 
     def visit_function(self, node: fx.Node, shape: tuple | None) -> tuple | None:
@@ -524,18 +540,22 @@ class _Builder:
             group.blocked = group.blocked or self.blocked[space]
             group.coupling = group.coupling or self.coupling[space]
             group.chunks = math.lcm(group.chunks, self.chunks[space])
+            width = self.widths[space]
+            group.out_channels = min(group.out_channels or width, width)
+        for space in range(len(self.parent)):
+            group = roots[self.find(space)]
+            if self.widths[space] % group.out_channels or group.out_channels % group.chunks:
+                group.blocked = group.blocked or "its channels are joined with repeats of " \
+                    "channels whose count does not divide theirs"
+        for name, space in self.outputs.items():
+            group = roots[self.find(space)]
+            if self.widths[space] > group.out_channels:
+                group.tiles[name] = self.widths[space] // group.out_channels
 
         def resolve(layout: tuple) -> Layout:
-            segments = []
-            for space, channels, f in layout:
-                group = roots[self.find(space)]
-                segments.append(Segment(group if group.members else None, channels, f))
-                if group.members and not group.out_channels:
-                    group.out_channels = channels
-            return tuple(segments)
-
-        for name, space in self.outputs.items():
-            resolve(((space, _width(self.modules[name]), 1),))
+            return tuple(Segment(group if group.members else None, channels, f)
+                         for space, channels, f in layout
+                         for group in (roots[self.find(space)],))
         inputs, followers = {}, {}
         for (name, role), layout in self.uses.items():
             (inputs if role == "input" else followers)[name] = resolve(layout)
@@ -577,10 +597,6 @@ class _Builder:
 def _prefixes(name: str) -> list[str]:
     parts = name.split(".")
     return [".".join(parts[:i]) for i in range(1, len(parts))]
-
-
-def _width(module: nn.Module) -> int:
-    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
 
 
 def _shape(node: object) -> tuple | None:

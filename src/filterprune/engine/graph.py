@@ -56,6 +56,10 @@ class ChannelGroup:
         blocked: why the channels cannot be pruned at all, or None.
         chunks: the channels form this many equal runs, each keeping the same number of
             channels (grouped convs read or write them per group); 1 otherwise.
+        tiles: member -> how many times its output repeats the group's channels (k > 1 when
+            its k * C filters were joined with k copies of the C channels, e.g. a GhostNet
+            shortcut conv added to ``cat([x, depthwise(x)])``): its filter ``i`` is channel
+            ``i % C``. Members not listed have one copy.
     """
 
     members: list[str]
@@ -65,6 +69,16 @@ class ChannelGroup:
     coupling: str | None = None
     blocked: str | None = None
     chunks: int = 1
+    tiles: dict[str, int] = field(default_factory=dict)
+
+    def base(self, kept: Sequence[int]) -> list[int]:
+        """The group's kept channels, from the kept filters of one of its members."""
+        return [i for i in kept if i < self.out_channels]
+
+    def tiled(self, name: str, kept: Sequence[int]) -> list[int]:
+        """The kept filters of member ``name`` when the group keeps channels ``kept``."""
+        copies = self.tiles.get(name, 1)
+        return [c * self.out_channels + i for c in range(copies) for i in kept]
 
 
 @dataclass
@@ -123,7 +137,8 @@ class DependencyGraph:
 
 
 def layout_index(layout: Layout, kept: Mapping[str, Sequence[int]]) -> torch.Tensor | None:
-    """Indices of the entries of ``layout`` that remain when each group keeps ``kept[member]``.
+    """Indices of the entries of ``layout`` that remain when each group keeps ``kept[member]``
+    (a segment of k * C channels of a group of C repeats the group's channels k times).
 
     Args:
         layout: the segments of a layer's input (or per-channel weights).
@@ -139,9 +154,15 @@ def layout_index(layout: Layout, kept: Mapping[str, Sequence[int]]) -> torch.Ten
     """
     parts, offset, changed = [], 0, False
     for segment in layout:
-        indices = None if segment.group is None else kept.get(segment.group.members[0])
+        group = segment.group
+        indices = None if group is None else kept.get(group.members[0])
         changed |= indices is not None
-        channels = torch.arange(segment.channels) if indices is None else torch.tensor(indices)
+        if indices is None:
+            channels = torch.arange(segment.channels)
+        else:
+            base = torch.tensor(group.base(indices), dtype=torch.long)
+            copies = torch.arange(segment.channels // group.out_channels)[:, None]
+            channels = (base + copies * group.out_channels).flatten()
         f = segment.features_per_channel
         parts.append(offset + (channels[:, None] * f + torch.arange(f)).flatten())
         offset += segment.channels * f

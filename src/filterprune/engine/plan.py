@@ -295,8 +295,9 @@ def select_filters(
         scorers = [name for name in group.members
                    if any(fnmatch.fnmatchcase(name, key) for key in score_by)] or group.members
         total = sum(
-            score(_weight(name, modules[name], graph, plan, strategy)) if score is not None
-            else _given(scores, name, group.out_channels)
+            (score(_weight(name, modules[name], graph, plan, strategy)) if score is not None
+             else _given(scores, name, group.out_channels * group.tiles.get(name, 1)))
+            .view(group.tiles.get(name, 1), -1).sum(0)  # a member's copies score together
             for name in scorers
         )
         return _top(total, keep, group.chunks)
@@ -341,8 +342,8 @@ def decide_groups(
             continue
         kept = sorted(int(i) for i in choose(group, keep))
         for name in group.members:
-            plan.kept[name] = kept
-            plan.widths[name] = group.out_channels
+            plan.kept[name] = group.tiled(name, kept)
+            plan.widths[name] = group.out_channels * group.tiles.get(name, 1)
     for name, kept in follower_convs(graph, modules, plan.kept).items():
         plan.kept[name], plan.widths[name] = kept, modules[name].out_channels
     return plan

@@ -43,11 +43,13 @@ def check_plan(plan: PruningPlan, graph: DependencyGraph) -> None:
         group = graph.group_of(name)
         if group.blocked:
             raise FilterpruneError(f"layer '{name}' cannot be pruned: {group.blocked}")
-        if plan.widths[name] != group.out_channels:
+        width = group.out_channels * group.tiles.get(name, 1)
+        if plan.widths[name] != width:
             raise FilterpruneError(
-                f"plan does not fit the model: '{name}' has {group.out_channels} filters, "
+                f"plan does not fit the model: '{name}' has {width} filters, "
                 f"the plan expects {plan.widths[name]}"
             )
+        kept = group.base(kept)
         run = group.out_channels // group.chunks
         counts = torch.tensor(kept).div(run, rounding_mode="floor").bincount(minlength=group.chunks)
         if len(set(counts.tolist())) > 1:
@@ -57,10 +59,11 @@ def check_plan(plan: PruningPlan, graph: DependencyGraph) -> None:
                 "per group)"
             )
         for other in group.members:
-            if plan.kept.get(other) != kept:
+            if plan.kept.get(other) != group.tiled(other, kept):
                 raise FilterpruneError(
                     f"plan does not fit the model: '{name}' and '{other}' share their output "
-                    "channels, so the plan must keep the same indices in both"
+                    "channels, so the plan must keep the same indices in both (in each copy "
+                    "of the channels a layer repeats)"
                 )
 
 
