@@ -58,14 +58,38 @@ def test_shape_queries_do_not_block():
     assert list(trace(Net(), torch.zeros(1, 3, 8, 8)).layers) == ["a"]
 
 
-def test_fixed_size_channel_split_blocks_with_the_module_named():
+@pytest.mark.parametrize("tracer", ["fx", "record"])
+def test_res2net_split_into_equal_parts_prunes_each_part_alike(tracer):
     from timm.models.res2net import Bottle2neck
 
-    block = nn.Sequential(Bottle2neck(16, 4, scale=4, base_width=16, act_layer=nn.ReLU,
-                                      norm_layer=nn.BatchNorm2d))
-    graph = trace(block, torch.zeros(1, 16, 8, 8), residual="coupled")
-    reason = graph.not_prunable["0.conv1"]
-    assert "split at fixed sizes" in reason and "'0' (Bottle2neck)" in reason
+    torch.manual_seed(0)
+    block = nn.Sequential(Bottle2neck(16, 4, scale=4, base_width=128, act_layer=nn.ReLU,
+                                      norm_layer=nn.BatchNorm2d))  # conv1: 4 parts of 8
+    result = check_pruned(block, torch.randn(2, 16, 6, 6), residual="coupled", tracer=tracer)
+    kept = result.plan.kept["0.convs.0"]
+    assert len(kept) == 5  # floor(8 * 0.7), in each of the 4 parts
+    assert result.plan.kept["0.conv1"] == [p * 8 + i for p in range(4) for i in kept]
+    assert result.model[0].width == 5 and result.model[0].conv3.in_channels == 20
+
+
+class SplitBy(nn.Module):
+    """A conv whose 8 channels are split into two parts of ``size`` (an attribute, also held
+    by ``other`` when ``twice``) read by two convs."""
+
+    def __init__(self, twice=False):
+        super().__init__()
+        self.size, self.other = 4, 4 if twice else 0
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 2, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        left, right = torch.split(self.a(x), self.size, 1)
+        return torch.cat([self.b(left), self.c(right)], 1)
+
+
+def test_a_split_size_held_by_no_single_attribute_blocks_with_the_module_named():
+    assert check_pruned(SplitBy(), torch.randn(2, 3, 4, 4)).model.size == 2
+    reason = trace(SplitBy(twice=True), torch.zeros(1, 3, 4, 4)).not_prunable["a"]
+    assert "split at fixed sizes" in reason and "torch.split in the model's forward" in reason
 
 
 def test_conv2d_same_is_pruned_and_weight_standardised_conv_is_refused_with_its_name():
@@ -221,11 +245,21 @@ def test_a_conv_added_to_repeated_channels_keeps_the_same_filters_in_each_copy(t
     assert result.graph.group_of("shortcut").tiles == {"shortcut": 2}
 
 
-def test_ghostnet_prunes_exactly_and_much():
+def small_res2net():
+    from timm.models.res2net import Bottle2neck
+    from timm.models.resnet import ResNet
+
+    return ResNet(Bottle2neck, [1, 1, 1, 1], base_width=26, block_args={"scale": 4},
+                  num_classes=5)
+
+
+@pytest.mark.parametrize("build", [lambda: timm.create_model("ghostnet_050", num_classes=5),
+                                   small_res2net], ids=["ghostnet", "res2net"])
+def test_ghostnet_and_res2net_prune_exactly_and_much(build):
     import filterprune
 
     torch.manual_seed(0)
-    model = timm.create_model("ghostnet_050", num_classes=5)
+    model = build()
     x = torch.randn(2, 3, 32, 32)
     result = check_pruned(model, x, residual="coupled")
     before = filterprune.profile(model, x[:1]).macs

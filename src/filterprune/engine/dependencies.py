@@ -18,6 +18,11 @@ come from, in order (one group for a conv output; several after a concatenation)
   consumer's input channels); a layout of k copies of one group's C channels joined with one
   layer's k * C channels (GhostNet: ``cat([x, depthwise(x)])`` added to a conv shortcut) makes
   that layer a member whose filter ``i`` is channel ``i % C`` (``ChannelGroup.tiles``);
+- a split of one group's channels into k equal parts (Res2Net's ``torch.split(x, self.width,
+  1)``, ``chunk``) makes each part a copy of a new group's channels (the same tiles): every
+  part keeps the same channels, and surgery rewrites the one int attribute of the module that
+  holds the part size (``DependencyGraph.split_sizes``); other splits and slices along the
+  channels block the channels they cut;
 - a conv or Linear reading a layout is a *consumer*: its input channels (for a Linear after a
   flatten, the H*W input features of each channel) are pruned;
 - ``permute`` moves the channels to another dim (ConvNeXt's channels-last blocks): there a Linear
@@ -142,6 +147,7 @@ class _Builder:
         self.outputs: dict[str, int] = {}  # member module -> its space (shared calls reuse it)
         self.convs: dict[str, str | None] = {}  # conv name -> reason it is not a member, or None
         self.pieces: dict[fx.Node, list] = {}  # split node -> layout of each piece
+        self.split_sizes: list[tuple[str, str, int]] = []  # (module, attribute, piece space)
         self.dims: dict[fx.Node, int] = {}  # node -> dim of its channels, where not 1
         self.dim = 1  # dim of the channels of the node being visited
 
@@ -459,10 +465,38 @@ class _Builder:
         if dim != 1:
             self.pieces[node] = [source] * len(shapes)
             return
+        if self.equal_parts(node, source, [s[1] for s in shapes]):
+            return
         reason = f"its channels are split at fixed sizes by {self.describe(node)}: pruning " \
                  "them would move the split"
         self.block(source, reason)
         self.pieces[node] = [self.fresh(s, reason) for s in shapes]
+
+    def equal_parts(self, node: fx.Node, source: tuple, sizes: list[int]) -> bool:
+        """A split of one group's channels into k equal parts: each part is a copy of the
+        channels of a new group, whose kept count is the new part size (``chunk`` computes it
+        from the channels; ``split`` takes it from the one int attribute of the module running
+        it that holds it, rewritten by surgery). Returns False where this does not apply."""
+        if len(source) != 1 or source[0][2] != 1 or len(sizes) < 2 or len(set(sizes)) > 1:
+            return False
+        attribute = None
+        if node.target in ("split", torch.split):
+            scope = self.modules.get(_scope(node))
+            size = _arg(node, 1, "split_size_or_sections", node.kwargs.get("split_size"))
+            names = [n for n, v in vars(scope or object()).items()
+                     if type(v) is int and v == size and not n.startswith("_")]
+            if size != sizes[0] or len(names) != 1:
+                return False
+            attribute = names[0]
+        elif node.target not in ("chunk", torch.chunk):
+            return False
+        piece = self.new_space(sizes[0])
+        self.join(source, ((piece, sizes[0], 1),) * len(sizes),
+                  f"its channels are split into {len(sizes)} equal parts {self.where(node)}")
+        if attribute is not None:
+            self.split_sizes.append((_scope(node), attribute, piece))
+        self.pieces[node] = [((piece, sizes[0], 1),)] * len(sizes)
+        return True
 
     def sliced(self, node: fx.Node, source: tuple, src_shape: tuple, shape: tuple) -> tuple | None:
         """``x[...]``: spatial slices keep the layout, and so does a channel slice that keeps
@@ -591,7 +625,10 @@ class _Builder:
                 inside = any(fnmatch.fnmatchcase(prefix, key) for key in self.ignore
                              for prefix in _prefixes(name))
                 not_prunable[name] = "it is inside an ignored module" if inside else not_called
-        return DependencyGraph(layers, not_prunable, groups, inputs, followers, residual)
+        split_sizes = [(name, attribute, roots[self.find(space)])
+                       for name, attribute, space in self.split_sizes]
+        return DependencyGraph(layers, not_prunable, groups, inputs, followers, residual,
+                               split_sizes)
 
 
 def _prefixes(name: str) -> list[str]:

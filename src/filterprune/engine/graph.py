@@ -106,6 +106,10 @@ class DependencyGraph:
         inputs: conv or Linear name -> layout of its input channels (features for a Linear).
         followers: follower name -> layout of its per-channel weights.
         residual: the policy ``layers`` follows: ``"inner"`` or ``"coupled"``.
+        split_sizes: (module, attribute, group): the module's forward splits a feature map
+            into equal parts of ``module.attribute`` channels, each a copy of the channels of
+            ``group`` (Res2Net's ``torch.split(x, self.width, 1)``); surgery sets the
+            attribute to the group's kept count.
     """
 
     layers: dict[str, ChannelGroup]
@@ -114,6 +118,7 @@ class DependencyGraph:
     inputs: dict[str, Layout] = field(default_factory=dict)
     followers: dict[str, Layout] = field(default_factory=dict)
     residual: str = "inner"
+    split_sizes: list[tuple[str, str, ChannelGroup]] = field(default_factory=list)
 
     def check_prunable(self, name: str) -> ChannelGroup:
         """Returns the group of ``name``, or raises FilterpruneError saying why it cannot be

@@ -99,6 +99,9 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
         index = layout_index(layout, plan.kept)
         if index is not None:
             _prune_in(modules[name], index)
+    for name, attribute, group in graph.split_sizes:
+        if group.members and group.members[0] in plan.kept:
+            setattr(modules[name], attribute, len(group.base(plan.kept[group.members[0]])))
     return pruned
 
 
