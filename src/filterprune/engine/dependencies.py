@@ -45,15 +45,20 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import operator
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import TensorMetadata
 
 from filterprune.engine import ops
+from filterprune.engine.functions import (
+    FunctionRules,
+    cross_norm,
+    has_tensors,
+    node_shape,
+    reshaped,
+    scope_of,
+)
 from filterprune.engine.graph import (
     RESIDUAL_POLICIES,
     TRACERS,
@@ -126,7 +131,7 @@ def trace(
     return builder.finish(residual, convs, not_called)
 
 
-class _Builder:
+class _Builder(FunctionRules):
     """Walks an fx graph in order, giving each node's output a channel layout.
 
     Channel spaces are kept in a union-find; a space is a set of channels created by one layer
@@ -201,7 +206,7 @@ class _Builder:
     # --- nodes ---
 
     def visit(self, node: fx.Node) -> None:
-        shape = _shape(node)
+        shape = node_shape(node)
         inputs = [self.layouts[n] for n in node.all_input_nodes if n in self.layouts]
         first = node.args[0] if node.args else node.kwargs.get("input")
         dims = [self.dims.get(n, 1) for n in node.all_input_nodes if n in self.layouts]
@@ -212,7 +217,7 @@ class _Builder:
             for x in inputs:
                 self.block(x, "its channels reach the model output")
             return
-        elif node.op == "get_attr" or (node.op != "call_module" and not _has_tensors(node)):
+        elif node.op == "get_attr" or (node.op != "call_module" and not has_tensors(node)):
             return  # parameters, and shape, dtype or device queries: no channels flow
         elif node.target in ops.PERMUTES or set(dims) - {1}:
             layout = self.visit_channels_last(node, shape)
@@ -242,7 +247,7 @@ class _Builder:
 
     def where(self, node: fx.Node) -> str:
         """``in 'layer1.0' (BasicBlock)``: the innermost module whose forward made the node."""
-        scope = _scope(node)
+        scope = scope_of(node)
         if scope and scope in self.modules:
             return f"in '{scope}' ({type(self.modules[scope]).__name__})"
         return "in the model's forward"
@@ -262,37 +267,6 @@ class _Builder:
         previous = self.uses.setdefault((name, role), layout)
         if previous is not layout:
             self.join(previous, layout, f"module '{name}' is applied to other feature maps too")
-
-    def visit_channels_last(self, node: fx.Node, shape: tuple | None) -> tuple | None:
-        """A node reading channels at another dim than 1 (ConvNeXt's channels-last MLP): a
-        permutation moves them, a Linear on the last dim reads and writes them like a pointwise
-        conv, element-wise operations and layer scales keep them, LayerNorm over them blocks
-        them; anything else is not understood (None)."""
-        source, _ = self.source(node)
-        if shape is not None and (node.target in ops.ADD or node.target in ops.MUL):
-            return self.elementwise(node, shape)
-        if source is None or shape is None:
-            return None
-        if node.op == "call_module":
-            name, module = node.target, self.modules[node.target]
-            if isinstance(module, nn.modules.conv._ConvNd):
-                self.convs.setdefault(name, f"its input has its channels at dim {self.dim}")
-            if isinstance(module, nn.Linear) and self.dim == len(shape) - 1 and len(shape) > 2:
-                self.convs.setdefault(name, None)
-                self.use(name, "input", source)
-                return self.member(name, module.out_features)
-            if isinstance(module, nn.LayerNorm):
-                return self.stop(source, shape, _cross_norm(self.describe(node)))
-            return source if isinstance(module, ops.ELEMENTWISE_MODULES) else None
-        target = node.target
-        if target in ops.PERMUTES:
-            order = node.args[1:] if node.op == "call_method" else (_arg(node, 1, "dims"),)
-            order = order[0] if len(order) == 1 and isinstance(order[0], list | tuple) else order
-            self.dim = [d % len(shape) for d in order].index(self.dim)
-            return source if self.dim else None
-        if target in ops.CROSS_CHANNEL_NORMS:
-            return self.stop(source, shape, _cross_norm(self.describe(node)))
-        return source if ops.is_pass(target) and target not in ops.SPATIAL_FUNCTIONS else None
 
     def visit_module(self, node: fx.Node, shape: tuple | None) -> tuple | None:
         name, module = node.target, self.modules[node.target]
@@ -318,10 +292,10 @@ class _Builder:
                 self.use(name, "follower", source)
             return source
         if isinstance(module, nn.GroupNorm | nn.LayerNorm | nn.LocalResponseNorm):
-            return None if source is None else self.stop(source, shape, _cross_norm(
+            return None if source is None else self.stop(source, shape, cross_norm(
                 f"'{name}' ({type(module).__name__})"))
         if isinstance(module, nn.Flatten | nn.Unflatten):
-            return _reshaped(source, src_shape, shape)
+            return reshaped(source, src_shape, shape)
         if isinstance(module, ops.PASS_MODULES):
             return source
         return None
@@ -331,7 +305,7 @@ class _Builder:
         first = node.args[0] if node.args else node.kwargs.get("input")
         if not isinstance(first, fx.Node) or first not in self.layouts:
             return None, None
-        return self.layouts[first], _shape(first)
+        return self.layouts[first], node_shape(first)
 
     def visit_conv(
         self, name: str, conv: nn.Conv2d, source: tuple | None, shape: tuple | None
@@ -369,199 +343,6 @@ class _Builder:
         if name not in self.outputs:
             self.outputs[name] = self.new_space(channels, member=name)
         return ((self.outputs[name], channels, 1),)
-
-    def visit_function(self, node: fx.Node, shape: tuple | None) -> tuple | None:
-        target = node.target
-        source, src_shape = self.source(node)
-        if target is operator.getitem and node.args[0] in self.pieces:
-            return self.pieces[node.args[0]][node.args[1]]
-        if shape is None or len(shape) < 2:
-            return None
-        if target in ops.ADD or target in ops.MUL:
-            return self.elementwise(node, shape)
-        if target in ops.CONCATS:
-            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-            parts = [self.layouts.get(x) for x in node.args[0]]
-            return sum(parts, ()) if dim % len(shape) == 1 and None not in parts else None
-        if target in ops.CREATIONS:  # made from a shape, not from channel values
-            return self.fresh(shape, f"its channels are made by {self.describe(node)}")
-        if source is None:
-            return None
-        if target in ops.CONVS:
-            return self.functional_conv(node, source, shape)
-        if target in ops.CHANNEL_NORMS:
-            return self.functional_norm(node, source, shape)
-        if target in ops.CROSS_CHANNEL_NORMS:
-            return self.stop(source, shape, _cross_norm(self.describe(node)))
-        if ops.is_pass(target):
-            return source
-        if target in ops.RESHAPES or target in ops.RESHAPE_METHODS:
-            return _reshaped(source, src_shape, shape)
-        if target in ops.REDUCTIONS or target in ops.REDUCTION_METHODS:
-            dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-            dims = dims if isinstance(dims, list | tuple) else (dims,)
-            keeps = None not in dims and {d % len(src_shape) for d in dims}.isdisjoint({0, 1})
-            return source if keeps and len(shape) >= 2 else None
-        if target is F.pad:
-            spatial = len(node.args[1] if len(node.args) > 1 else node.kwargs["pad"]) <= 4
-            if not spatial:
-                self.block(source, f"its channels are zero-padded by {self.describe(node)} (a "
-                                   "channel-padding shortcut)")
-            return source if spatial else None
-        if target is operator.getitem:
-            return self.sliced(node, source, src_shape, shape)
-        return None
-
-    def functional_conv(self, node: fx.Node, source: tuple, shape: tuple) -> tuple | None:
-        """``F.conv2d`` in a conv module's forward (e.g. timm's Conv2dSame: pad, then conv)."""
-        weight, bias = _arg(node, 1, "weight"), _arg(node, 2, "bias")
-        name = _owner(weight, "weight")
-        conv = self.modules.get(name)
-        if isinstance(conv, nn.Conv2d) and (bias is None or _owner(bias, "bias") == name) \
-                and _arg(node, 6, "groups", 1) == conv.groups:
-            return self.visit_conv(name, conv, source, shape)
-        scope = _scope(node)
-        reason = f"its channels reach {self.describe(node)}, whose weight is computed in the " \
-                 "forward (e.g. weight standardisation): removing input channels would change " \
-                 "the weights of the others"
-        if isinstance(self.modules.get(scope), nn.Conv2d):
-            self.convs.setdefault(scope, f"its weight is computed in its forward "
-                                         f"({type(self.modules[scope]).__name__})")
-        self.stop(source, shape, reason)
-        return self.fresh(shape, f"its channels come from {self.describe(node)}, whose weight "
-                                 "is computed in the forward")
-
-    def functional_norm(self, node: fx.Node, source: tuple, shape: tuple) -> tuple | None:
-        """``F.batch_norm`` / ``F.instance_norm``: per-channel statistics, so it follows its
-        input like BatchNorm2d, its parameters those of the module that owns them."""
-        tensors = [x for x in (*node.args[1:], *node.kwargs.values()) if isinstance(x, fx.Node)]
-        owners = {_owner(x) for x in tensors}
-        if not owners:
-            return source
-        channels = sum(c for _, c, _ in source)
-        name = owners.pop()
-        module = self.modules.get(name)
-        if owners or module is None or any(
-            t.ndim and tuple(t.shape) != (channels,)
-            for t in (*module.parameters(recurse=False), *module.buffers(recurse=False))
-        ):
-            return self.stop(source, shape, f"its channels reach {self.describe(node)}, whose "
-                             "per-channel parameters are not those of one module")
-        self.use(name, "follower", source)
-        return source
-
-    def visit_split(self, node: fx.Node) -> None:
-        """``torch.split`` / ``chunk`` / ``unbind``: along the channels at sizes fixed in the
-        forward (pruning would move them), else every piece keeps the layout."""
-        source, src_shape = self.source(node)
-        shapes = _shapes(node)
-        if source is None or shapes is None:
-            for x in node.all_input_nodes:
-                self.block(self.layouts.get(x, ()), f"its channels reach {self.describe(node)}, "
-                           "which the engine cannot prune through")
-            return
-        default = 1 if node.target in ("unbind", torch.unbind) else 2
-        dim = _arg(node, default, "dim", 0) % len(src_shape)
-        if dim != 1:
-            self.pieces[node] = [source] * len(shapes)
-            return
-        if self.equal_parts(node, source, [s[1] for s in shapes]):
-            return
-        reason = f"its channels are split at fixed sizes by {self.describe(node)}: pruning " \
-                 "them would move the split"
-        self.block(source, reason)
-        self.pieces[node] = [self.fresh(s, reason) for s in shapes]
-
-    def equal_parts(self, node: fx.Node, source: tuple, sizes: list[int]) -> bool:
-        """A split of one group's channels into k equal parts: each part is a copy of the
-        channels of a new group, whose kept count is the new part size (``chunk`` computes it
-        from the channels; ``split`` takes it from the one int attribute of the module running
-        it that holds it, rewritten by surgery). Returns False where this does not apply."""
-        if len(source) != 1 or source[0][2] != 1 or len(sizes) < 2 or len(set(sizes)) > 1:
-            return False
-        attribute = None
-        if node.target in ("split", torch.split):
-            scope = self.modules.get(_scope(node))
-            size = _arg(node, 1, "split_size_or_sections", node.kwargs.get("split_size"))
-            names = [n for n, v in vars(scope or object()).items()
-                     if type(v) is int and v == size and not n.startswith("_")]
-            if size != sizes[0] or len(names) != 1:
-                return False
-            attribute = names[0]
-        elif node.target not in ("chunk", torch.chunk):
-            return False
-        piece = self.new_space(sizes[0])
-        self.join(source, ((piece, sizes[0], 1),) * len(sizes),
-                  f"its channels are split into {len(sizes)} equal parts {self.where(node)}")
-        if attribute is not None:
-            self.split_sizes.append((_scope(node), attribute, piece))
-        self.pieces[node] = [((piece, sizes[0], 1),)] * len(sizes)
-        return True
-
-    def sliced(self, node: fx.Node, source: tuple, src_shape: tuple, shape: tuple) -> tuple | None:
-        """``x[...]``: spatial slices keep the layout, and so does a channel slice that keeps
-        every channel; a channel slice at fixed positions blocks the channels."""
-        index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
-        if any(i is None or isinstance(i, fx.Node) for i in index) or index.count(...) > 1:
-            return None
-        if ... in index:
-            e = index.index(...)
-            index = index[:e] + (slice(None),) * (len(src_shape) - len(index) + 1) + index[e + 1:]
-        index = index + (slice(None),) * (len(src_shape) - len(index))
-        batch, channels = index[:2]
-        if batch != slice(None) or not isinstance(channels, slice):
-            return None
-        if channels.step in (None, 1) and channels.start in (None, 0) and (
-            channels.stop is None or channels.stop >= src_shape[1]
-        ):
-            return source if shape[1] == src_shape[1] else None
-        return self.stop(source, shape, f"channels {channels.start or 0}:{channels.stop} of "
-                         f"{src_shape[1]} are taken at fixed positions by {self.describe(node)}: "
-                         "pruning would move them")
-
-    def elementwise(self, node: fx.Node, shape: tuple) -> tuple | None:
-        """Addition or multiplication: operands whose channels line up share their groups; a
-        parameter with one value per channel (a layer scale) follows them."""
-        dims = {self.dims.get(x, 1) for x in node.all_input_nodes if x in self.layouts}
-        if len(dims) != 1:
-            return None
-        self.dim = dims.pop()
-        channels, operands, scales = shape[self.dim], [], []
-        for x in node.args:
-            x_shape = _shape(x) if isinstance(x, fx.Node) else None
-            if x_shape is None:
-                continue
-            position = self.dim - (len(shape) - len(x_shape))
-            if (x_shape[position] if 0 <= position < len(x_shape) else 1) != channels:
-                continue  # broadcast over the channels, e.g. a spatial gate
-            if x in self.layouts and len(x_shape) == len(shape):
-                operands.append(self.layouts[x])
-            elif self.parameter(x, channels):
-                scales.append(self.parameter(x, channels))
-            else:
-                return None
-        if not operands:
-            return None
-        what = "added to a residual shortcut" if node.target in ops.ADD else "multiplied by a gate"
-        for other in operands[1:]:
-            self.join(operands[0], other, f"its output is {what} {self.where(node)}")
-        for name in scales:
-            self.use(name, "follower", operands[0])
-        return operands[0]
-
-    def parameter(self, node: fx.Node, channels: int) -> str | None:
-        """The qualified name of the parameter ``node`` reads (through reshapes) if it has one
-        value per channel, else None."""
-        while node.op in ("call_method", "call_function") and \
-                node.target in ops.RESHAPE_METHODS | ops.RESHAPES:
-            node = node.args[0]
-        owner = _owner(node)
-        module = self.modules.get(owner) if owner is not None else None
-        param = getattr(module, node.target.rpartition(".")[2], None)
-        if isinstance(param, nn.Parameter) and param.numel() == channels and \
-                max(param.shape, default=1) == channels:
-            return node.target
-        return None
 
     # --- result ---
 
@@ -634,59 +415,3 @@ class _Builder:
 def _prefixes(name: str) -> list[str]:
     parts = name.split(".")
     return [".".join(parts[:i]) for i in range(1, len(parts))]
-
-
-def _shape(node: object) -> tuple | None:
-    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    return tuple(meta.shape) if isinstance(meta, TensorMetadata) else None
-
-
-def _reshaped(source: tuple | None, src_shape: tuple | None, shape: tuple | None) -> tuple | None:
-    """Layout after a view, reshape, flatten, squeeze or unsqueeze, if it keeps the channels.
-
-    Keeping (B, C) keeps the layout; (B, C, *spatial) -> (B, C * prod(spatial)) is a C-major
-    flatten that multiplies the features per channel; anything else is not understood (None).
-    """
-    if source is None or src_shape is None or shape is None or len(shape) < 2:
-        return None
-    if shape[:2] == src_shape[:2]:
-        return source
-    if len(shape) == 2 and shape[0] == src_shape[0] and len(src_shape) > 2:
-        spatial = math.prod(src_shape[2:])
-        return tuple((space, channels, f * spatial) for space, channels, f in source)
-    return None
-
-
-def _shapes(node: fx.Node) -> list[tuple] | None:
-    """Shapes of the tensors of a tuple output (a split), or None."""
-    meta = node.meta.get("tensor_meta")
-    if isinstance(meta, list | tuple) and all(isinstance(m, TensorMetadata) for m in meta):
-        return [tuple(m.shape) for m in meta]
-    return None
-
-
-def _has_tensors(node: fx.Node) -> bool:
-    return _shape(node) is not None or _shapes(node) is not None
-
-
-def _scope(node: fx.Node) -> str:
-    """Qualified name of the innermost module whose forward made ``node`` ("" for the model)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    return next(reversed(stack.values()))[0] if stack else ""
-
-
-def _arg(node: fx.Node, position: int, name: str, default: object = None) -> object:
-    return node.args[position] if len(node.args) > position else node.kwargs.get(name, default)
-
-
-def _owner(value: object, attribute: str | None = None) -> str | None:
-    """The module owning a parameter or buffer read by a get_attr node (with that attribute)."""
-    if not isinstance(value, fx.Node) or value.op != "get_attr":
-        return None
-    owner, _, name = value.target.rpartition(".")
-    return owner if attribute in (None, name) else None
-
-
-def _cross_norm(what: str) -> str:
-    return f"its channels reach {what}, which normalises over channels: removing channels " \
-           "changes the statistics of the others"
