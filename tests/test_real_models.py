@@ -264,3 +264,35 @@ def test_ghostnet_and_res2net_prune_exactly_and_much(build):
     result = check_pruned(model, x, residual="coupled")
     before = filterprune.profile(model, x[:1]).macs
     assert filterprune.profile(result.model, x[:1]).macs < 0.6 * before
+
+
+@pytest.mark.parametrize("tracer", ["fx", "record"])
+def test_unequal_split_parts_are_read_by_their_own_layers_and_sizes_rewritten(tracer):
+    from timm.layers import MixedConv2d
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 12, 1), MixedConv2d(12, 12, [3, 5, 7], depthwise=True),
+                        nn.ReLU(), MixedConv2d(12, 8, [1, 1]), nn.Conv2d(8, 4, 1))
+    assert net[1].splits == [4, 4, 4] and net[3].splits == [6, 6]
+    net[1].splits = [2, 3, 7]  # unequal parts: 3 depthwise convs of 2, 3 and 7 channels
+    for conv, n in zip(net[1].values(), net[1].splits, strict=True):
+        conv.weight.data = conv.weight.data.repeat(3, 1, 1, 1)[:n]
+        conv.in_channels = conv.out_channels = conv.groups = n
+    result = check_pruned(net, torch.randn(2, 3, 8, 8), tracer=tracer)
+    kept = result.plan.kept["0"]
+    assert len(kept) == 8  # floor(12 * 0.7)
+    parts = [sum(lo <= i < lo + n for i in kept) for lo, n in ((0, 2), (2, 3), (5, 7))]
+    assert min(parts) >= 1 and result.model[1].splits == parts
+    assert result.model[3].splits == [sum(i < 6 for i in kept), sum(i >= 6 for i in kept)]
+    assert {"3.0", "3.1"} <= set(result.plan.kept)  # the parts' convs are pruned too
+
+
+def test_mixnet_prunes_exactly():
+    import filterprune
+
+    torch.manual_seed(0)
+    model = timm.create_model("mixnet_s", num_classes=5)
+    x = torch.randn(2, 3, 32, 32)
+    result = check_pruned(model, x, residual="coupled")
+    before = filterprune.profile(model, x[:1]).macs
+    assert filterprune.profile(result.model, x[:1]).macs < 0.8 * before

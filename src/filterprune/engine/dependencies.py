@@ -21,8 +21,12 @@ come from, in order (one group for a conv output; several after a concatenation)
 - a split of one group's channels into k equal parts (Res2Net's ``torch.split(x, self.width,
   1)``, ``chunk``) makes each part a copy of a new group's channels (the same tiles): every
   part keeps the same channels, and surgery rewrites the one int attribute of the module that
-  holds the part size (``DependencyGraph.split_sizes``); other splits and slices along the
-  channels block the channels they cut;
+  holds the part size (``DependencyGraph.split_sizes``);
+- ``torch.split(x, sizes, 1)`` with ``sizes`` held by one list attribute of the module (MixNet's
+  MixedConv2d) gives each part its share of the layout (segments with a ``start``); a group it
+  cuts keeps at least one channel in each part (``ChannelGroup.runs``) and surgery rewrites the
+  attribute to the kept counts; other splits and slices along the channels block the channels
+  they cut;
 - a conv or Linear reading a layout is a *consumer*: its input channels (for a Linear after a
   flatten, the H*W input features of each channel) are pruned;
 - ``permute`` moves the channels to another dim (ConvNeXt's channels-last blocks): there a Linear
@@ -56,6 +60,7 @@ from filterprune.engine.functions import (
     cross_norm,
     has_tensors,
     node_shape,
+    refined,
     reshaped,
     scope_of,
 )
@@ -135,7 +140,8 @@ class _Builder(FunctionRules):
     """Walks an fx graph in order, giving each node's output a channel layout.
 
     Channel spaces are kept in a union-find; a space is a set of channels created by one layer
-    (or operation). Layouts are tuples of (space, channels, features per channel).
+    (or operation). Layouts are tuples of (space, channels, features per channel, first
+    channel of the space: non-zero for a part of a split).
     """
 
     def __init__(self, modules: dict[str, nn.Module], ignore: tuple[str, ...]) -> None:
@@ -147,12 +153,13 @@ class _Builder(FunctionRules):
         self.coupling: list[str | None] = []
         self.chunks: list[int] = []
         self.widths: list[int] = []  # channels of each space
+        self.runs: list[tuple[int, ...]] = []  # unequal parts a split cuts a space into
         self.layouts: dict[fx.Node, tuple] = {}
         self.uses: dict[tuple[str, str], tuple] = {}  # (module, "input" | "follower") -> layout
         self.outputs: dict[str, int] = {}  # member module -> its space (shared calls reuse it)
         self.convs: dict[str, str | None] = {}  # conv name -> reason it is not a member, or None
         self.pieces: dict[fx.Node, list] = {}  # split node -> layout of each piece
-        self.split_sizes: list[tuple[str, str, int]] = []  # (module, attribute, piece space)
+        self.split_sizes: list[tuple[str, str, list]] = []  # (module, attribute, part layouts)
         self.dims: dict[fx.Node, int] = {}  # node -> dim of its channels, where not 1
         self.dim = 1  # dim of the channels of the node being visited
 
@@ -160,6 +167,7 @@ class _Builder(FunctionRules):
 
     def new_space(self, width: int, member: str | None = None, blocked: str | None = None) -> int:
         self.widths.append(width)
+        self.runs.append(())
         self.parent.append(len(self.parent))
         self.members.append([member] if member else [])
         self.blocked.append(blocked)
@@ -182,9 +190,13 @@ class _Builder(FunctionRules):
                 self.block(a + b, f"{reason}, with channels of another layout")
                 return
             a, b = copies
+        if any(s != t and not (self.whole(s) and self.whole(t)) for s, t in zip(a, b, strict=True)):
+            self.block(a + b, f"{reason}, with a part of a split")
+            return
         for (x, *_), (y, *_) in zip(a, b, strict=True):
             x, y = self.find(x), self.find(y)
             if x != y:
+                self.runs[min(x, y)] = refined(self.runs[x], self.runs[y])
                 self.coupling[x] = self.coupling[x] or reason
                 self.coupling[y] = self.coupling[y] or reason
                 self.chunks[min(x, y)] = math.lcm(self.chunks[x], self.chunks[y])
@@ -193,10 +205,16 @@ class _Builder(FunctionRules):
     def copies(self, one: tuple, many: tuple) -> tuple[tuple, tuple] | None:
         """``(one, many[:1])`` if ``one`` is a single segment and ``many`` k copies of one
         space's segment, k * its channels in all (the tiles of ``ChannelGroup``), else None."""
-        if len(one) != 1 or len(many) < 2 or len({(self.find(s), *r) for s, *r in many}) > 1:
+        if len(one) != 1 or len(many) < 2 or len({(self.find(s), *r) for s, *r in many}) > 1 \
+                or not self.whole(one[0]) or not self.whole(many[0]):
             return None
-        (_, channels, f), (_, part, g) = one[0], many[0]
+        (_, channels, f, _), (_, part, g, _) = one[0], many[0]
         return (one, many[:1]) if f == g and channels == part * len(many) else None
+
+    def whole(self, segment: tuple) -> bool:
+        """Whether a layout segment covers all the channels of its space."""
+        space, channels, _, start = segment
+        return start == 0 and channels == self.widths[space]
 
     def block(self, layout: tuple, reason: str) -> None:
         for space, *_ in layout:
@@ -255,7 +273,7 @@ class _Builder(FunctionRules):
     def fresh(self, shape: tuple | None, reason: str) -> tuple | None:
         if shape is None or len(shape) <= max(self.dim, 1):
             return None
-        return ((self.new_space(shape[self.dim], blocked=reason), shape[self.dim], 1),)
+        return ((self.new_space(shape[self.dim], blocked=reason), shape[self.dim], 1, 0),)
 
     def stop(self, source: tuple, shape: tuple | None, reason: str) -> tuple | None:
         """Blocks ``source`` with ``reason``; the output gets new blocked channels."""
@@ -310,7 +328,7 @@ class _Builder(FunctionRules):
     def visit_conv(
         self, name: str, conv: nn.Conv2d, source: tuple | None, shape: tuple | None
     ) -> tuple | None:
-        if source is None or any(f != 1 for *_, f in source):
+        if source is None or any(s[2] != 1 for s in source):
             return None
         if conv.groups == 1:
             self.convs.setdefault(name, None)
@@ -321,12 +339,12 @@ class _Builder(FunctionRules):
             self.use(name, "follower", source)
             return source
         per_group = conv.in_channels // conv.groups
-        if any(channels % per_group for _, channels, _ in source):
+        if any(s[1] % per_group or not self.whole(s) for s in source):
             reason = f"its channels reach grouped conv '{name}' (groups={conv.groups}) across " \
                      "its groups' boundaries"
             self.convs.setdefault(name, reason)
             return self.stop(source, shape, reason)
-        for space, channels, _ in source:
+        for space, channels, *_ in source:
             self.split(space, channels // per_group)
         self.convs.setdefault(name, None)
         self.use(name, "input", source)
@@ -342,7 +360,7 @@ class _Builder(FunctionRules):
     def member(self, name: str, channels: int) -> tuple:
         if name not in self.outputs:
             self.outputs[name] = self.new_space(channels, member=name)
-        return ((self.outputs[name], channels, 1),)
+        return ((self.outputs[name], channels, 1, 0),)
 
     # --- result ---
 
@@ -355,11 +373,14 @@ class _Builder(FunctionRules):
             group.blocked = group.blocked or self.blocked[space]
             group.coupling = group.coupling or self.coupling[space]
             group.chunks = math.lcm(group.chunks, self.chunks[space])
+            group.runs = group.runs or self.runs[space]
             width = self.widths[space]
             group.out_channels = min(group.out_channels or width, width)
         for space in range(len(self.parent)):
             group = roots[self.find(space)]
-            if self.widths[space] % group.out_channels or group.out_channels % group.chunks:
+            if self.widths[space] % group.out_channels or group.out_channels % group.chunks or (
+                group.runs and (group.chunks > 1 or sum(group.runs) != group.out_channels)
+            ):
                 group.blocked = group.blocked or "its channels are joined with repeats of " \
                     "channels whose count does not divide theirs"
         for name, space in self.outputs.items():
@@ -368,8 +389,14 @@ class _Builder(FunctionRules):
                 group.tiles[name] = self.widths[space] // group.out_channels
 
         def resolve(layout: tuple) -> Layout:
-            return tuple(Segment(group if group.members else None, channels, f)
-                         for space, channels, f in layout
+            for space, channels, _, start in layout:
+                group = roots[self.find(space)]
+                if (start or channels < self.widths[space]) and \
+                        self.widths[space] != group.out_channels:
+                    group.blocked = group.blocked or "a part of a split of its channels is " \
+                        "joined with repeats of them"
+            return tuple(Segment(group if group.members else None, channels, f, start)
+                         for space, channels, f, start in layout
                          for group in (roots[self.find(space)],))
         inputs, followers = {}, {}
         for (name, role), layout in self.uses.items():
@@ -406,8 +433,8 @@ class _Builder(FunctionRules):
                 inside = any(fnmatch.fnmatchcase(prefix, key) for key in self.ignore
                              for prefix in _prefixes(name))
                 not_prunable[name] = "it is inside an ignored module" if inside else not_called
-        split_sizes = [(name, attribute, roots[self.find(space)])
-                       for name, attribute, space in self.split_sizes]
+        split_sizes = [(name, attribute, [resolve(part) for part in parts])
+                       for name, attribute, parts in self.split_sizes]
         return DependencyGraph(layers, not_prunable, groups, inputs, followers, residual,
                                split_sizes)
 

@@ -5,6 +5,7 @@ dependency builder (``filterprune.engine.dependencies``) applies to ``call_funct
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 
@@ -64,7 +65,7 @@ class FunctionRules:
         if target in ops.CONCATS:
             dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
             parts = [self.layouts.get(x) for x in node.args[0]]
-            return sum(parts, ()) if dim % len(shape) == 1 and None not in parts else None
+            return _merged(sum(parts, ())) if dim % len(shape) == 1 and None not in parts else None
         if target in ops.CREATIONS:  # made from a shape, not from channel values
             return self.fresh(shape, f"its channels are made by {self.describe(node)}")
         if source is None:
@@ -120,7 +121,7 @@ class FunctionRules:
         owners = {owner_of(x) for x in tensors}
         if not owners:
             return source
-        channels = sum(c for _, c, _ in source)
+        channels = sum(s[1] for s in source)
         name = owners.pop()
         module = self.modules.get(name)
         if owners or module is None or any(
@@ -147,7 +148,8 @@ class FunctionRules:
         if dim != 1:
             self.pieces[node] = [source] * len(shapes)
             return
-        if self.equal_parts(node, source, [s[1] for s in shapes]):
+        if self.equal_parts(node, source, [s[1] for s in shapes]) or \
+                self.unequal_parts(node, source, [s[1] for s in shapes]):
             return
         reason = f"its channels are split at fixed sizes by {self.describe(node)}: pruning " \
                  "them would move the split"
@@ -159,7 +161,8 @@ class FunctionRules:
         channels of a new group, whose kept count is the new part size (``chunk`` computes it
         from the channels; ``split`` takes it from the one int attribute of the module running
         it that holds it, rewritten by surgery). Returns False where this does not apply."""
-        if len(source) != 1 or source[0][2] != 1 or len(sizes) < 2 or len(set(sizes)) > 1:
+        if len(source) != 1 or source[0][2] != 1 or not self.whole(source[0]) or \
+                len(sizes) < 2 or len(set(sizes)) > 1:
             return False
         attribute = None
         if node.target in ("split", torch.split):
@@ -173,11 +176,45 @@ class FunctionRules:
         elif node.target not in ("chunk", torch.chunk):
             return False
         piece = self.new_space(sizes[0])
-        self.join(source, ((piece, sizes[0], 1),) * len(sizes),
+        self.join(source, ((piece, sizes[0], 1, 0),) * len(sizes),
                   f"its channels are split into {len(sizes)} equal parts {self.where(node)}")
+        self.pieces[node] = [((piece, sizes[0], 1, 0),)] * len(sizes)
         if attribute is not None:
-            self.split_sizes.append((scope_of(node), attribute, piece))
-        self.pieces[node] = [((piece, sizes[0], 1),)] * len(sizes)
+            self.split_sizes.append((scope_of(node), attribute, self.pieces[node]))
+        return True
+
+    def unequal_parts(self, node: fx.Node, source: tuple, sizes: list[int]) -> bool:
+        """``torch.split(x, sizes, 1)``, ``sizes`` held by one list attribute of the module
+        running it (MixNet's MixedConv2d): each part reads its share of the groups, a group cut
+        by the split keeps at least one channel in each of its parts (``ChannelGroup.runs``),
+        and surgery rewrites the attribute to the kept counts. False where this does not
+        apply (a group seen twice or read per conv group, parts of parts)."""
+        sections = argument(node, 1, "split_size_or_sections", node.kwargs.get("split_size"))
+        spaces = [s[0] for s in source]
+        if node.target not in ("split", torch.split) or not isinstance(sections, list | tuple) \
+                or list(sections) != sizes or len(set(spaces)) < len(spaces) or \
+                not all(self.whole(s) and s[2] == 1 for s in source):
+            return False
+        scope = scope_of(node)
+        names = [n for n, v in vars(self.modules.get(scope) or object()).items()
+                 if isinstance(v, list | tuple) and list(v) == sizes and not n.startswith("_")]
+        parts, start, runs = [], 0, {}
+        for size in sizes:
+            part, end = [], start + size
+            for (space, channels, f, _), offset in zip(source, _offsets(source), strict=True):
+                lo, hi = max(start, offset), min(end, offset + channels)
+                if lo < hi:
+                    part.append((space, hi - lo, f, lo - offset))
+                    runs.setdefault(space, []).append(hi - lo)
+            parts.append(tuple(part))
+            start = end
+        cut = {self.find(space): tuple(r) for space, r in runs.items() if len(r) > 1}
+        if len(names) != 1 or any(self.chunks[root] > 1 for root in cut):
+            return False
+        for root, r in cut.items():
+            self.runs[root] = refined(self.runs[root], r)
+        self.split_sizes.append((scope, names[0], parts))
+        self.pieces[node] = parts
         return True
 
     def sliced(self, node: fx.Node, source: tuple, src_shape: tuple, shape: tuple) -> tuple | None:
@@ -263,7 +300,7 @@ def reshaped(source: tuple | None, src_shape: tuple | None, shape: tuple | None)
         return source
     if len(shape) == 2 and shape[0] == src_shape[0] and len(src_shape) > 2:
         spatial = math.prod(src_shape[2:])
-        return tuple((space, channels, f * spatial) for space, channels, f in source)
+        return tuple((space, channels, f * spatial, start) for space, channels, f, start in source)
     return None
 
 
@@ -295,6 +332,29 @@ def owner_of(value: object, attribute: str | None = None) -> str | None:
         return None
     owner, _, name = value.target.rpartition(".")
     return owner if attribute in (None, name) else None
+
+
+def refined(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    """The runs cut at the cuts of both ``a`` and ``b`` (runs of the same channels; either may
+    be empty: no cut)."""
+    ends = sorted({*itertools.accumulate(a), *itertools.accumulate(b)})
+    return tuple(end - start for start, end in zip([0, *ends], ends, strict=False))
+
+
+def _offsets(layout: tuple) -> list[int]:
+    return [sum(s[1] for s in layout[:i]) for i in range(len(layout))]
+
+
+def _merged(layout: tuple) -> tuple:
+    """A layout with neighbouring parts of one space (a split concatenated back) joined."""
+    merged: list[tuple] = []
+    for space, channels, f, start in layout:
+        if merged and merged[-1][0] == space and merged[-1][2] == f and \
+                merged[-1][3] + merged[-1][1] == start:
+            merged[-1] = (space, merged[-1][1] + channels, f, merged[-1][3])
+        else:
+            merged.append((space, channels, f, start))
+    return tuple(merged)
 
 
 def cross_norm(what: str) -> str:

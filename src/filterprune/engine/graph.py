@@ -56,6 +56,9 @@ class ChannelGroup:
         blocked: why the channels cannot be pruned at all, or None.
         chunks: the channels form this many equal runs, each keeping the same number of
             channels (grouped convs read or write them per group); 1 otherwise.
+        runs: the sizes of the unequal parts a split cuts the channels into (MixNet's
+            ``torch.split(x, self.splits, 1)``), each keeping at least one channel, in
+            proportion; empty otherwise.
         tiles: member -> how many times its output repeats the group's channels (k > 1 when
             its k * C filters were joined with k copies of the C channels, e.g. a GhostNet
             shortcut conv added to ``cat([x, depthwise(x)])``): its filter ``i`` is channel
@@ -69,7 +72,17 @@ class ChannelGroup:
     coupling: str | None = None
     blocked: str | None = None
     chunks: int = 1
+    runs: tuple[int, ...] = ()
     tiles: dict[str, int] = field(default_factory=dict)
+
+    def run_sizes(self) -> list[int]:
+        """The sizes of the runs that keep channels each on their own (one run if none)."""
+        return list(self.runs) or [self.out_channels // self.chunks] * self.chunks
+
+    def per_run(self, keep: int) -> list[int]:
+        """How many channels each run keeps when the group keeps ``keep``: ``keep // chunks``
+        per equal run, ``keep * size // C`` per unequal run, at least one."""
+        return [max(1, keep * size // self.out_channels) for size in self.run_sizes()]
 
     def base(self, kept: Sequence[int]) -> list[int]:
         """The group's kept channels, from the kept filters of one of its members."""
@@ -84,12 +97,14 @@ class ChannelGroup:
 @dataclass
 class Segment:
     """A run of channels in a layer's input or weight: ``channels`` channels of ``group`` (None
-    for channels that are never pruned, such as the model input), each spread over
-    ``features_per_channel`` consecutive entries (H*W after a flatten, else 1)."""
+    for channels that are never pruned, such as the model input) from its channel ``start`` on
+    (a part of a split), each spread over ``features_per_channel`` consecutive entries (H*W
+    after a flatten, else 1)."""
 
     group: ChannelGroup | None
     channels: int
     features_per_channel: int = 1
+    start: int = 0
 
 
 Layout = tuple[Segment, ...]
@@ -106,10 +121,11 @@ class DependencyGraph:
         inputs: conv or Linear name -> layout of its input channels (features for a Linear).
         followers: follower name -> layout of its per-channel weights.
         residual: the policy ``layers`` follows: ``"inner"`` or ``"coupled"``.
-        split_sizes: (module, attribute, group): the module's forward splits a feature map
-            into equal parts of ``module.attribute`` channels, each a copy of the channels of
-            ``group`` (Res2Net's ``torch.split(x, self.width, 1)``); surgery sets the
-            attribute to the group's kept count.
+        split_sizes: (module, attribute, parts): the module's forward splits a feature map
+            into ``parts`` (their layouts) at the sizes ``module.attribute`` holds: an int, the
+            size of equal parts (Res2Net's ``torch.split(x, self.width, 1)``), or a list
+            (MixNet's ``torch.split(x, self.splits, 1)``); surgery sets it to the parts' kept
+            channel counts.
     """
 
     layers: dict[str, ChannelGroup]
@@ -118,7 +134,7 @@ class DependencyGraph:
     inputs: dict[str, Layout] = field(default_factory=dict)
     followers: dict[str, Layout] = field(default_factory=dict)
     residual: str = "inner"
-    split_sizes: list[tuple[str, str, ChannelGroup]] = field(default_factory=list)
+    split_sizes: list[tuple[str, str, list[Layout]]] = field(default_factory=list)
 
     def check_prunable(self, name: str) -> ChannelGroup:
         """Returns the group of ``name``, or raises FilterpruneError saying why it cannot be
@@ -164,6 +180,10 @@ def layout_index(layout: Layout, kept: Mapping[str, Sequence[int]]) -> torch.Ten
         changed |= indices is not None
         if indices is None:
             channels = torch.arange(segment.channels)
+        elif segment.start or segment.channels < group.out_channels:  # a part of a split
+            end = segment.start + segment.channels
+            channels = torch.tensor([i - segment.start for i in group.base(indices)
+                                     if segment.start <= i < end], dtype=torch.long)
         else:
             base = torch.tensor(group.base(indices), dtype=torch.long)
             copies = torch.arange(segment.channels // group.out_channels)[:, None]

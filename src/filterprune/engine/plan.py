@@ -300,7 +300,7 @@ def select_filters(
             .view(group.tiles.get(name, 1), -1).sum(0)  # a member's copies score together
             for name in scorers
         )
-        return _top(total, keep, group.chunks)
+        return _top(total, keep, group)
 
     return decide_groups(model, graph, ratios, highest, plan, round_to)
 
@@ -349,13 +349,15 @@ def decide_groups(
     return plan
 
 
-def _top(scores: torch.Tensor, keep: int, chunks: int) -> list[int]:
-    """Sorted indices of the ``keep`` highest scores (ties keep the lower index), taken as
-    ``max(1, keep // chunks)`` from each of ``chunks`` equal runs of ``scores``."""
-    runs = scores.view(chunks, -1)
-    per_run = max(1, keep // chunks)
-    order = torch.sort(runs, dim=1, descending=True, stable=True).indices[:, :per_run]
-    return sorted((order + torch.arange(chunks)[:, None] * runs.shape[1]).flatten().tolist())
+def _top(scores: torch.Tensor, keep: int, group: ChannelGroup) -> list[int]:
+    """Sorted indices of the highest scores (ties keep the lower index): in each of the
+    group's runs, as many as ``group.per_run(keep)`` says."""
+    kept, start = [], 0
+    for size, count in zip(group.run_sizes(), group.per_run(keep), strict=True):
+        order = torch.sort(scores[start:start + size], descending=True, stable=True).indices
+        kept += (order[:count] + start).tolist()
+        start += size
+    return sorted(kept)
 
 
 def follower_convs(

@@ -50,6 +50,13 @@ def check_plan(plan: PruningPlan, graph: DependencyGraph) -> None:
                 f"the plan expects {plan.widths[name]}"
             )
         kept = group.base(kept)
+        starts = [sum(group.runs[:i]) for i in range(len(group.runs))]
+        if any(not any(s <= i < s + n for i in kept)
+               for s, n in zip(starts, group.runs, strict=True)):
+            raise FilterpruneError(
+                f"plan does not fit the model: '{name}' must keep at least one channel in each "
+                f"of the {len(group.runs)} parts a split cuts its channels into"
+            )
         run = group.out_channels // group.chunks
         counts = torch.tensor(kept).div(run, rounding_mode="floor").bincount(minlength=group.chunks)
         if len(set(counts.tolist())) > 1:
@@ -99,9 +106,12 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
         index = layout_index(layout, plan.kept)
         if index is not None:
             _prune_in(modules[name], index)
-    for name, attribute, group in graph.split_sizes:
-        if group.members and group.members[0] in plan.kept:
-            setattr(modules[name], attribute, len(group.base(plan.kept[group.members[0]])))
+    for name, attribute, parts in graph.split_sizes:
+        counts = [sum(s.channels for s in part) if index is None else len(index)
+                  for part in parts for index in (layout_index(part, plan.kept),)]
+        sizes = getattr(modules[name], attribute)
+        setattr(modules[name], attribute,
+                counts[0] if isinstance(sizes, int) else type(sizes)(counts))
     return pruned
 
 
