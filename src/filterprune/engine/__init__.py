@@ -14,6 +14,7 @@ from filterprune.engine.criteria import (
     l2_norm,
     random_criterion,
 )
+from filterprune.engine.custom import register_layer
 from filterprune.engine.dependencies import trace
 from filterprune.engine.graph import RESIDUAL_POLICIES, ChannelGroup, DependencyGraph
 from filterprune.engine.plan import (
@@ -34,6 +35,6 @@ __all__ = [
     "PruningPlan",
     "activation_scores", "apply_plan", "cluster_representatives", "decide_groups",
     "get_criterion", "kept_count", "l1_largest", "l1_norm", "l2_norm", "plan_pruning", "profile",
-    "prune", "random_criterion", "resolve_ratios", "select_by_clustering", "select_filters",
-    "trace", "zero_pruned",
+    "prune", "random_criterion", "register_layer", "resolve_ratios", "select_by_clustering",
+    "select_filters", "trace", "zero_pruned",
 ]

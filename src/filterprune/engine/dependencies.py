@@ -55,6 +55,7 @@ import torch
 from torch import fx, nn
 
 from filterprune.engine import ops
+from filterprune.engine.custom import LayerRule, rule_of
 from filterprune.engine.functions import (
     FunctionRules,
     cross_norm,
@@ -294,6 +295,9 @@ class _Builder(FunctionRules):
             for x in node.all_input_nodes:
                 self.block(self.layouts.get(x, ()), f"its channels reach ignored module '{name}'")
             return self.fresh(shape, f"its channels come from ignored module '{name}'")
+        rule = rule_of(module)
+        if rule is not None:
+            return self.visit_custom(node, rule, source, shape)
         if isinstance(module, nn.Conv2d):
             return self.visit_conv(name, module, source, shape)
         if isinstance(module, nn.modules.conv._ConvNd):  # Conv1d, Conv3d, transposed convs
@@ -317,6 +321,32 @@ class _Builder(FunctionRules):
         if isinstance(module, ops.PASS_MODULES):
             return source
         return None
+
+    def visit_custom(
+        self, node: fx.Node, rule: LayerRule, source: tuple | None, shape: tuple | None
+    ) -> tuple | None:
+        """A layer registered with ``filterprune.engine.register_layer``: its rule's flow."""
+        name, what = node.target, self.describe(node)
+        if rule.flow == "blocks":
+            for x in node.all_input_nodes:
+                self.block(self.layouts.get(x, ()), f"its channels reach {what}, registered "
+                           "as blocking")
+            return self.fresh(shape, f"its channels come from {what}, registered as blocking")
+        if source is None or shape is None or len(shape) < 2:
+            return None
+        if rule.flow == "follows":
+            if rule.outputs:
+                self.use(name, "follower", source)
+            return source
+        if rule.inputs:
+            self.use(name, "input", source)
+        else:
+            self.block(source, f"its channels reach {what}, registered with no input tensors "
+                       "to cut")
+        if rule.flow == "consumes":
+            return self.fresh(shape, f"its channels come from {what}, registered as consuming")
+        self.convs.setdefault(name, None)
+        return self.member(name, shape[1])
 
     def source(self, node: fx.Node) -> tuple[tuple | None, tuple | None]:
         """Layout and shape of the node's first argument (None, None if it has none)."""
@@ -406,7 +436,7 @@ class _Builder(FunctionRules):
                 if segment.group is not None:
                     segment.group.followers.append(name)
         for name, layout in inputs.items():
-            kind = "conv" if isinstance(self.modules[name], nn.Conv2d) else "linear"
+            kind = "linear" if isinstance(self.modules[name], nn.Linear) else "conv"
             offset = 0
             for segment in layout:
                 if segment.group is not None:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from filterprune.engine.criteria import Criterion, get_criterion
+from filterprune.engine.custom import rule_of
 from filterprune.engine.graph import ChannelGroup, DependencyGraph, input_weight, layout_index
 from filterprune.errors import FilterpruneError
 
@@ -392,6 +393,11 @@ def _given(scores: Mapping[str, torch.Tensor], name: str, channels: int) -> torc
 def _weight(
     name: str, module: nn.Module, graph: DependencyGraph, plan: PruningPlan, strategy: str
 ) -> torch.Tensor:
-    """The weight to score; under greedy, without the inputs already removed (§3.3)."""
+    """The weight to score; under greedy, without the inputs already removed (§3.3). A
+    registered layer is scored by its first output tensor, filters first."""
+    rule = rule_of(module)
+    if rule is not None:
+        key, dim = next(iter(rule.outputs.items()))
+        return dict(module.named_parameters(recurse=False))[key].movedim(dim, 0)
     index = layout_index(graph.inputs[name], plan.kept) if strategy == "greedy" else None
     return module.weight if index is None else input_weight(module, index)

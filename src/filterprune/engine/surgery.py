@@ -15,6 +15,7 @@ import copy
 import torch
 from torch import nn
 
+from filterprune.engine.custom import rule_of
 from filterprune.engine.graph import DependencyGraph, input_weight, layout_index
 from filterprune.engine.plan import PruningPlan
 from filterprune.errors import FilterpruneError
@@ -94,17 +95,23 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
     pruned = copy.deepcopy(model)
     modules = dict(pruned.named_modules())
     for name, kept in plan.kept.items():
-        if name not in graph.followers:
+        if name not in graph.followers and rule_of(modules[name]) is not None:
+            rule_of(modules[name]).cut(modules[name], torch.tensor(kept), "outputs")
+        elif name not in graph.followers:
             _prune_out(modules[name], torch.tensor(kept, dtype=torch.long))
     for name, layout in graph.followers.items():
         index = layout_index(layout, plan.kept)
-        if index is not None and name in modules:
+        if index is not None and rule_of(modules.get(name)) is not None:
+            rule_of(modules[name]).cut(modules[name], index, "outputs")
+        elif index is not None and name in modules:
             _prune_follower(modules[name], index)
         elif index is not None:
             _prune_scale(pruned.get_parameter(name), index)
     for name, layout in graph.inputs.items():
         index = layout_index(layout, plan.kept)
-        if index is not None:
+        if index is not None and rule_of(modules[name]) is not None:
+            rule_of(modules[name]).cut(modules[name], index, "inputs")
+        elif index is not None:
             _prune_in(modules[name], index)
     for name, attribute, parts in graph.split_sizes:
         counts = [sum(s.channels for s in part) if index is None else len(index)
@@ -142,11 +149,14 @@ def zero_pruned(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> 
         for name, kept in plan.kept.items():
             if name in graph.followers:
                 continue
-            for param in (modules[name].weight, modules[name].bias):
+            rule = rule_of(modules[name])
+            tensors = dict(modules[name].named_parameters(recurse=False))
+            for key, dim in rule.outputs.items() if rule else (("weight", 0), ("bias", 0)):
+                param = tensors.get(key)
                 if param is not None:
-                    removed = torch.ones(param.shape[0], dtype=torch.bool, device=param.device)
+                    removed = torch.ones(param.shape[dim], dtype=torch.bool, device=param.device)
                     removed[kept] = False
-                    param[removed] = 0
+                    param.index_fill_(dim, removed.nonzero().flatten(), 0)
     return model
 
 

@@ -11,6 +11,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 from torch.overrides import TorchFunctionMode
 
+from filterprune.engine.custom import rule_of
 from filterprune.engine.graph import as_tuple, eval_mode
 from filterprune.errors import FilterpruneError
 
@@ -91,7 +92,7 @@ def _missed(model: nn.Module, graph: fx.Graph, leaf_tracer: LeafTracer) -> bool:
 
 
 class LeafTracer(fx.Tracer):
-    """An fx tracer that treats ignored modules as leaves."""
+    """An fx tracer that treats ignored modules and registered layers as leaves."""
 
     def __init__(self, ignore: tuple[str, ...]) -> None:
         super().__init__()
@@ -99,7 +100,7 @@ class LeafTracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return any(fnmatch.fnmatchcase(module_qualified_name, key) for key in self.ignore) or \
-            super().is_leaf_module(m, module_qualified_name)
+            rule_of(m) is not None or super().is_leaf_module(m, module_qualified_name)
 
 
 # Tensor operators as torch.fx writes them (the recorder sees the Tensor dunder methods).
