@@ -1,5 +1,6 @@
-"""Layers taught to the engine with register_layer: each channel flow, exact against the masked
-reference (removed channels zeroed where read)."""
+"""Layers taught to the engine with register_layer (each channel flow) and hidden head Linears
+pruned with prune_linear, exact against the masked reference (removed channels zeroed where
+read)."""
 
 import pytest
 import torch
@@ -86,3 +87,28 @@ def test_a_bad_registration_is_refused():
         register_layer(Scale, "copies")
     with pytest.raises(FilterpruneError, match="needs outputs"):
         register_layer(Mixer, "produces", inputs={"kernel": 0})
+
+
+def vgg_head_net() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 16),
+                         nn.ReLU(), nn.Dropout(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 5))
+
+
+def test_prune_linear_prunes_hidden_head_layers_never_the_output_one():
+    x = torch.randn(2, 3, 6, 6)
+    assert set(check_pruned(vgg_head_net(), x).plan.kept) == {"0"}  # off by default
+    result = check_pruned(vgg_head_net(), x, prune_linear=True)
+    assert {k: len(v) for k, v in result.plan.kept.items()} == {"0": 5, "3": 11, "6": 8}
+    assert result.model[8].out_features == 5 and result.model[8].in_features == 8
+
+
+def test_cli_prune_linear(tmp_path, capsys):
+    import json
+
+    from filterprune.cli import main
+
+    code = main(["prune", "--model", "scnnb", "--input-shape", "1,28,28", "--ratio", "0.5",
+                 "--prune-linear", "--dry-run", "--json"])
+    layers = json.loads(capsys.readouterr().out)["plan"]["layers"]
+    assert code == 0 and layers["classifier.1"]["width"] == 1280
+    assert "classifier.4" not in layers

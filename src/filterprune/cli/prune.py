@@ -46,6 +46,9 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
         help="with --residual coupled: the member layers (names or patterns, repeatable) whose "
         "scores choose a shared group's filters, e.g. '*.downsample.0' (pruned-C)",
     )
+    parser.add_argument("--prune-linear", action="store_true",
+                        help="also prune the hidden Linear layers of classifier heads (never "
+                        "the output layer); the paper prunes convs only")
     parser.add_argument("--round-to", type=int, default=1,
                         help="round kept filter counts to a multiple of this")
     parser.add_argument("--strict", action="store_true",
@@ -96,13 +99,14 @@ def run(args: argparse.Namespace) -> dict:
     example = spec.example_input()
     reach = None
     if args.plan:
-        graph = trace(model, example, residual=args.residual)
+        graph = trace(model, example, residual=args.residual, prune_linear=args.prune_linear)
         plan = PruningPlan.load(args.plan)
     else:
         planned = plan_pruning(
             model, example, ratio=parse_ratio(args.ratio), criterion=args.criterion,
             strategy=args.strategy, skip=args.skip, round_to=args.round_to,
             residual=args.residual, score_by=args.score_by, strict=args.strict,
+            prune_linear=args.prune_linear,
         )
         plan, graph, reach = planned.plan, planned.graph, planned.coverage
     pruned = apply_plan(model, plan, graph)

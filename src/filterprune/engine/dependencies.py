@@ -88,6 +88,7 @@ def trace(
     residual: str = "inner",
     ignore: Sequence[str] = (),
     tracer: str = "auto",
+    prune_linear: bool = False,
 ) -> DependencyGraph:
     """Finds the channel groups of ``model`` and its prunable convs.
 
@@ -104,6 +105,9 @@ def trace(
         tracer: ``"fx"`` (torch.fx symbolic tracing), ``"record"`` (one eager forward pass on
             ``example_inputs`` recorded op by op: works with data-dependent control flow, and
             sees the path these inputs take) or ``"auto"`` (fx, else record).
+        prune_linear: the hidden Linear layers of classifier heads (Linear -> ReLU -> Linear
+            in VGG and AlexNet) are prunable layers too; the Linear giving the model output
+            never is (its channels reach the output). Off by default: the paper prunes convs.
 
     Returns:
         The dependency graph, layers in forward (topological) order.
@@ -124,7 +128,7 @@ def trace(
         if not any(fnmatch.fnmatchcase(name, key) for name in names):
             raise FilterpruneError(f"unknown layer or pattern '{key}' in ignore: no such module")
     graphs, train_failure = trace_graph(model, example_inputs, tuple(ignore), tracer)
-    builder = _Builder(dict(model.named_modules()), tuple(ignore))
+    builder = _Builder(dict(model.named_modules()), tuple(ignore), prune_linear)
     for graph in graphs:  # eval mode, then train mode: the same layers share their channels
         for node in graph.nodes:
             builder.visit(node)
@@ -134,7 +138,9 @@ def trace(
         f" in eval mode, and running it in train mode failed: {train_failure}"
         if train_failure else ""
     )
-    return builder.finish(residual, convs, not_called)
+    graph = builder.finish(residual, convs, not_called)
+    graph.prune_linear = prune_linear
+    return graph
 
 
 class _Builder(FunctionRules):
@@ -145,9 +151,12 @@ class _Builder(FunctionRules):
     channel of the space: non-zero for a part of a split).
     """
 
-    def __init__(self, modules: dict[str, nn.Module], ignore: tuple[str, ...]) -> None:
+    def __init__(
+        self, modules: dict[str, nn.Module], ignore: tuple[str, ...], prune_linear: bool
+    ) -> None:
         self.modules = modules
         self.ignore = ignore
+        self.prune_linear = prune_linear
         self.parent: list[int] = []
         self.members: list[list[str]] = []
         self.blocked: list[str | None] = []
@@ -305,6 +314,8 @@ class _Builder(FunctionRules):
                                   "prunes the filters of Conv2d layers only")
             return None
         if isinstance(module, nn.Linear) and source is not None and len(src_shape) == 2:
+            if self.prune_linear:
+                self.convs.setdefault(name, None)
             self.use(name, "input", source)
             return self.member(name, module.out_features)
         if isinstance(module, _PER_CHANNEL_NORMS) or (

@@ -126,6 +126,7 @@ class DependencyGraph:
             size of equal parts (Res2Net's ``torch.split(x, self.width, 1)``), or a list
             (MixNet's ``torch.split(x, self.splits, 1)``); surgery sets it to the parts' kept
             channel counts.
+        prune_linear: whether hidden Linear layers of heads are prunable layers (``trace``).
     """
 
     layers: dict[str, ChannelGroup]
@@ -135,6 +136,7 @@ class DependencyGraph:
     followers: dict[str, Layout] = field(default_factory=dict)
     residual: str = "inner"
     split_sizes: list[tuple[str, str, list[Layout]]] = field(default_factory=list)
+    prune_linear: bool = False
 
     def check_prunable(self, name: str) -> ChannelGroup:
         """Returns the group of ``name``, or raises FilterpruneError saying why it cannot be

@@ -57,13 +57,15 @@ def plan_pruning(
     score_by: Sequence[str] = (),
     tracer: str = "auto",
     strict: bool = False,
+    prune_linear: bool = False,
 ) -> PlanResult:
     """Decides which filters to remove without touching the model (review the plan, then
     ``apply_plan``).
 
     Arguments, warnings and errors are those of ``prune``.
     """
-    graph = trace(model, example_inputs, residual=residual, ignore=ignore, tracer=tracer)
+    graph = trace(model, example_inputs, residual=residual, ignore=ignore, tracer=tracer,
+                  prune_linear=prune_linear)
     ratios = resolve_ratios(graph, ratio, skip)
     plan = select_filters(model, graph, ratios, criterion, strategy, round_to, score_by)
     reach = coverage(model, graph, plan, profile(model, example_inputs), ratio, skip)
@@ -88,6 +90,7 @@ def prune(
     score_by: Sequence[str] = (),
     tracer: str = "auto",
     strict: bool = False,
+    prune_linear: bool = False,
 ) -> PruneResult:
     """Removes the lowest-scoring filters of every prunable conv (Li et al. 2017, §3).
 
@@ -120,6 +123,8 @@ def prune(
         tracer: ``"auto"``, ``"fx"`` or ``"record"`` (see ``filterprune.engine.trace``).
         strict: raise instead of warning when the plan reaches less than half of the MACs of
             the convs it was asked to prune.
+        prune_linear: prune the hidden Linear layers of classifier heads too (VGG, AlexNet),
+            never the one giving the model output; off by default (the paper prunes convs).
 
     Returns:
         A PruneResult with ``.model`` (smaller and dense), ``.plan`` and ``.coverage`` (the
@@ -146,7 +151,7 @@ def prune(
     planned = plan_pruning(
         model, example_inputs, ratio=ratio, criterion=criterion, strategy=strategy, skip=skip,
         round_to=round_to, residual=residual, ignore=ignore, score_by=score_by, tracer=tracer,
-        strict=strict,
+        strict=strict, prune_linear=prune_linear,
     )
     return PruneResult(planned.plan, planned.graph, planned.coverage,
                        apply_plan(model, planned.plan, planned.graph))

@@ -71,6 +71,8 @@ class PruneConfig(_Strict):
 
     ``strict``: fail before training when pruning every layer would reach under half of the
     conv MACs (by default a warning; the report says the share either way).
+
+    ``linear``: also prune the hidden Linear layers of classifier heads (never the output one).
     """
 
     criterion: Literal[tuple(CRITERIA)] = "l1"
@@ -84,6 +86,7 @@ class PruneConfig(_Strict):
     schedule: Literal["one-shot", "iterative"] = "one-shot"
     iterative_epochs: int = Field(1, ge=0)
     strict: bool = False
+    linear: bool = False
 
     _ratios = field_validator("ratios")(_check_ratios)
 

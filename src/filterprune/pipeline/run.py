@@ -497,7 +497,8 @@ def run_pipeline(
     stages = open_run(out_dir, config, resume)
     session = prepare(config, progress=progress)
     model = initial_model(session, log)
-    graph = trace(model, session.spec.example_input(), residual=config.prune.residual)
+    graph = trace(model, session.spec.example_input(), residual=config.prune.residual,
+                  prune_linear=config.prune.linear)
     reach = prunable_share(session, model, graph)  # checks skip and score_by before training
     model, baseline = baseline_stage(session, model, stages, out_dir, log)
     results = {
