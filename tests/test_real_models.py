@@ -296,3 +296,55 @@ def test_mixnet_prunes_exactly():
     result = check_pruned(model, x, residual="coupled")
     before = filterprune.profile(model, x[:1]).macs
     assert filterprune.profile(result.model, x[:1]).macs < 0.8 * before
+
+
+def prune_approximately(net, x):
+    """Prunes with exact=False; the pruned model runs forward and backward in train mode."""
+    import filterprune
+
+    result = filterprune.prune(net.eval(), x[:1], ratio=0.3, residual="coupled", exact=False)
+    result.model.train()(x).square().mean().backward()
+    assert result.plan.approximate and set(result.plan.approximate) <= set(result.plan.kept)
+    assert "pruned approximately" in result.coverage.describe()
+    assert result.coverage.to_dict()["approximate"] == result.plan.approximate
+    from filterprune.engine import PruningPlan
+
+    assert PruningPlan.from_json(result.plan.to_json()).approximate == result.plan.approximate
+    assert "approximate" in str(result.plan)
+    return result
+
+
+def test_weight_standardised_convs_prune_only_when_approximation_is_allowed():
+    from timm.layers import ScaledStdConv2d
+
+    net = nn.Sequential(ScaledStdConv2d(3, 8, 3), nn.ReLU(), ScaledStdConv2d(8, 4, 3))
+    assert "0" not in trace(net, torch.zeros(1, 3, 8, 8)).layers
+    result = prune_approximately(net, torch.randn(2, 3, 8, 8))
+    assert list(result.plan.approximate) == ["0"]
+    assert result.model[0].gain.shape == (5, 1, 1, 1) and result.model[2].in_channels == 5
+    assert "weight is computed" in result.plan.approximate["0"]
+
+
+def test_group_norm_keeps_its_groups_when_approximation_is_allowed():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.Conv2d(8, 4, 3))
+    result = prune_approximately(net, torch.randn(2, 3, 8, 8))
+    kept = result.plan.kept["0"]
+    assert len(kept) == 4 and sum(i < 4 for i in kept) == 2  # floor(8 * 0.7) // 2 per group
+    assert result.model[1].num_channels == 4 and result.model[1].weight.shape == (4,)
+
+
+def test_nfnet_and_convnext_prune_through_norms_when_approximation_is_allowed():
+    from timm.models.convnext import ConvNeXt
+
+    import filterprune
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    net = ConvNeXt(depths=(1, 1, 1, 1), dims=(8, 8, 16, 16), num_classes=4, ls_init_value=0.5)
+    result = prune_approximately(net, x)
+    assert "stem.0" in result.plan.approximate
+    assert result.model.stem[1].normalized_shape == (5,)  # floor(8 * 0.7)
+    net = timm.create_model("nfnet_l0", num_classes=4)
+    result = prune_approximately(net, x)
+    before = filterprune.profile(net, x[:1]).macs
+    assert filterprune.profile(result.model, x[:1]).macs < 0.6 * before

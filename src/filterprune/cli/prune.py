@@ -49,6 +49,10 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--prune-linear", action="store_true",
                         help="also prune the hidden Linear layers of classifier heads (never "
                         "the output layer); the paper prunes convs only")
+    parser.add_argument("--allow-approximate", action="store_true",
+                        help="also prune through LayerNorm/GroupNorm over channels and "
+                        "weight-standardised convs (the pruned model then differs beyond the "
+                        "removed channels; the plan marks those layers approximate)")
     parser.add_argument("--round-to", type=int, default=1,
                         help="round kept filter counts to a multiple of this")
     parser.add_argument("--strict", action="store_true",
@@ -99,14 +103,15 @@ def run(args: argparse.Namespace) -> dict:
     example = spec.example_input()
     reach = None
     if args.plan:
-        graph = trace(model, example, residual=args.residual, prune_linear=args.prune_linear)
+        graph = trace(model, example, residual=args.residual, prune_linear=args.prune_linear,
+                      exact=not args.allow_approximate)
         plan = PruningPlan.load(args.plan)
     else:
         planned = plan_pruning(
             model, example, ratio=parse_ratio(args.ratio), criterion=args.criterion,
             strategy=args.strategy, skip=args.skip, round_to=args.round_to,
             residual=args.residual, score_by=args.score_by, strict=args.strict,
-            prune_linear=args.prune_linear,
+            prune_linear=args.prune_linear, exact=not args.allow_approximate,
         )
         plan, graph, reach = planned.plan, planned.graph, planned.coverage
     pruned = apply_plan(model, plan, graph)

@@ -46,6 +46,7 @@ class Coverage:
         prunable_macs: MACs of the convs whose cost would change if every prunable group were
             pruned (the most any ratio can reach under this residual policy).
         blocked: every conv that cannot be pruned, in forward order, with its reason.
+        approximate: the layers the plan prunes approximately (``exact=False``), with why.
     """
 
     conv_macs: int
@@ -53,6 +54,7 @@ class Coverage:
     reached_macs: int
     prunable_macs: int
     blocked: tuple[BlockedLayer, ...]
+    approximate: tuple[tuple[str, str], ...] = ()
 
     @property
     def reached_share(self) -> float:
@@ -77,6 +79,9 @@ class Coverage:
             worst = sorted(self.blocked, key=lambda b: -b.macs)[:largest]
             text += f"; {len(self.blocked)} conv(s) blocked, largest: " + "; ".join(
                 f"'{b.name}' ({b.macs / self.conv_macs:.0%} of MACs): {b.reason}" for b in worst)
+        if self.approximate:
+            text += f"; {len(self.approximate)} layer(s) pruned approximately (exact=False): " \
+                    f"{self.approximate[0][1]}"
         return text
 
     def to_dict(self) -> dict:
@@ -85,6 +90,7 @@ class Coverage:
             "reached_macs": self.reached_macs, "prunable_macs": self.prunable_macs,
             "reached_share": self.reached_share, "prunable_share": self.prunable_share,
             "blocked": [vars(b) for b in self.blocked],
+            "approximate": dict(self.approximate),
         }
 
 
@@ -118,6 +124,7 @@ def coverage(
         prunable_macs=sum(macs[n] for n in convs if n in prunable),
         blocked=tuple(BlockedLayer(n, macs[n], graph.not_prunable[n])
                       for n in convs if n in graph.not_prunable),
+        approximate=tuple(plan.approximate.items()),
     )
 
 

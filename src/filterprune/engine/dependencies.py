@@ -89,6 +89,7 @@ def trace(
     ignore: Sequence[str] = (),
     tracer: str = "auto",
     prune_linear: bool = False,
+    exact: bool = True,
 ) -> DependencyGraph:
     """Finds the channel groups of ``model`` and its prunable convs.
 
@@ -108,6 +109,10 @@ def trace(
         prune_linear: the hidden Linear layers of classifier heads (Linear -> ReLU -> Linear
             in VGG and AlexNet) are prunable layers too; the Linear giving the model output
             never is (its channels reach the output). Off by default: the paper prunes convs.
+        exact: with False, LayerNorm / GroupNorm over the channels and weight-standardised
+            convs (timm StdConv2d, ScaledStdConv2d) no longer block: their channels are pruned
+            and their groups marked approximate (``ChannelGroup.approximate``): the pruned
+            model then differs from the masked original.
 
     Returns:
         The dependency graph, layers in forward (topological) order.
@@ -128,7 +133,7 @@ def trace(
         if not any(fnmatch.fnmatchcase(name, key) for name in names):
             raise FilterpruneError(f"unknown layer or pattern '{key}' in ignore: no such module")
     graphs, train_failure = trace_graph(model, example_inputs, tuple(ignore), tracer)
-    builder = _Builder(dict(model.named_modules()), tuple(ignore), prune_linear)
+    builder = _Builder(dict(model.named_modules()), tuple(ignore), prune_linear, exact)
     for graph in graphs:  # eval mode, then train mode: the same layers share their channels
         for node in graph.nodes:
             builder.visit(node)
@@ -139,7 +144,7 @@ def trace(
         if train_failure else ""
     )
     graph = builder.finish(residual, convs, not_called)
-    graph.prune_linear = prune_linear
+    graph.prune_linear, graph.exact = prune_linear, exact
     return graph
 
 
@@ -152,11 +157,14 @@ class _Builder(FunctionRules):
     """
 
     def __init__(
-        self, modules: dict[str, nn.Module], ignore: tuple[str, ...], prune_linear: bool
+        self, modules: dict[str, nn.Module], ignore: tuple[str, ...], prune_linear: bool,
+        exact: bool,
     ) -> None:
         self.modules = modules
         self.ignore = ignore
         self.prune_linear = prune_linear
+        self.exact = exact
+        self.approx: list[str | None] = []  # why pruning a space is approximate
         self.parent: list[int] = []
         self.members: list[list[str]] = []
         self.blocked: list[str | None] = []
@@ -178,6 +186,7 @@ class _Builder(FunctionRules):
     def new_space(self, width: int, member: str | None = None, blocked: str | None = None) -> int:
         self.widths.append(width)
         self.runs.append(())
+        self.approx.append(None)
         self.parent.append(len(self.parent))
         self.members.append([member] if member else [])
         self.blocked.append(blocked)
@@ -207,6 +216,7 @@ class _Builder(FunctionRules):
             x, y = self.find(x), self.find(y)
             if x != y:
                 self.runs[min(x, y)] = refined(self.runs[x], self.runs[y])
+                self.approx[min(x, y)] = self.approx[x] or self.approx[y]
                 self.coupling[x] = self.coupling[x] or reason
                 self.coupling[y] = self.coupling[y] or reason
                 self.chunks[min(x, y)] = math.lcm(self.chunks[x], self.chunks[y])
@@ -225,6 +235,11 @@ class _Builder(FunctionRules):
         """Whether a layout segment covers all the channels of its space."""
         space, channels, _, start = segment
         return start == 0 and channels == self.widths[space]
+
+    def approximate(self, layout: tuple, reason: str) -> None:
+        for space, *_ in layout:
+            root = self.find(space)
+            self.approx[root] = self.approx[root] or reason
 
     def block(self, layout: tuple, reason: str) -> None:
         for space, *_ in layout:
@@ -245,8 +260,11 @@ class _Builder(FunctionRules):
             for x in inputs:
                 self.block(x, "its channels reach the model output")
             return
-        elif node.op == "get_attr" or (node.op != "call_module" and not has_tensors(node)):
-            return  # parameters, and shape, dtype or device queries: no channels flow
+        elif node.op == "get_attr" or (node.op != "call_module" and not has_tensors(node)) or (
+            node.op != "call_module" and node.all_input_nodes and
+            not any(n in self.layouts or n in self.pieces for n in node.all_input_nodes)
+        ):
+            return  # parameters (reshaped), shape, dtype or device queries: no channels flow
         elif node.target in ops.PERMUTES or set(dims) - {1}:
             layout = self.visit_channels_last(node, shape)
         elif node.op == "call_module":
@@ -324,7 +342,9 @@ class _Builder(FunctionRules):
             if source is not None:
                 self.use(name, "follower", source)
             return source
-        if isinstance(module, nn.GroupNorm | nn.LayerNorm | nn.LocalResponseNorm):
+        if isinstance(module, nn.GroupNorm | nn.LayerNorm):
+            return None if source is None else self.cross_channel(node, source, shape, name)
+        if isinstance(module, nn.LocalResponseNorm):
             return None if source is None else self.stop(source, shape, cross_norm(
                 f"'{name}' ({type(module).__name__})"))
         if isinstance(module, nn.Flatten | nn.Unflatten):
@@ -415,6 +435,7 @@ class _Builder(FunctionRules):
             group.coupling = group.coupling or self.coupling[space]
             group.chunks = math.lcm(group.chunks, self.chunks[space])
             group.runs = group.runs or self.runs[space]
+            group.approximate = group.approximate or self.approx[space]
             width = self.widths[space]
             group.out_channels = min(group.out_channels or width, width)
         for space in range(len(self.parent)):

@@ -41,7 +41,7 @@ class FunctionRules:
                 self.use(name, "input", source)
                 return self.member(name, module.out_features)
             if isinstance(module, nn.LayerNorm):
-                return self.stop(source, shape, cross_norm(self.describe(node)))
+                return self.cross_channel(node, source, shape, name)
             return source if isinstance(module, ops.ELEMENTWISE_MODULES) else None
         target = node.target
         if target in ops.PERMUTES:
@@ -50,7 +50,7 @@ class FunctionRules:
             self.dim = [d % len(shape) for d in order].index(self.dim)
             return source if self.dim else None
         if target in ops.CROSS_CHANNEL_NORMS:
-            return self.stop(source, shape, cross_norm(self.describe(node)))
+            return self.cross_channel(node, source, shape, owner_of(argument(node, 2, "weight")))
         return source if ops.is_pass(target) and target not in ops.SPATIAL_FUNCTIONS else None
 
     def visit_function(self, node: fx.Node, shape: tuple | None) -> tuple | None:
@@ -75,7 +75,7 @@ class FunctionRules:
         if target in ops.CHANNEL_NORMS:
             return self.functional_norm(node, source, shape)
         if target in ops.CROSS_CHANNEL_NORMS:
-            return self.stop(source, shape, cross_norm(self.describe(node)))
+            return self.cross_channel(node, source, shape, owner_of(argument(node, 2, "weight")))
         if ops.is_pass(target):
             return source
         if target in ops.RESHAPES or target in ops.RESHAPE_METHODS:
@@ -107,12 +107,40 @@ class FunctionRules:
         reason = f"its channels reach {self.describe(node)}, whose weight is computed in the " \
                  "forward (e.g. weight standardisation): removing input channels would change " \
                  "the weights of the others"
+        conv = self.modules.get(scope)
+        if not self.exact and isinstance(conv, nn.Conv2d) and \
+                argument(node, 6, "groups", 1) == conv.groups:
+            self.approximate(source, reason)
+            return self.visit_conv(scope, conv, source, shape)
         if isinstance(self.modules.get(scope), nn.Conv2d):
             self.convs.setdefault(scope, f"its weight is computed in its forward "
                                          f"({type(self.modules[scope]).__name__})")
         self.stop(source, shape, reason)
         return self.fresh(shape, f"its channels come from {self.describe(node)}, whose weight "
                                  "is computed in the forward")
+
+    def cross_channel(
+        self, node: fx.Node, source: tuple, shape: tuple, name: str | None
+    ) -> tuple | None:
+        """LayerNorm or GroupNorm over the channels (module ``name`` has the affine
+        parameters): blocks them; with ``exact=False`` it follows them (a GroupNorm keeps the
+        same count per norm group) and their groups are marked approximate."""
+        module, what = self.modules.get(name) if name is not None else None, self.describe(node)
+        channels = sum(s[1] for s in source)
+        if isinstance(module, nn.LayerNorm):
+            fits = tuple(module.normalized_shape) == (channels,) and self.dim == len(shape) - 1
+        elif isinstance(module, nn.GroupNorm):
+            per = channels // module.num_groups
+            fits = self.dim == 1 and all(s[1] % per == 0 and self.whole(s) for s in source)
+        else:
+            fits = False
+        if self.exact or not fits:
+            return self.stop(source, shape, cross_norm(what))
+        for space, width, *_ in source if isinstance(module, nn.GroupNorm) else ():
+            self.split(space, width // per)
+        self.use(name, "follower", source)
+        self.approximate(source, f"{cross_norm(what)} (pruned approximately: exact=False)")
+        return source
 
     def functional_norm(self, node: fx.Node, source: tuple, shape: tuple) -> tuple | None:
         """``F.batch_norm`` / ``F.instance_norm``: per-channel statistics, so it follows its
@@ -275,8 +303,9 @@ class FunctionRules:
                 node.target in ops.RESHAPE_METHODS | ops.RESHAPES:
             node = node.args[0]
         owner = owner_of(node)
-        module = self.modules.get(owner) if owner is not None else None
-        param = getattr(module, node.target.rpartition(".")[2], None)
+        if owner is None:
+            return None
+        param = getattr(self.modules.get(owner), node.target.rpartition(".")[2], None)
         if isinstance(param, nn.Parameter) and param.numel() == channels and \
                 max(param.shape, default=1) == channels:
             return node.target

@@ -59,6 +59,9 @@ class ChannelGroup:
         runs: the sizes of the unequal parts a split cuts the channels into (MixNet's
             ``torch.split(x, self.splits, 1)``), each keeping at least one channel, in
             proportion; empty otherwise.
+        approximate: why pruning these channels changes the model beyond the removed channels
+            (LayerNorm/GroupNorm over them, weight standardisation), when ``exact=False`` let
+            them be pruned; None for exact groups.
         tiles: member -> how many times its output repeats the group's channels (k > 1 when
             its k * C filters were joined with k copies of the C channels, e.g. a GhostNet
             shortcut conv added to ``cat([x, depthwise(x)])``): its filter ``i`` is channel
@@ -73,6 +76,7 @@ class ChannelGroup:
     blocked: str | None = None
     chunks: int = 1
     runs: tuple[int, ...] = ()
+    approximate: str | None = None
     tiles: dict[str, int] = field(default_factory=dict)
 
     def run_sizes(self) -> list[int]:
@@ -127,6 +131,7 @@ class DependencyGraph:
             (MixNet's ``torch.split(x, self.splits, 1)``); surgery sets it to the parts' kept
             channel counts.
         prune_linear: whether hidden Linear layers of heads are prunable layers (``trace``).
+        exact: False when approximate groups may be pruned (``trace``).
     """
 
     layers: dict[str, ChannelGroup]
@@ -137,6 +142,7 @@ class DependencyGraph:
     residual: str = "inner"
     split_sizes: list[tuple[str, str, list[Layout]]] = field(default_factory=list)
     prune_linear: bool = False
+    exact: bool = True
 
     def check_prunable(self, name: str) -> ChannelGroup:
         """Returns the group of ``name``, or raises FilterpruneError saying why it cannot be

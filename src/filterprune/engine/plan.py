@@ -53,6 +53,8 @@ class PruningPlan:
         strategy: ``"independent"`` or ``"greedy"`` (Li et al. 2017, §3.3).
         residual: the residual policy the layers were chosen under, ``"inner"`` or
             ``"coupled"`` (a record; applying a plan does not depend on it).
+        approximate: layer -> why pruning it is approximate (``exact=False``): the pruned
+            model is not the original with the removed channels zeroed.
     """
 
     kept: dict[str, list[int]] = field(default_factory=dict)
@@ -60,12 +62,14 @@ class PruningPlan:
     criterion: str = "l1"
     strategy: str = "independent"
     residual: str = "inner"
+    approximate: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
             "criterion": self.criterion,
             "strategy": self.strategy,
             "residual": self.residual,
+            "approximate": dict(self.approximate),
             "layers": {
                 name: {"width": self.widths[name], "kept": kept} for name, kept in self.kept.items()
             },
@@ -87,6 +91,7 @@ class PruningPlan:
                 criterion=str(data.get("criterion", "l1")),
                 strategy=str(data.get("strategy", "independent")),
                 residual=str(data.get("residual", "inner")),
+                approximate={str(k): str(v) for k, v in data.get("approximate", {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise FilterpruneError(f"malformed pruning plan: {e!r}") from e
@@ -111,7 +116,8 @@ class PruningPlan:
                 kept[name] = [kept[name][i] for i in indices]
             else:
                 kept[name], widths[name] = list(indices), later.widths[name]
-        return PruningPlan(kept, widths, later.criterion, later.strategy, later.residual)
+        return PruningPlan(kept, widths, later.criterion, later.strategy, later.residual,
+                           {**self.approximate, **later.approximate})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -141,7 +147,11 @@ class PruningPlan:
         lines.append(f"  {'layer':<{width}}  kept / filters  ratio")
         for name, kept in self.kept.items():
             n = self.widths[name]
-            lines.append(f"  {name:<{width}}  {len(kept):>4} / {n:<7}  {1 - len(kept) / n:.2f}")
+            lines.append(f"  {name:<{width}}  {len(kept):>4} / {n:<7}  {1 - len(kept) / n:.2f}"
+                         + ("  approximate" if name in self.approximate else ""))
+        if self.approximate:
+            lines.append(f"  approximate ({len(self.approximate)} layers): "
+                         f"{next(iter(self.approximate.values()))}")
         return "\n".join(lines)
 
 
@@ -343,6 +353,8 @@ def decide_groups(
             continue
         kept = sorted(int(i) for i in choose(group, keep))
         for name in group.members:
+            if group.approximate:
+                plan.approximate[name] = group.approximate
             plan.kept[name] = group.tiled(name, kept)
             plan.widths[name] = group.out_channels * group.tiles.get(name, 1)
     for name, kept in follower_convs(graph, modules, plan.kept).items():

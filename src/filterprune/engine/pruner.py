@@ -58,6 +58,7 @@ def plan_pruning(
     tracer: str = "auto",
     strict: bool = False,
     prune_linear: bool = False,
+    exact: bool = True,
 ) -> PlanResult:
     """Decides which filters to remove without touching the model (review the plan, then
     ``apply_plan``).
@@ -65,7 +66,7 @@ def plan_pruning(
     Arguments, warnings and errors are those of ``prune``.
     """
     graph = trace(model, example_inputs, residual=residual, ignore=ignore, tracer=tracer,
-                  prune_linear=prune_linear)
+                  prune_linear=prune_linear, exact=exact)
     ratios = resolve_ratios(graph, ratio, skip)
     plan = select_filters(model, graph, ratios, criterion, strategy, round_to, score_by)
     reach = coverage(model, graph, plan, profile(model, example_inputs), ratio, skip)
@@ -91,6 +92,7 @@ def prune(
     tracer: str = "auto",
     strict: bool = False,
     prune_linear: bool = False,
+    exact: bool = True,
 ) -> PruneResult:
     """Removes the lowest-scoring filters of every prunable conv (Li et al. 2017, §3).
 
@@ -125,6 +127,9 @@ def prune(
             the convs it was asked to prune.
         prune_linear: prune the hidden Linear layers of classifier heads too (VGG, AlexNet),
             never the one giving the model output; off by default (the paper prunes convs).
+        exact: with False, also prune through LayerNorm / GroupNorm over channels and
+            weight-standardised convs, which changes the model beyond the removed channels:
+            such layers are listed in ``plan.approximate`` and ``coverage.approximate``.
 
     Returns:
         A PruneResult with ``.model`` (smaller and dense), ``.plan`` and ``.coverage`` (the
@@ -151,7 +156,7 @@ def prune(
     planned = plan_pruning(
         model, example_inputs, ratio=ratio, criterion=criterion, strategy=strategy, skip=skip,
         round_to=round_to, residual=residual, ignore=ignore, score_by=score_by, tracer=tracer,
-        strict=strict, prune_linear=prune_linear,
+        strict=strict, prune_linear=prune_linear, exact=exact,
     )
     return PruneResult(planned.plan, planned.graph, planned.coverage,
                        apply_plan(model, planned.plan, planned.graph))

@@ -168,8 +168,11 @@ def _select(param: torch.Tensor | None, index: torch.Tensor, dim: int) -> None:
 
 
 def _prune_out(module: nn.Conv2d | nn.Linear, index: torch.Tensor) -> None:
-    _select(module.weight, index, 0)
-    _select(module.bias, index, 0)
+    """Every own tensor with one entry per filter (weight, bias, a standardised conv's gain)."""
+    filters = module.weight.shape[0]
+    for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+        if tensor.ndim and tensor.shape[0] == filters:
+            _select(tensor, index, 0)
     if isinstance(module, nn.Conv2d):
         module.out_channels = len(index)
     else:
@@ -186,6 +189,10 @@ def _prune_follower(module: nn.Module, index: torch.Tensor) -> None:
         module.in_channels = module.out_channels = module.groups = n
     elif isinstance(module, nn.PReLU):
         module.num_parameters = n
+    elif isinstance(module, nn.LayerNorm):
+        module.normalized_shape = (n,)
+    elif isinstance(module, nn.GroupNorm):
+        module.num_channels = n
     else:
         module.num_features = n
 

@@ -73,6 +73,8 @@ class PruneConfig(_Strict):
     conv MACs (by default a warning; the report says the share either way).
 
     ``linear``: also prune the hidden Linear layers of classifier heads (never the output one).
+    ``exact``: false also prunes through LayerNorm/GroupNorm over channels and weight-
+    standardised convs, marking those layers approximate in the plan.
     """
 
     criterion: Literal[tuple(CRITERIA)] = "l1"
@@ -87,6 +89,7 @@ class PruneConfig(_Strict):
     iterative_epochs: int = Field(1, ge=0)
     strict: bool = False
     linear: bool = False
+    exact: bool = True
 
     _ratios = field_validator("ratios")(_check_ratios)
 

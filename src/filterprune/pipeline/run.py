@@ -498,7 +498,7 @@ def run_pipeline(
     session = prepare(config, progress=progress)
     model = initial_model(session, log)
     graph = trace(model, session.spec.example_input(), residual=config.prune.residual,
-                  prune_linear=config.prune.linear)
+                  prune_linear=config.prune.linear, exact=config.prune.exact)
     reach = prunable_share(session, model, graph)  # checks skip and score_by before training
     model, baseline = baseline_stage(session, model, stages, out_dir, log)
     results = {

@@ -116,7 +116,7 @@ def prune_iteratively(
         plan = PruningPlan.from_dict(stages.run(step, one_layer)["plan"])
         current = load_model(path)[0]
         current_graph = trace(current, session.spec.example_input(), residual=graph.residual,
-                              prune_linear=graph.prune_linear)
+                              prune_linear=graph.prune_linear, exact=graph.exact)
     return plan, current
 
 
