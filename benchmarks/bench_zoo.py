@@ -11,7 +11,7 @@ removed; then totals: models pruned exactly with at least 40% of their MACs remo
 median time ratio (filterprune / Torch-Pruning, below 1: filterprune is faster).
 
     python benchmarks/bench_zoo.py [--ratio 0.3] [--size 64] [--models NAME ...] [--limit N]
-        [--no-tp]
+        [--tp-limit SECONDS]
 
 Model names: ``tv:NAME`` (torchvision) or ``timm:NAME``. Needs torchvision, timm and
 torch-pruning.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import signal
 import statistics
 import sys
 import time
@@ -72,7 +73,21 @@ def output_layers(model: nn.Module) -> list[nn.Module]:
     return layers[-1:]
 
 
-def torch_pruning(model: nn.Module, x: torch.Tensor, ratio: float) -> nn.Module:
+def torch_pruning(model: nn.Module, x: torch.Tensor, ratio: float, limit_s: int) -> nn.Module:
+    """Torch-Pruning's pruned copy; TimeoutError after ``limit_s`` seconds (it hangs on some
+    models)."""
+    def give_up(signum, frame):
+        raise TimeoutError(f"Torch-Pruning took over {limit_s} s")
+
+    signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(limit_s)
+    try:
+        return _torch_pruning(model, x, ratio)
+    finally:
+        signal.alarm(0)
+
+
+def _torch_pruning(model: nn.Module, x: torch.Tensor, ratio: float) -> nn.Module:
     model = copy.deepcopy(model)
     pruner = tp.pruner.MagnitudePruner(
         model, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio,
@@ -86,7 +101,7 @@ def one_line(error: Exception) -> str:
     return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:70]
 
 
-def measure(name: str, ratio: float, size: int, with_tp: bool) -> dict:
+def measure(name: str, ratio: float, size: int, tp_limit_s: int) -> dict:
     torch.manual_seed(0)
     model = randomize_bn(build(name))
     x = torch.randn(2, 3, max(size, MIN_SIZE.get(name, 0)), max(size, MIN_SIZE.get(name, 0)))
@@ -102,10 +117,10 @@ def measure(name: str, ratio: float, size: int, with_tp: bool) -> dict:
     with torch.no_grad():
         reference = masked_reference(model, result.plan, result.graph)
         row["diff"] = (result.model.eval()(x) - reference(x)).abs().max().item()
-    if with_tp:
+    if tp_limit_s:
         try:
             start = time.perf_counter()
-            pruned = torch_pruning(model, x[:1], ratio)
+            pruned = torch_pruning(model, x[:1], ratio, tp_limit_s)
             seconds = time.perf_counter() - start
             row["tp_removed"] = 1 - filterprune.profile(pruned, x[:1]).macs / macs
             row["tp_s"] = seconds
@@ -120,7 +135,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="input height and width")
     parser.add_argument("--models", nargs="*", help="tv:NAME or timm:NAME (default: all)")
     parser.add_argument("--limit", type=int, help="only the first N models")
-    parser.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
+    parser.add_argument("--tp-limit", type=int, default=60,
+                        help="seconds Torch-Pruning may take per model (0: skip it)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     names = (args.models or default_models())[:args.limit]
@@ -128,16 +144,16 @@ def main() -> None:
           f"{timm.__version__}, torch-pruning {tp.__version__}, 1 thread, ratio {args.ratio}, "
           f"input {args.size}x{args.size}, {len(names)} models")
     print(f"{'model':<34} {'status':<8} {'removed':>7} {'reached':>7} {'max diff':>9} "
-          f"{'fp s':>6} {'tp s':>6} {'tp removed':>10}")
+          f"{'fp s':>6} {'tp s':>6} {'tp removed':>10}", flush=True)
     rows = []
     for name in names:
         try:
-            row = measure(name, args.ratio, args.size, not args.no_tp)
+            row = measure(name, args.ratio, args.size, args.tp_limit)
         except Exception as e:  # a model that fails: say so, go on
             row = {"name": name, "status": one_line(e)}
         rows.append(row)
         if row["status"] != "ok":
-            print(f"{name:<34} {row['status']}")
+            print(f"{name:<34} {row['status']}", flush=True)
             continue
         tp_cols = (f"{row['tp_s']:>6.2f} {row['tp_removed']:>10.1%}" if "tp_s" in row
                    else f"{'-':>6} {row.get('tp_status', '-'):>10}")
