@@ -8,8 +8,9 @@ exactness (max abs difference between the pruned model and the original whose re
 are zeroed where they are read, on a random input, over the largest output magnitude when that
 is above 1: random BatchNorm statistics blow some models' outputs up to 1e16), filterprune's
 prune time and Torch-Pruning's (MagnitudePruner, L1, same ratio, output layer ignored), with
-the MACs it removed; then totals: models pruned exactly with at least 40% of their MACs removed, and the
-median time ratio (filterprune / Torch-Pruning, below 1: filterprune is faster).
+the MACs it removed; then totals: models pruned exactly with at least 40% of their MACs
+removed, and the median time ratio (filterprune / Torch-Pruning, below 1: filterprune is
+faster).
 
     python benchmarks/bench_zoo.py [--ratio 0.3] [--size 64] [--models NAME ...] [--limit N]
         [--tp-limit SECONDS]
