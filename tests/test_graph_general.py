@@ -38,11 +38,11 @@ def masked_reference(model: nn.Module, plan: PruningPlan, graph) -> nn.Module:
         if index is None:
             continue
         layer = modules[name]
-        mask = torch.zeros(layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features)
+        mask = torch.zeros(sum(s.channels * s.features_per_channel for s in layout))
         mask[index] = 1
-        modules[name].register_forward_pre_hook(
-            lambda m, args, mask=mask: (args[0] * mask.view(1, -1, *[1] * (args[0].ndim - 2)),)
-        )
+        if not isinstance(layer, nn.Linear):
+            mask = mask.view(-1, 1, 1)  # a Linear reads the last dim (features or channels)
+        modules[name].register_forward_pre_hook(lambda m, args, mask=mask: (args[0] * mask,))
     return masked
 
 

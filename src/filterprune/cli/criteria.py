@@ -8,7 +8,6 @@ from pathlib import Path
 
 from filterprune._io import atomic_write, atomic_write_text
 from filterprune.cli._common import add_config_arguments, config_from_args, quiet
-from filterprune.engine import trace
 from filterprune.errors import FilterpruneError
 from filterprune.pipeline.config import SWEEP
 from filterprune.pipeline.criteria import (
@@ -51,7 +50,7 @@ def run(args: argparse.Namespace) -> dict:
     config = config_from_args(args)
     session = prepare(config, progress=False)
     model = load_checkpoint(session, args.checkpoint)
-    graph = trace(model, session.spec.example_input(), residual=config.prune.residual)
+    graph = session.trace(model)
     baseline_top1 = session.evaluate(model, session.choice_split)["top1"]
     result = {"baseline_top1": baseline_top1, "split": session.choice_split,
               **compare_criteria(session, model, graph, args.criteria, args.ratios, args.images,

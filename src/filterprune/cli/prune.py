@@ -60,6 +60,13 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
         help="with --residual coupled: the member layers (names or patterns, repeatable) whose "
         "scores choose a shared group's filters, e.g. '*.downsample.0' (pruned-C)",
     )
+    parser.add_argument("--prune-linear", action="store_true",
+                        help="also prune the hidden Linear layers of classifier heads (never "
+                        "the output layer); the paper prunes convs only")
+    parser.add_argument("--allow-approximate", action="store_true",
+                        help="also prune through LayerNorm/GroupNorm over channels and "
+                        "weight-standardised convs (the pruned model then differs beyond the "
+                        "removed channels; the plan marks those layers approximate)")
     parser.add_argument("--round-to", type=int, default=1,
                         help="round kept filter counts to a multiple of this")
     parser.add_argument("--strict", action="store_true",
@@ -127,7 +134,8 @@ def run(args: argparse.Namespace) -> dict:
     example = spec.example_input()
     reach = budget = None
     if args.plan:
-        graph = trace(model, example, residual=args.residual)
+        graph = trace(model, example, residual=args.residual, prune_linear=args.prune_linear,
+                      exact=not args.allow_approximate)
         plan = PruningPlan.load(args.plan)
     else:
         choice = ({"ratio": parse_ratio(args.ratio)} if args.ratio else {
@@ -138,6 +146,7 @@ def run(args: argparse.Namespace) -> dict:
             model, example, **choice, criterion=args.criterion,
             strategy=args.strategy, skip=args.skip, round_to=args.round_to,
             residual=args.residual, score_by=args.score_by, strict=args.strict,
+            prune_linear=args.prune_linear, exact=not args.allow_approximate,
         )
         plan, graph, reach, budget = (planned.plan, planned.graph, planned.coverage,
                                       planned.budget)

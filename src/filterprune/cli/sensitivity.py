@@ -8,7 +8,6 @@ import json
 from filterprune import distributed
 from filterprune._io import atomic_write_text
 from filterprune.cli._common import add_config_arguments, config_from_args, quiet
-from filterprune.engine import trace
 from filterprune.errors import FilterpruneError
 from filterprune.pipeline.analysis import sensitivity
 from filterprune.pipeline.session import load_checkpoint, prepare
@@ -34,7 +33,7 @@ def run(args: argparse.Namespace) -> dict:
                                "in `filterprune run`, whose stages make it resumable")
     session = prepare(config, progress=False)
     model = load_checkpoint(session, args.checkpoint)
-    graph = trace(model, session.spec.example_input(), residual=config.prune.residual)
+    graph = session.trace(model)
     result = {"baseline_top1": session.evaluate(model, session.choice_split)["top1"],
               **sensitivity(session, model, graph, config.sensitivity.ratios, quiet)}
     if args.out:

@@ -15,6 +15,7 @@ from filterprune.engine.criteria import (
     l2_norm,
     random_criterion,
 )
+from filterprune.engine.custom import register_layer
 from filterprune.engine.dependencies import trace
 from filterprune.engine.graph import RESIDUAL_POLICIES, ChannelGroup, DependencyGraph
 from filterprune.engine.plan import (
@@ -31,12 +32,10 @@ from filterprune.engine.variants import PrunedVariants
 
 __all__ = [
     "ACTIVATION_CRITERIA", "CRITERIA", "RESIDUAL_POLICIES", "BlockedLayer", "Budget",
-    "ChannelGroup",
-    "Coverage", "DependencyGraph", "PlanResult", "Profile", "PruneResult", "PrunedVariants",
-    "PruningPlan",
-    "activation_scores", "allocate", "apply_plan", "cluster_representatives", "decide_groups",
-    "get_criterion", "kept_count", "l1_largest", "l1_norm", "l2_norm", "max_share", "plan_pruning",
-    "profile",
-    "prune", "random_criterion", "resolve_ratios", "select_by_clustering", "select_filters",
-    "trace", "zero_pruned",
+    "ChannelGroup", "Coverage", "DependencyGraph", "PlanResult", "Profile", "PruneResult",
+    "PrunedVariants", "PruningPlan", "activation_scores", "allocate", "apply_plan",
+    "cluster_representatives", "decide_groups", "get_criterion", "kept_count", "l1_largest",
+    "l1_norm", "l2_norm", "max_share", "plan_pruning", "profile", "prune", "random_criterion",
+    "register_layer", "resolve_ratios", "select_by_clustering", "select_filters", "trace",
+    "zero_pruned",
 ]

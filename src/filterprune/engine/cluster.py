@@ -97,12 +97,15 @@ def select_by_clustering(
 
     def representatives(group: ChannelGroup, keep: int) -> list[int]:
         """Clusters each run of a group that grouped convs read or write on its own."""
-        descriptors = torch.cat([describe(name, group.out_channels).float().cpu()
-                                 for name in group.members], dim=1)
-        run = group.out_channels // group.chunks
-        return [start + i for start in range(0, group.out_channels, run)
-                for i in cluster_representatives(descriptors[start:start + run],
-                                                  max(1, keep // group.chunks))]
+        descriptors = torch.cat([  # a member's copies of the channels side by side
+            describe(name, group.out_channels * copies).float().cpu()
+            .view(copies, group.out_channels, -1).transpose(0, 1).flatten(1)
+            for name in group.members for copies in (group.tiles.get(name, 1),)
+        ], dim=1)
+        starts = [sum(group.run_sizes()[:i]) for i in range(len(group.run_sizes()))]
+        return [start + i for start, size, count in
+                zip(starts, group.run_sizes(), group.per_run(keep), strict=True)
+                for i in cluster_representatives(descriptors[start:start + size], count)]
 
     plan = PruningPlan(criterion="cluster-" + ("weights" if features is None else "features"),
                        residual=graph.residual)

@@ -3,7 +3,8 @@
 A conv is *reached* when the plan changes its cost: its filters are removed (a member of a
 pruned group), its per-channel weights shrink (a depthwise follower), or it reads fewer input
 channels (a consumer). Shares are of the MACs of all conv layers (Conv1d/2d/3d and transposed
-convs, per image, as ``filterprune.engine.profile`` counts them).
+convs, and Linears applied to channels-last feature maps as pointwise convs, as in ConvNeXt),
+per image, as ``filterprune.engine.profile`` counts them.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Coverage:
         prunable_macs: MACs of the convs whose cost would change if every prunable group were
             pruned (the most any ratio can reach under this residual policy).
         blocked: every conv that cannot be pruned, in forward order, with its reason.
+        approximate: the layers the plan prunes approximately (``exact=False``), with why.
     """
 
     conv_macs: int
@@ -52,6 +54,7 @@ class Coverage:
     reached_macs: int
     prunable_macs: int
     blocked: tuple[BlockedLayer, ...]
+    approximate: tuple[tuple[str, str], ...] = ()
 
     @property
     def reached_share(self) -> float:
@@ -76,6 +79,9 @@ class Coverage:
             worst = sorted(self.blocked, key=lambda b: -b.macs)[:largest]
             text += f"; {len(self.blocked)} conv(s) blocked, largest: " + "; ".join(
                 f"'{b.name}' ({b.macs / self.conv_macs:.0%} of MACs): {b.reason}" for b in worst)
+        if self.approximate:
+            text += f"; {len(self.approximate)} layer(s) pruned approximately (exact=False): " \
+                    f"{self.approximate[0][1]}"
         return text
 
     def to_dict(self) -> dict:
@@ -84,6 +90,7 @@ class Coverage:
             "reached_macs": self.reached_macs, "prunable_macs": self.prunable_macs,
             "reached_share": self.reached_share, "prunable_share": self.prunable_share,
             "blocked": [vars(b) for b in self.blocked],
+            "approximate": dict(self.approximate),
         }
 
 
@@ -106,7 +113,7 @@ def coverage(
     """
     macs = {layer.name: layer.macs for layer in costs.layers}
     convs = [name for name, m in model.named_modules()
-             if isinstance(m, nn.modules.conv._ConvNd) and name in macs]
+             if (isinstance(m, nn.modules.conv._ConvNd) or name in graph.layers) and name in macs]
     requested = _requested(convs, ratio, skip)
     reached = _reached(graph, [g for g in graph.groups if g.members[0] in plan.kept])
     prunable = _reached(graph, list(graph.layers.values()))
@@ -117,6 +124,7 @@ def coverage(
         prunable_macs=sum(macs[n] for n in convs if n in prunable),
         blocked=tuple(BlockedLayer(n, macs[n], graph.not_prunable[n])
                       for n in convs if n in graph.not_prunable),
+        approximate=tuple(plan.approximate.items()),
     )
 
 

@@ -15,9 +15,24 @@ come from, in order (one group for a conv output; several after a concatenation)
   groups of their operands, so a group can have several members (e.g. every second conv of a
   ResNet stage, the stem conv and the 1x1 projection shortcut);
 - a concatenation along channels lays its inputs' groups side by side (offsets into the
-  consumer's input channels);
+  consumer's input channels); a layout of k copies of one group's C channels joined with one
+  layer's k * C channels (GhostNet: ``cat([x, depthwise(x)])`` added to a conv shortcut) makes
+  that layer a member whose filter ``i`` is channel ``i % C`` (``ChannelGroup.tiles``);
+- a split of one group's channels into k equal parts (Res2Net's ``torch.split(x, self.width,
+  1)``, ``chunk``) makes each part a copy of a new group's channels (the same tiles): every
+  part keeps the same channels, and surgery rewrites the one int attribute of the module that
+  holds the part size (``DependencyGraph.split_sizes``);
+- ``torch.split(x, sizes, 1)`` with ``sizes`` held by one list attribute of the module (MixNet's
+  MixedConv2d) gives each part its share of the layout (segments with a ``start``); a group it
+  cuts keeps at least one channel in each part (``ChannelGroup.runs``) and surgery rewrites the
+  attribute to the kept counts; other splits and slices along the channels block the channels
+  they cut;
 - a conv or Linear reading a layout is a *consumer*: its input channels (for a Linear after a
-  flatten, the H*W input features of each channel) are pruned.
+  flatten, the H*W input features of each channel) are pruned;
+- ``permute`` moves the channels to another dim (ConvNeXt's channels-last blocks): there a Linear
+  on the last dim reads and writes channels like a pointwise conv (a prunable layer),
+  element-wise operations keep them, a parameter with one value per channel (a layer scale
+  ``gamma * x``) is a follower, and LayerNorm over them blocks them.
 
 A grouped conv (1 < groups < in_channels) reads its input and writes its output in ``groups``
 equal runs of channels: a group it reads or writes gets ``chunks`` equal runs that must keep equal
@@ -34,15 +49,22 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import operator
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import TensorMetadata
 
 from filterprune.engine import ops
+from filterprune.engine.custom import LayerRule, rule_of
+from filterprune.engine.functions import (
+    FunctionRules,
+    cross_norm,
+    has_tensors,
+    node_shape,
+    refined,
+    reshaped,
+    scope_of,
+)
 from filterprune.engine.graph import (
     RESIDUAL_POLICIES,
     TRACERS,
@@ -66,6 +88,8 @@ def trace(
     residual: str = "inner",
     ignore: Sequence[str] = (),
     tracer: str = "auto",
+    prune_linear: bool = False,
+    exact: bool = True,
 ) -> DependencyGraph:
     """Finds the channel groups of ``model`` and its prunable convs.
 
@@ -82,6 +106,13 @@ def trace(
         tracer: ``"fx"`` (torch.fx symbolic tracing), ``"record"`` (one eager forward pass on
             ``example_inputs`` recorded op by op: works with data-dependent control flow, and
             sees the path these inputs take) or ``"auto"`` (fx, else record).
+        prune_linear: the hidden Linear layers of classifier heads (Linear -> ReLU -> Linear
+            in VGG and AlexNet) are prunable layers too; the Linear giving the model output
+            never is (its channels reach the output). Off by default: the paper prunes convs.
+        exact: with False, LayerNorm / GroupNorm over the channels and weight-standardised
+            convs (timm StdConv2d, ScaledStdConv2d) no longer block: their channels are pruned
+            and their groups marked approximate (``ChannelGroup.approximate``): the pruned
+            model then differs from the masked original.
 
     Returns:
         The dependency graph, layers in forward (topological) order.
@@ -101,39 +132,61 @@ def trace(
     for key in ignore:
         if not any(fnmatch.fnmatchcase(name, key) for name in names):
             raise FilterpruneError(f"unknown layer or pattern '{key}' in ignore: no such module")
-    graph = trace_graph(model, example_inputs, tuple(ignore), tracer)
-    builder = _Builder(dict(model.named_modules()), tuple(ignore))
-    for node in graph.nodes:
-        builder.visit(node)
+    graphs, train_failure = trace_graph(model, example_inputs, tuple(ignore), tracer)
+    builder = _Builder(dict(model.named_modules()), tuple(ignore), prune_linear, exact)
+    for graph in graphs:  # eval mode, then train mode: the same layers share their channels
+        for node in graph.nodes:
+            builder.visit(node)
     convs = [name for name in names
              if isinstance(model.get_submodule(name), nn.modules.conv._ConvNd)]
-    return builder.finish(residual, convs)
+    not_called = "it is not called in the model's forward" + (
+        f" in eval mode, and running it in train mode failed: {train_failure}"
+        if train_failure else ""
+    )
+    graph = builder.finish(residual, convs, not_called)
+    graph.prune_linear, graph.exact = prune_linear, exact
+    return graph
 
 
-class _Builder:
+class _Builder(FunctionRules):
     """Walks an fx graph in order, giving each node's output a channel layout.
 
     Channel spaces are kept in a union-find; a space is a set of channels created by one layer
-    (or operation). Layouts are tuples of (space, channels, features per channel).
+    (or operation). Layouts are tuples of (space, channels, features per channel, first
+    channel of the space: non-zero for a part of a split).
     """
 
-    def __init__(self, modules: dict[str, nn.Module], ignore: tuple[str, ...]) -> None:
+    def __init__(
+        self, modules: dict[str, nn.Module], ignore: tuple[str, ...], prune_linear: bool,
+        exact: bool,
+    ) -> None:
         self.modules = modules
         self.ignore = ignore
+        self.prune_linear = prune_linear
+        self.exact = exact
+        self.approx: list[str | None] = []  # why pruning a space is approximate
         self.parent: list[int] = []
         self.members: list[list[str]] = []
         self.blocked: list[str | None] = []
         self.coupling: list[str | None] = []
         self.chunks: list[int] = []
+        self.widths: list[int] = []  # channels of each space
+        self.runs: list[tuple[int, ...]] = []  # unequal parts a split cuts a space into
         self.layouts: dict[fx.Node, tuple] = {}
         self.uses: dict[tuple[str, str], tuple] = {}  # (module, "input" | "follower") -> layout
         self.outputs: dict[str, int] = {}  # member module -> its space (shared calls reuse it)
         self.convs: dict[str, str | None] = {}  # conv name -> reason it is not a member, or None
         self.pieces: dict[fx.Node, list] = {}  # split node -> layout of each piece
+        self.split_sizes: list[tuple[str, str, list]] = []  # (module, attribute, part layouts)
+        self.dims: dict[fx.Node, int] = {}  # node -> dim of its channels, where not 1
+        self.dim = 1  # dim of the channels of the node being visited
 
     # --- union-find over channel spaces ---
 
-    def new_space(self, member: str | None = None, blocked: str | None = None) -> int:
+    def new_space(self, width: int, member: str | None = None, blocked: str | None = None) -> int:
+        self.widths.append(width)
+        self.runs.append(())
+        self.approx.append(None)
         self.parent.append(len(self.parent))
         self.members.append([member] if member else [])
         self.blocked.append(blocked)
@@ -148,17 +201,45 @@ class _Builder:
         return space
 
     def join(self, a: tuple, b: tuple, reason: str) -> None:
-        """Joins two layouts segment by segment (blocks both if they do not line up)."""
+        """Joins two layouts segment by segment, or one segment with k copies of one space
+        (its channels repeat the space's: tiles); blocks both if they do not line up."""
         if [s[1:] for s in a] != [s[1:] for s in b]:
-            self.block(a + b, f"{reason}, with channels of another layout")
+            copies = self.copies(a, b) or self.copies(b, a)
+            if copies is None:
+                self.block(a + b, f"{reason}, with channels of another layout")
+                return
+            a, b = copies
+        if any(s != t and not (self.whole(s) and self.whole(t)) for s, t in zip(a, b, strict=True)):
+            self.block(a + b, f"{reason}, with a part of a split")
             return
         for (x, *_), (y, *_) in zip(a, b, strict=True):
             x, y = self.find(x), self.find(y)
             if x != y:
+                self.runs[min(x, y)] = refined(self.runs[x], self.runs[y])
+                self.approx[min(x, y)] = self.approx[x] or self.approx[y]
                 self.coupling[x] = self.coupling[x] or reason
                 self.coupling[y] = self.coupling[y] or reason
                 self.chunks[min(x, y)] = math.lcm(self.chunks[x], self.chunks[y])
                 self.parent[max(x, y)] = min(x, y)
+
+    def copies(self, one: tuple, many: tuple) -> tuple[tuple, tuple] | None:
+        """``(one, many[:1])`` if ``one`` is a single segment and ``many`` k copies of one
+        space's segment, k * its channels in all (the tiles of ``ChannelGroup``), else None."""
+        if len(one) != 1 or len(many) < 2 or len({(self.find(s), *r) for s, *r in many}) > 1 \
+                or not self.whole(one[0]) or not self.whole(many[0]):
+            return None
+        (_, channels, f, _), (_, part, g, _) = one[0], many[0]
+        return (one, many[:1]) if f == g and channels == part * len(many) else None
+
+    def whole(self, segment: tuple) -> bool:
+        """Whether a layout segment covers all the channels of its space."""
+        space, channels, _, start = segment
+        return start == 0 and channels == self.widths[space]
+
+    def approximate(self, layout: tuple, reason: str) -> None:
+        for space, *_ in layout:
+            root = self.find(space)
+            self.approx[root] = self.approx[root] or reason
 
     def block(self, layout: tuple, reason: str) -> None:
         for space, *_ in layout:
@@ -168,16 +249,24 @@ class _Builder:
     # --- nodes ---
 
     def visit(self, node: fx.Node) -> None:
-        shape = _shape(node)
+        shape = node_shape(node)
         inputs = [self.layouts[n] for n in node.all_input_nodes if n in self.layouts]
+        first = node.args[0] if node.args else node.kwargs.get("input")
+        dims = [self.dims.get(n, 1) for n in node.all_input_nodes if n in self.layouts]
+        self.dim = self.dims.get(first, 1) if first in self.layouts else max(dims, default=1)
         if node.op == "placeholder":
             layout = self.fresh(shape, "its channels are those of the model input")
         elif node.op == "output":
             for x in inputs:
                 self.block(x, "its channels reach the model output")
             return
-        elif node.op == "get_attr" or (node.op != "call_module" and not _has_tensors(node)):
-            return  # parameters, and shape, dtype or device queries: no channels flow
+        elif node.op == "get_attr" or (node.op != "call_module" and not has_tensors(node)) or (
+            node.op != "call_module" and node.all_input_nodes and
+            not any(n in self.layouts or n in self.pieces for n in node.all_input_nodes)
+        ):
+            return  # parameters (reshaped), shape, dtype or device queries: no channels flow
+        elif node.target in ops.PERMUTES or set(dims) - {1}:
+            layout = self.visit_channels_last(node, shape)
         elif node.op == "call_module":
             layout = self.visit_module(node, shape)
         elif node.target in ops.SPLITS:
@@ -193,6 +282,8 @@ class _Builder:
             layout = self.fresh(shape, reason)
         if layout is not None:
             self.layouts[node] = layout
+            if self.dim != 1:
+                self.dims[node] = self.dim
 
     def describe(self, node: fx.Node) -> str:
         """The node in the user's terms: the module, or the operation and the module calling it."""
@@ -202,15 +293,15 @@ class _Builder:
 
     def where(self, node: fx.Node) -> str:
         """``in 'layer1.0' (BasicBlock)``: the innermost module whose forward made the node."""
-        scope = _scope(node)
+        scope = scope_of(node)
         if scope and scope in self.modules:
             return f"in '{scope}' ({type(self.modules[scope]).__name__})"
         return "in the model's forward"
 
     def fresh(self, shape: tuple | None, reason: str) -> tuple | None:
-        if shape is None or len(shape) < 2:
+        if shape is None or len(shape) <= max(self.dim, 1):
             return None
-        return ((self.new_space(blocked=reason), shape[1], 1),)
+        return ((self.new_space(shape[self.dim], blocked=reason), shape[self.dim], 1, 0),)
 
     def stop(self, source: tuple, shape: tuple | None, reason: str) -> tuple | None:
         """Blocks ``source`` with ``reason``; the output gets new blocked channels."""
@@ -231,6 +322,9 @@ class _Builder:
             for x in node.all_input_nodes:
                 self.block(self.layouts.get(x, ()), f"its channels reach ignored module '{name}'")
             return self.fresh(shape, f"its channels come from ignored module '{name}'")
+        rule = rule_of(module)
+        if rule is not None:
+            return self.visit_custom(node, rule, source, shape)
         if isinstance(module, nn.Conv2d):
             return self.visit_conv(name, module, source, shape)
         if isinstance(module, nn.modules.conv._ConvNd):  # Conv1d, Conv3d, transposed convs
@@ -238,6 +332,8 @@ class _Builder:
                                   "prunes the filters of Conv2d layers only")
             return None
         if isinstance(module, nn.Linear) and source is not None and len(src_shape) == 2:
+            if self.prune_linear:
+                self.convs.setdefault(name, None)
             self.use(name, "input", source)
             return self.member(name, module.out_features)
         if isinstance(module, _PER_CHANNEL_NORMS) or (
@@ -246,26 +342,54 @@ class _Builder:
             if source is not None:
                 self.use(name, "follower", source)
             return source
-        if isinstance(module, nn.GroupNorm | nn.LayerNorm | nn.LocalResponseNorm):
-            return None if source is None else self.stop(source, shape, _cross_norm(
+        if isinstance(module, nn.GroupNorm | nn.LayerNorm):
+            return None if source is None else self.cross_channel(node, source, shape, name)
+        if isinstance(module, nn.LocalResponseNorm):
+            return None if source is None else self.stop(source, shape, cross_norm(
                 f"'{name}' ({type(module).__name__})"))
         if isinstance(module, nn.Flatten | nn.Unflatten):
-            return _reshaped(source, src_shape, shape)
+            return reshaped(source, src_shape, shape)
         if isinstance(module, ops.PASS_MODULES):
             return source
         return None
+
+    def visit_custom(
+        self, node: fx.Node, rule: LayerRule, source: tuple | None, shape: tuple | None
+    ) -> tuple | None:
+        """A layer registered with ``filterprune.engine.register_layer``: its rule's flow."""
+        name, what = node.target, self.describe(node)
+        if rule.flow == "blocks":
+            for x in node.all_input_nodes:
+                self.block(self.layouts.get(x, ()), f"its channels reach {what}, registered "
+                           "as blocking")
+            return self.fresh(shape, f"its channels come from {what}, registered as blocking")
+        if source is None or shape is None or len(shape) < 2:
+            return None
+        if rule.flow == "follows":
+            if rule.outputs:
+                self.use(name, "follower", source)
+            return source
+        if rule.inputs:
+            self.use(name, "input", source)
+        else:
+            self.block(source, f"its channels reach {what}, registered with no input tensors "
+                       "to cut")
+        if rule.flow == "consumes":
+            return self.fresh(shape, f"its channels come from {what}, registered as consuming")
+        self.convs.setdefault(name, None)
+        return self.member(name, shape[1])
 
     def source(self, node: fx.Node) -> tuple[tuple | None, tuple | None]:
         """Layout and shape of the node's first argument (None, None if it has none)."""
         first = node.args[0] if node.args else node.kwargs.get("input")
         if not isinstance(first, fx.Node) or first not in self.layouts:
             return None, None
-        return self.layouts[first], _shape(first)
+        return self.layouts[first], node_shape(first)
 
     def visit_conv(
         self, name: str, conv: nn.Conv2d, source: tuple | None, shape: tuple | None
     ) -> tuple | None:
-        if source is None or any(f != 1 for *_, f in source):
+        if source is None or any(s[2] != 1 for s in source):
             return None
         if conv.groups == 1:
             self.convs.setdefault(name, None)
@@ -276,12 +400,12 @@ class _Builder:
             self.use(name, "follower", source)
             return source
         per_group = conv.in_channels // conv.groups
-        if any(channels % per_group for _, channels, _ in source):
+        if any(s[1] % per_group or not self.whole(s) for s in source):
             reason = f"its channels reach grouped conv '{name}' (groups={conv.groups}) across " \
                      "its groups' boundaries"
             self.convs.setdefault(name, reason)
             return self.stop(source, shape, reason)
-        for space, channels, _ in source:
+        for space, channels, *_ in source:
             self.split(space, channels // per_group)
         self.convs.setdefault(name, None)
         self.use(name, "input", source)
@@ -296,153 +420,12 @@ class _Builder:
 
     def member(self, name: str, channels: int) -> tuple:
         if name not in self.outputs:
-            self.outputs[name] = self.new_space(member=name)
-        return ((self.outputs[name], channels, 1),)
-
-    def visit_function(self, node: fx.Node, shape: tuple | None) -> tuple | None:
-        target = node.target
-        source, src_shape = self.source(node)
-        if target is operator.getitem and node.args[0] in self.pieces:
-            return self.pieces[node.args[0]][node.args[1]]
-        if shape is None or len(shape) < 2:
-            return None
-        if target in ops.ADD or target in ops.MUL:
-            return self.elementwise(node, shape)
-        if target in ops.CONCATS:
-            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-            parts = [self.layouts.get(x) for x in node.args[0]]
-            return sum(parts, ()) if dim % len(shape) == 1 and None not in parts else None
-        if target in ops.CREATIONS:  # made from a shape, not from channel values
-            return self.fresh(shape, f"its channels are made by {self.describe(node)}")
-        if source is None:
-            return None
-        if target in ops.CONVS:
-            return self.functional_conv(node, source, shape)
-        if target in ops.CHANNEL_NORMS:
-            return self.functional_norm(node, source, shape)
-        if target in ops.CROSS_CHANNEL_NORMS:
-            return self.stop(source, shape, _cross_norm(self.describe(node)))
-        if ops.is_pass(target):
-            return source
-        if target in ops.RESHAPES or target in ops.RESHAPE_METHODS:
-            return _reshaped(source, src_shape, shape)
-        if target in ops.REDUCTIONS or target in ops.REDUCTION_METHODS:
-            dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-            dims = dims if isinstance(dims, list | tuple) else (dims,)
-            keeps = None not in dims and {d % len(src_shape) for d in dims}.isdisjoint({0, 1})
-            return source if keeps and len(shape) >= 2 else None
-        if target is F.pad:
-            spatial = len(node.args[1] if len(node.args) > 1 else node.kwargs["pad"]) <= 4
-            if not spatial:
-                self.block(source, f"its channels are zero-padded by {self.describe(node)} (a "
-                                   "channel-padding shortcut)")
-            return source if spatial else None
-        if target is operator.getitem:
-            return self.sliced(node, source, src_shape, shape)
-        return None
-
-    def functional_conv(self, node: fx.Node, source: tuple, shape: tuple) -> tuple | None:
-        """``F.conv2d`` in a conv module's forward (e.g. timm's Conv2dSame: pad, then conv)."""
-        weight, bias = _arg(node, 1, "weight"), _arg(node, 2, "bias")
-        name = _owner(weight, "weight")
-        conv = self.modules.get(name)
-        if isinstance(conv, nn.Conv2d) and (bias is None or _owner(bias, "bias") == name) \
-                and _arg(node, 6, "groups", 1) == conv.groups:
-            return self.visit_conv(name, conv, source, shape)
-        scope = _scope(node)
-        reason = f"its channels reach {self.describe(node)}, whose weight is computed in the " \
-                 "forward (e.g. weight standardisation): removing input channels would change " \
-                 "the weights of the others"
-        if isinstance(self.modules.get(scope), nn.Conv2d):
-            self.convs.setdefault(scope, f"its weight is computed in its forward "
-                                         f"({type(self.modules[scope]).__name__})")
-        self.stop(source, shape, reason)
-        return self.fresh(shape, f"its channels come from {self.describe(node)}, whose weight "
-                                 "is computed in the forward")
-
-    def functional_norm(self, node: fx.Node, source: tuple, shape: tuple) -> tuple | None:
-        """``F.batch_norm`` / ``F.instance_norm``: per-channel statistics, so it follows its
-        input like BatchNorm2d, its parameters those of the module that owns them."""
-        tensors = [x for x in (*node.args[1:], *node.kwargs.values()) if isinstance(x, fx.Node)]
-        owners = {_owner(x) for x in tensors}
-        if not owners:
-            return source
-        channels = sum(c for _, c, _ in source)
-        name = owners.pop()
-        module = self.modules.get(name)
-        if owners or module is None or any(
-            t.ndim and tuple(t.shape) != (channels,)
-            for t in (*module.parameters(recurse=False), *module.buffers(recurse=False))
-        ):
-            return self.stop(source, shape, f"its channels reach {self.describe(node)}, whose "
-                             "per-channel parameters are not those of one module")
-        self.use(name, "follower", source)
-        return source
-
-    def visit_split(self, node: fx.Node) -> None:
-        """``torch.split`` / ``chunk`` / ``unbind``: along the channels at sizes fixed in the
-        forward (pruning would move them), else every piece keeps the layout."""
-        source, src_shape = self.source(node)
-        shapes = _shapes(node)
-        if source is None or shapes is None:
-            for x in node.all_input_nodes:
-                self.block(self.layouts.get(x, ()), f"its channels reach {self.describe(node)}, "
-                           "which the engine cannot prune through")
-            return
-        default = 1 if node.target in ("unbind", torch.unbind) else 2
-        dim = _arg(node, default, "dim", 0) % len(src_shape)
-        if dim != 1:
-            self.pieces[node] = [source] * len(shapes)
-            return
-        reason = f"its channels are split at fixed sizes by {self.describe(node)}: pruning " \
-                 "them would move the split"
-        self.block(source, reason)
-        self.pieces[node] = [self.fresh(s, reason) for s in shapes]
-
-    def sliced(self, node: fx.Node, source: tuple, src_shape: tuple, shape: tuple) -> tuple | None:
-        """``x[...]``: spatial slices keep the layout, and so does a channel slice that keeps
-        every channel; a channel slice at fixed positions blocks the channels."""
-        index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
-        if any(i is None or isinstance(i, fx.Node) for i in index) or index.count(...) > 1:
-            return None
-        if ... in index:
-            e = index.index(...)
-            index = index[:e] + (slice(None),) * (len(src_shape) - len(index) + 1) + index[e + 1:]
-        index = index + (slice(None),) * (len(src_shape) - len(index))
-        batch, channels = index[:2]
-        if batch != slice(None) or not isinstance(channels, slice):
-            return None
-        if channels.step in (None, 1) and channels.start in (None, 0) and (
-            channels.stop is None or channels.stop >= src_shape[1]
-        ):
-            return source if shape[1] == src_shape[1] else None
-        return self.stop(source, shape, f"channels {channels.start or 0}:{channels.stop} of "
-                         f"{src_shape[1]} are taken at fixed positions by {self.describe(node)}: "
-                         "pruning would move them")
-
-    def elementwise(self, node: fx.Node, shape: tuple) -> tuple | None:
-        """Addition or multiplication: operands whose channels line up share their groups."""
-        channels, operands = shape[1], []
-        for x in node.args:
-            x_shape = _shape(x) if isinstance(x, fx.Node) else None
-            if x_shape is None:
-                continue
-            position = 1 - (len(shape) - len(x_shape))
-            if (x_shape[position] if 0 <= position < len(x_shape) else 1) != channels:
-                continue  # broadcast over the channels, e.g. a spatial gate
-            if x not in self.layouts or len(x_shape) != len(shape):
-                return None
-            operands.append(self.layouts[x])
-        if not operands:
-            return None
-        what = "added to a residual shortcut" if node.target in ops.ADD else "multiplied by a gate"
-        for other in operands[1:]:
-            self.join(operands[0], other, f"its output is {what} {self.where(node)}")
-        return operands[0]
+            self.outputs[name] = self.new_space(channels, member=name)
+        return ((self.outputs[name], channels, 1, 0),)
 
     # --- result ---
 
-    def finish(self, residual: str, convs: list[str]) -> DependencyGraph:
+    def finish(self, residual: str, convs: list[str], not_called: str) -> DependencyGraph:
         roots: dict[int, ChannelGroup] = {}
         for space in range(len(self.parent)):
             root = self.find(space)
@@ -451,18 +434,32 @@ class _Builder:
             group.blocked = group.blocked or self.blocked[space]
             group.coupling = group.coupling or self.coupling[space]
             group.chunks = math.lcm(group.chunks, self.chunks[space])
+            group.runs = group.runs or self.runs[space]
+            group.approximate = group.approximate or self.approx[space]
+            width = self.widths[space]
+            group.out_channels = min(group.out_channels or width, width)
+        for space in range(len(self.parent)):
+            group = roots[self.find(space)]
+            if self.widths[space] % group.out_channels or group.out_channels % group.chunks or (
+                group.runs and (group.chunks > 1 or sum(group.runs) != group.out_channels)
+            ):
+                group.blocked = group.blocked or "its channels are joined with repeats of " \
+                    "channels whose count does not divide theirs"
+        for name, space in self.outputs.items():
+            group = roots[self.find(space)]
+            if self.widths[space] > group.out_channels:
+                group.tiles[name] = self.widths[space] // group.out_channels
 
         def resolve(layout: tuple) -> Layout:
-            segments = []
-            for space, channels, f in layout:
+            for space, channels, _, start in layout:
                 group = roots[self.find(space)]
-                segments.append(Segment(group if group.members else None, channels, f))
-                if group.members and not group.out_channels:
-                    group.out_channels = channels
-            return tuple(segments)
-
-        for name, space in self.outputs.items():
-            resolve(((space, _width(self.modules[name]), 1),))
+                if (start or channels < self.widths[space]) and \
+                        self.widths[space] != group.out_channels:
+                    group.blocked = group.blocked or "a part of a split of its channels is " \
+                        "joined with repeats of them"
+            return tuple(Segment(group if group.members else None, channels, f, start)
+                         for space, channels, f, start in layout
+                         for group in (roots[self.find(space)],))
         inputs, followers = {}, {}
         for (name, role), layout in self.uses.items():
             (inputs if role == "input" else followers)[name] = resolve(layout)
@@ -471,7 +468,7 @@ class _Builder:
                 if segment.group is not None:
                     segment.group.followers.append(name)
         for name, layout in inputs.items():
-            kind = "conv" if isinstance(self.modules[name], nn.Conv2d) else "linear"
+            kind = "linear" if isinstance(self.modules[name], nn.Linear) else "conv"
             offset = 0
             for segment in layout:
                 if segment.group is not None:
@@ -497,71 +494,13 @@ class _Builder:
             if name not in self.convs:
                 inside = any(fnmatch.fnmatchcase(prefix, key) for key in self.ignore
                              for prefix in _prefixes(name))
-                not_prunable[name] = "it is inside an ignored module" if inside else \
-                    "it is not called in the model's forward"
-        return DependencyGraph(layers, not_prunable, groups, inputs, followers, residual)
+                not_prunable[name] = "it is inside an ignored module" if inside else not_called
+        split_sizes = [(name, attribute, [resolve(part) for part in parts])
+                       for name, attribute, parts in self.split_sizes]
+        return DependencyGraph(layers, not_prunable, groups, inputs, followers, residual,
+                               split_sizes)
 
 
 def _prefixes(name: str) -> list[str]:
     parts = name.split(".")
     return [".".join(parts[:i]) for i in range(1, len(parts))]
-
-
-def _width(module: nn.Module) -> int:
-    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-
-
-def _shape(node: object) -> tuple | None:
-    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    return tuple(meta.shape) if isinstance(meta, TensorMetadata) else None
-
-
-def _reshaped(source: tuple | None, src_shape: tuple | None, shape: tuple | None) -> tuple | None:
-    """Layout after a view, reshape, flatten, squeeze or unsqueeze, if it keeps the channels.
-
-    Keeping (B, C) keeps the layout; (B, C, *spatial) -> (B, C * prod(spatial)) is a C-major
-    flatten that multiplies the features per channel; anything else is not understood (None).
-    """
-    if source is None or src_shape is None or shape is None or len(shape) < 2:
-        return None
-    if shape[:2] == src_shape[:2]:
-        return source
-    if len(shape) == 2 and shape[0] == src_shape[0] and len(src_shape) > 2:
-        spatial = math.prod(src_shape[2:])
-        return tuple((space, channels, f * spatial) for space, channels, f in source)
-    return None
-
-
-def _shapes(node: fx.Node) -> list[tuple] | None:
-    """Shapes of the tensors of a tuple output (a split), or None."""
-    meta = node.meta.get("tensor_meta")
-    if isinstance(meta, list | tuple) and all(isinstance(m, TensorMetadata) for m in meta):
-        return [tuple(m.shape) for m in meta]
-    return None
-
-
-def _has_tensors(node: fx.Node) -> bool:
-    return _shape(node) is not None or _shapes(node) is not None
-
-
-def _scope(node: fx.Node) -> str:
-    """Qualified name of the innermost module whose forward made ``node`` ("" for the model)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    return next(reversed(stack.values()))[0] if stack else ""
-
-
-def _arg(node: fx.Node, position: int, name: str, default: object = None) -> object:
-    return node.args[position] if len(node.args) > position else node.kwargs.get(name, default)
-
-
-def _owner(value: object, attribute: str | None = None) -> str | None:
-    """The module owning a parameter or buffer read by a get_attr node (with that attribute)."""
-    if not isinstance(value, fx.Node) or value.op != "get_attr":
-        return None
-    owner, _, name = value.target.rpartition(".")
-    return owner if attribute in (None, name) else None
-
-
-def _cross_norm(what: str) -> str:
-    return f"its channels reach {what}, which normalises over channels: removing channels " \
-           "changes the statistics of the others"

@@ -56,6 +56,16 @@ class ChannelGroup:
         blocked: why the channels cannot be pruned at all, or None.
         chunks: the channels form this many equal runs, each keeping the same number of
             channels (grouped convs read or write them per group); 1 otherwise.
+        runs: the sizes of the unequal parts a split cuts the channels into (MixNet's
+            ``torch.split(x, self.splits, 1)``), each keeping at least one channel, in
+            proportion; empty otherwise.
+        approximate: why pruning these channels changes the model beyond the removed channels
+            (LayerNorm/GroupNorm over them, weight standardisation), when ``exact=False`` let
+            them be pruned; None for exact groups.
+        tiles: member -> how many times its output repeats the group's channels (k > 1 when
+            its k * C filters were joined with k copies of the C channels, e.g. a GhostNet
+            shortcut conv added to ``cat([x, depthwise(x)])``): its filter ``i`` is channel
+            ``i % C``. Members not listed have one copy.
     """
 
     members: list[str]
@@ -65,17 +75,40 @@ class ChannelGroup:
     coupling: str | None = None
     blocked: str | None = None
     chunks: int = 1
+    runs: tuple[int, ...] = ()
+    approximate: str | None = None
+    tiles: dict[str, int] = field(default_factory=dict)
+
+    def run_sizes(self) -> list[int]:
+        """The sizes of the runs that keep channels each on their own (one run if none)."""
+        return list(self.runs) or [self.out_channels // self.chunks] * self.chunks
+
+    def per_run(self, keep: int) -> list[int]:
+        """How many channels each run keeps when the group keeps ``keep``: ``keep // chunks``
+        per equal run, ``keep * size // C`` per unequal run, at least one."""
+        return [max(1, keep * size // self.out_channels) for size in self.run_sizes()]
+
+    def base(self, kept: Sequence[int]) -> list[int]:
+        """The group's kept channels, from the kept filters of one of its members."""
+        return [i for i in kept if i < self.out_channels]
+
+    def tiled(self, name: str, kept: Sequence[int]) -> list[int]:
+        """The kept filters of member ``name`` when the group keeps channels ``kept``."""
+        copies = self.tiles.get(name, 1)
+        return [c * self.out_channels + i for c in range(copies) for i in kept]
 
 
 @dataclass
 class Segment:
     """A run of channels in a layer's input or weight: ``channels`` channels of ``group`` (None
-    for channels that are never pruned, such as the model input), each spread over
-    ``features_per_channel`` consecutive entries (H*W after a flatten, else 1)."""
+    for channels that are never pruned, such as the model input) from its channel ``start`` on
+    (a part of a split), each spread over ``features_per_channel`` consecutive entries (H*W
+    after a flatten, else 1)."""
 
     group: ChannelGroup | None
     channels: int
     features_per_channel: int = 1
+    start: int = 0
 
 
 Layout = tuple[Segment, ...]
@@ -92,6 +125,13 @@ class DependencyGraph:
         inputs: conv or Linear name -> layout of its input channels (features for a Linear).
         followers: follower name -> layout of its per-channel weights.
         residual: the policy ``layers`` follows: ``"inner"`` or ``"coupled"``.
+        split_sizes: (module, attribute, parts): the module's forward splits a feature map
+            into ``parts`` (their layouts) at the sizes ``module.attribute`` holds: an int, the
+            size of equal parts (Res2Net's ``torch.split(x, self.width, 1)``), or a list
+            (MixNet's ``torch.split(x, self.splits, 1)``); surgery sets it to the parts' kept
+            channel counts.
+        prune_linear: whether hidden Linear layers of heads are prunable layers (``trace``).
+        exact: False when approximate groups may be pruned (``trace``).
     """
 
     layers: dict[str, ChannelGroup]
@@ -100,6 +140,9 @@ class DependencyGraph:
     inputs: dict[str, Layout] = field(default_factory=dict)
     followers: dict[str, Layout] = field(default_factory=dict)
     residual: str = "inner"
+    split_sizes: list[tuple[str, str, list[Layout]]] = field(default_factory=list)
+    prune_linear: bool = False
+    exact: bool = True
 
     def check_prunable(self, name: str) -> ChannelGroup:
         """Returns the group of ``name``, or raises FilterpruneError saying why it cannot be
@@ -123,7 +166,8 @@ class DependencyGraph:
 
 
 def layout_index(layout: Layout, kept: Mapping[str, Sequence[int]]) -> torch.Tensor | None:
-    """Indices of the entries of ``layout`` that remain when each group keeps ``kept[member]``.
+    """Indices of the entries of ``layout`` that remain when each group keeps ``kept[member]``
+    (a segment of k * C channels of a group of C repeats the group's channels k times).
 
     Args:
         layout: the segments of a layer's input (or per-channel weights).
@@ -139,9 +183,19 @@ def layout_index(layout: Layout, kept: Mapping[str, Sequence[int]]) -> torch.Ten
     """
     parts, offset, changed = [], 0, False
     for segment in layout:
-        indices = None if segment.group is None else kept.get(segment.group.members[0])
+        group = segment.group
+        indices = None if group is None else kept.get(group.members[0])
         changed |= indices is not None
-        channels = torch.arange(segment.channels) if indices is None else torch.tensor(indices)
+        if indices is None:
+            channels = torch.arange(segment.channels)
+        elif segment.start or segment.channels < group.out_channels:  # a part of a split
+            end = segment.start + segment.channels
+            channels = torch.tensor([i - segment.start for i in group.base(indices)
+                                     if segment.start <= i < end], dtype=torch.long)
+        else:
+            base = torch.tensor(group.base(indices), dtype=torch.long)
+            copies = torch.arange(segment.channels // group.out_channels)[:, None]
+            channels = (base + copies * group.out_channels).flatten()
         f = segment.features_per_channel
         parts.append(offset + (channels[:, None] * f + torch.arange(f)).flatten())
         offset += segment.channels * f

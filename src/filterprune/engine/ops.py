@@ -15,24 +15,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Layers and functions whose output has the channels of their (first) input, element by element.
-PASS_MODULES = (
+# Layers and functions whose output has the channels of their (first) input, element by element
+# (wherever the channels are: these also pass channels-last tensors).
+ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish,
     nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.LogSigmoid,
-    nn.Tanhshrink, nn.Softsign, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d, nn.LPPool2d, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-    nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Identity, nn.Upsample, nn.UpsamplingNearest2d,
-    nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
-    nn.ConstantPad2d,
+    nn.Tanhshrink, nn.Softsign, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+    nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Identity,
 )
-PASS_FUNCTIONS = {
+# Layers and functions that keep the channels at dim 1 and work on the spatial dims after it.
+SPATIAL_MODULES = (
+    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d,
+    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.ZeroPad2d,
+    nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ConstantPad2d,
+)
+PASS_MODULES = ELEMENTWISE_MODULES + SPATIAL_MODULES
+SPATIAL_FUNCTIONS = {
+    F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.lp_pool2d,
+    F.interpolate, F.upsample, torch.max_pool2d,
+}
+PASS_FUNCTIONS = SPATIAL_FUNCTIONS | {
     F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.celu, F.selu, F.gelu, F.silu, F.mish,
     F.hardswish, F.hardtanh, F.hardsigmoid, F.sigmoid, F.tanh, F.softplus, F.logsigmoid,
-    F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.lp_pool2d,
     F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
-    F.interpolate, F.upsample, torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.clamp,
+    torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.clamp,
     torch.clip, torch.abs, torch.exp, torch.sqrt, torch.rsqrt, torch.square, torch.neg,
-    torch.erf, torch.max_pool2d,
+    torch.erf,
 }
 PASS_METHODS = {
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clip", "clip_",
@@ -61,6 +69,8 @@ CHANNEL_NORMS = {F.batch_norm, F.instance_norm, torch.batch_norm, torch.instance
 # Normalisation over channels: removing channels changes the statistics of the others.
 CROSS_CHANNEL_NORMS = {F.layer_norm, F.group_norm, torch.layer_norm, torch.group_norm}
 CONVS = {F.conv2d, torch.conv2d}
+# Moving the channels to another dim (channels-last and back, as in ConvNeXt).
+PERMUTES = {torch.permute, "permute"}
 CONCATS = {torch.cat, torch.concat, torch.concatenate}
 # Tensors made from another's shape, dtype or device, not from its values.
 CREATIONS = {torch.zeros_like, torch.ones_like, torch.empty_like, torch.rand_like,

@@ -35,6 +35,7 @@ from torch import nn
 
 from filterprune._io import atomic_write_text
 from filterprune.engine.criteria import Criterion, get_criterion
+from filterprune.engine.custom import rule_of
 from filterprune.engine.graph import ChannelGroup, DependencyGraph, input_weight, layout_index
 from filterprune.errors import FilterpruneError
 
@@ -53,6 +54,8 @@ class PruningPlan:
         strategy: ``"independent"`` or ``"greedy"`` (Li et al. 2017, §3.3).
         residual: the residual policy the layers were chosen under, ``"inner"`` or
             ``"coupled"`` (a record; applying a plan does not depend on it).
+        approximate: layer -> why pruning it is approximate (``exact=False``): the pruned
+            model is not the original with the removed channels zeroed.
     """
 
     kept: dict[str, list[int]] = field(default_factory=dict)
@@ -60,12 +63,14 @@ class PruningPlan:
     criterion: str = "l1"
     strategy: str = "independent"
     residual: str = "inner"
+    approximate: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
             "criterion": self.criterion,
             "strategy": self.strategy,
             "residual": self.residual,
+            "approximate": dict(self.approximate),
             "layers": {
                 name: {"width": self.widths[name], "kept": kept} for name, kept in self.kept.items()
             },
@@ -87,6 +92,7 @@ class PruningPlan:
                 criterion=str(data.get("criterion", "l1")),
                 strategy=str(data.get("strategy", "independent")),
                 residual=str(data.get("residual", "inner")),
+                approximate={str(k): str(v) for k, v in data.get("approximate", {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise FilterpruneError(f"malformed pruning plan: {e!r}") from e
@@ -111,7 +117,8 @@ class PruningPlan:
                 kept[name] = [kept[name][i] for i in indices]
             else:
                 kept[name], widths[name] = list(indices), later.widths[name]
-        return PruningPlan(kept, widths, later.criterion, later.strategy, later.residual)
+        return PruningPlan(kept, widths, later.criterion, later.strategy, later.residual,
+                           {**self.approximate, **later.approximate})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -142,7 +149,11 @@ class PruningPlan:
         lines.append(f"  {'layer':<{width}}  kept / filters  ratio")
         for name, kept in self.kept.items():
             n = self.widths[name]
-            lines.append(f"  {name:<{width}}  {len(kept):>4} / {n:<7}  {1 - len(kept) / n:.2f}")
+            lines.append(f"  {name:<{width}}  {len(kept):>4} / {n:<7}  {1 - len(kept) / n:.2f}"
+                         + ("  approximate" if name in self.approximate else ""))
+        if self.approximate:
+            lines.append(f"  approximate ({len(self.approximate)} layers): "
+                         f"{next(iter(self.approximate.values()))}")
         return "\n".join(lines)
 
 
@@ -297,11 +308,12 @@ def select_filters(
         scorers = [name for name in group.members
                    if any(fnmatch.fnmatchcase(name, key) for key in score_by)] or group.members
         total = sum(
-            score(_weight(name, modules[name], graph, plan, strategy)) if score is not None
-            else _given(scores, name, group.out_channels)
+            (score(_weight(name, modules[name], graph, plan, strategy)) if score is not None
+             else _given(scores, name, group.out_channels * group.tiles.get(name, 1)))
+            .view(group.tiles.get(name, 1), -1).sum(0)  # a member's copies score together
             for name in scorers
         )
-        return _top(total, keep, group.chunks)
+        return _top(total, keep, group)
 
     return decide_groups(model, graph, ratios, highest, plan, round_to)
 
@@ -343,20 +355,24 @@ def decide_groups(
             continue
         kept = sorted(int(i) for i in choose(group, keep))
         for name in group.members:
-            plan.kept[name] = kept
-            plan.widths[name] = group.out_channels
+            if group.approximate:
+                plan.approximate[name] = group.approximate
+            plan.kept[name] = group.tiled(name, kept)
+            plan.widths[name] = group.out_channels * group.tiles.get(name, 1)
     for name, kept in follower_convs(graph, modules, plan.kept).items():
         plan.kept[name], plan.widths[name] = kept, modules[name].out_channels
     return plan
 
 
-def _top(scores: torch.Tensor, keep: int, chunks: int) -> list[int]:
-    """Sorted indices of the ``keep`` highest scores (ties keep the lower index), taken as
-    ``max(1, keep // chunks)`` from each of ``chunks`` equal runs of ``scores``."""
-    runs = scores.view(chunks, -1)
-    per_run = max(1, keep // chunks)
-    order = torch.sort(runs, dim=1, descending=True, stable=True).indices[:, :per_run]
-    return sorted((order + torch.arange(chunks)[:, None] * runs.shape[1]).flatten().tolist())
+def _top(scores: torch.Tensor, keep: int, group: ChannelGroup) -> list[int]:
+    """Sorted indices of the highest scores (ties keep the lower index): in each of the
+    group's runs, as many as ``group.per_run(keep)`` says."""
+    kept, start = [], 0
+    for size, count in zip(group.run_sizes(), group.per_run(keep), strict=True):
+        order = torch.sort(scores[start:start + size], descending=True, stable=True).indices
+        kept += (order[:count] + start).tolist()
+        start += size
+    return sorted(kept)
 
 
 def follower_convs(
@@ -369,7 +385,7 @@ def follower_convs(
     """
     follows = {}
     for name, layout in graph.followers.items():
-        index = layout_index(layout, kept) if isinstance(modules[name], nn.Conv2d) else None
+        index = layout_index(layout, kept) if isinstance(modules.get(name), nn.Conv2d) else None
         if index is not None:
             follows[name] = index.tolist()
     return follows
@@ -391,6 +407,11 @@ def _given(scores: Mapping[str, torch.Tensor], name: str, channels: int) -> torc
 def _weight(
     name: str, module: nn.Module, graph: DependencyGraph, plan: PruningPlan, strategy: str
 ) -> torch.Tensor:
-    """The weight to score; under greedy, without the inputs already removed (§3.3)."""
+    """The weight to score; under greedy, without the inputs already removed (§3.3). A
+    registered layer is scored by its first output tensor, filters first."""
+    rule = rule_of(module)
+    if rule is not None:
+        key, dim = next(iter(rule.outputs.items()))
+        return dict(module.named_parameters(recurse=False))[key].movedim(dim, 0)
     index = layout_index(graph.inputs[name], plan.kept) if strategy == "greedy" else None
     return module.weight if index is None else input_weight(module, index)

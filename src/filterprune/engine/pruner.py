@@ -63,6 +63,8 @@ def plan_pruning(
     score_by: Sequence[str] = (),
     tracer: str = "auto",
     strict: bool = False,
+    prune_linear: bool = False,
+    exact: bool = True,
 ) -> PlanResult:
     """Decides which filters to remove without touching the model (review the plan, then
     ``apply_plan``).
@@ -74,7 +76,8 @@ def plan_pruning(
     if target is None and (sensitivity is not None or latency is not None):
         raise FilterpruneError("sensitivity= and latency= choose ratios for a target=; "
                                "they cannot be combined with ratio=")
-    graph = trace(model, example_inputs, residual=residual, ignore=ignore, tracer=tracer)
+    graph = trace(model, example_inputs, residual=residual, ignore=ignore, tracer=tracer,
+                  prune_linear=prune_linear, exact=exact)
     costs = profile(model, example_inputs)
     budget = None
     if target is not None:
@@ -110,6 +113,8 @@ def prune(
     score_by: Sequence[str] = (),
     tracer: str = "auto",
     strict: bool = False,
+    prune_linear: bool = False,
+    exact: bool = True,
 ) -> PruneResult:
     """Removes the lowest-scoring filters of every prunable conv (Li et al. 2017, §3).
 
@@ -150,6 +155,11 @@ def prune(
         tracer: ``"auto"``, ``"fx"`` or ``"record"`` (see ``filterprune.engine.trace``).
         strict: raise instead of warning when the plan reaches less than half of the MACs of
             the convs it was asked to prune.
+        prune_linear: prune the hidden Linear layers of classifier heads too (VGG, AlexNet),
+            never the one giving the model output; off by default (the paper prunes convs).
+        exact: with False, also prune through LayerNorm / GroupNorm over channels and
+            weight-standardised convs, which changes the model beyond the removed channels:
+            such layers are listed in ``plan.approximate`` and ``coverage.approximate``.
 
     Returns:
         A PruneResult with ``.model`` (smaller and dense), ``.plan``, ``.coverage`` (the
@@ -185,7 +195,7 @@ def prune(
         model, example_inputs, ratio=ratio, target=target, sensitivity=sensitivity,
         latency=latency, criterion=criterion, strategy=strategy, skip=skip,
         round_to=round_to, residual=residual, ignore=ignore, score_by=score_by, tracer=tracer,
-        strict=strict,
+        strict=strict, prune_linear=prune_linear, exact=exact,
     )
     return PruneResult(planned.plan, planned.graph, planned.coverage, planned.budget,
                        apply_plan(model, planned.plan, planned.graph))

@@ -15,6 +15,7 @@ import copy
 import torch
 from torch import nn
 
+from filterprune.engine.custom import rule_of
 from filterprune.engine.graph import DependencyGraph, input_weight, layout_index
 from filterprune.engine.plan import PruningPlan
 from filterprune.errors import FilterpruneError
@@ -43,10 +44,19 @@ def check_plan(plan: PruningPlan, graph: DependencyGraph) -> None:
         group = graph.group_of(name)
         if group.blocked:
             raise FilterpruneError(f"layer '{name}' cannot be pruned: {group.blocked}")
-        if plan.widths[name] != group.out_channels:
+        width = group.out_channels * group.tiles.get(name, 1)
+        if plan.widths[name] != width:
             raise FilterpruneError(
-                f"plan does not fit the model: '{name}' has {group.out_channels} filters, "
+                f"plan does not fit the model: '{name}' has {width} filters, "
                 f"the plan expects {plan.widths[name]}"
+            )
+        kept = group.base(kept)
+        starts = [sum(group.runs[:i]) for i in range(len(group.runs))]
+        if any(not any(s <= i < s + n for i in kept)
+               for s, n in zip(starts, group.runs, strict=True)):
+            raise FilterpruneError(
+                f"plan does not fit the model: '{name}' must keep at least one channel in each "
+                f"of the {len(group.runs)} parts a split cuts its channels into"
             )
         run = group.out_channels // group.chunks
         counts = torch.tensor(kept).div(run, rounding_mode="floor").bincount(minlength=group.chunks)
@@ -57,10 +67,11 @@ def check_plan(plan: PruningPlan, graph: DependencyGraph) -> None:
                 "per group)"
             )
         for other in group.members:
-            if plan.kept.get(other) != kept:
+            if plan.kept.get(other) != group.tiled(other, kept):
                 raise FilterpruneError(
                     f"plan does not fit the model: '{name}' and '{other}' share their output "
-                    "channels, so the plan must keep the same indices in both"
+                    "channels, so the plan must keep the same indices in both (in each copy "
+                    "of the channels a layer repeats)"
                 )
 
 
@@ -84,16 +95,30 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
     pruned = copy.deepcopy(model)
     modules = dict(pruned.named_modules())
     for name, kept in plan.kept.items():
-        if name not in graph.followers:
+        if name not in graph.followers and rule_of(modules[name]) is not None:
+            rule_of(modules[name]).cut(modules[name], torch.tensor(kept), "outputs")
+        elif name not in graph.followers:
             _prune_out(modules[name], torch.tensor(kept, dtype=torch.long))
     for name, layout in graph.followers.items():
         index = layout_index(layout, plan.kept)
-        if index is not None:
+        if index is not None and rule_of(modules.get(name)) is not None:
+            rule_of(modules[name]).cut(modules[name], index, "outputs")
+        elif index is not None and name in modules:
             _prune_follower(modules[name], index)
+        elif index is not None:
+            _prune_scale(pruned.get_parameter(name), index)
     for name, layout in graph.inputs.items():
         index = layout_index(layout, plan.kept)
-        if index is not None:
+        if index is not None and rule_of(modules[name]) is not None:
+            rule_of(modules[name]).cut(modules[name], index, "inputs")
+        elif index is not None:
             _prune_in(modules[name], index)
+    for name, attribute, parts in graph.split_sizes:
+        counts = [sum(s.channels for s in part) if index is None else len(index)
+                  for part in parts for index in (layout_index(part, plan.kept),)]
+        sizes = getattr(modules[name], attribute)
+        setattr(modules[name], attribute,
+                counts[0] if isinstance(sizes, int) else type(sizes)(counts))
     return pruned
 
 
@@ -124,11 +149,14 @@ def zero_pruned(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> 
         for name, kept in plan.kept.items():
             if name in graph.followers:
                 continue
-            for param in (modules[name].weight, modules[name].bias):
+            rule = rule_of(modules[name])
+            tensors = dict(modules[name].named_parameters(recurse=False))
+            for key, dim in rule.outputs.items() if rule else (("weight", 0), ("bias", 0)):
+                param = tensors.get(key)
                 if param is not None:
-                    removed = torch.ones(param.shape[0], dtype=torch.bool, device=param.device)
+                    removed = torch.ones(param.shape[dim], dtype=torch.bool, device=param.device)
                     removed[kept] = False
-                    param[removed] = 0
+                    param.index_fill_(dim, removed.nonzero().flatten(), 0)
     return model
 
 
@@ -140,8 +168,11 @@ def _select(param: torch.Tensor | None, index: torch.Tensor, dim: int) -> None:
 
 
 def _prune_out(module: nn.Conv2d | nn.Linear, index: torch.Tensor) -> None:
-    _select(module.weight, index, 0)
-    _select(module.bias, index, 0)
+    """Every own tensor with one entry per filter (weight, bias, a standardised conv's gain)."""
+    filters = module.weight.shape[0]
+    for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+        if tensor.ndim and tensor.shape[0] == filters:
+            _select(tensor, index, 0)
     if isinstance(module, nn.Conv2d):
         module.out_channels = len(index)
     else:
@@ -158,8 +189,17 @@ def _prune_follower(module: nn.Module, index: torch.Tensor) -> None:
         module.in_channels = module.out_channels = module.groups = n
     elif isinstance(module, nn.PReLU):
         module.num_parameters = n
+    elif isinstance(module, nn.LayerNorm):
+        module.normalized_shape = (n,)
+    elif isinstance(module, nn.GroupNorm):
+        module.num_channels = n
     else:
         module.num_features = n
+
+
+def _prune_scale(param: nn.Parameter, index: torch.Tensor) -> None:
+    """A parameter with one value per channel (a layer scale), along its channel dim."""
+    _select(param, index, max(range(param.ndim), key=lambda d: param.shape[d]))
 
 
 def _prune_in(module: nn.Conv2d | nn.Linear, index: torch.Tensor) -> None:

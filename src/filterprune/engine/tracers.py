@@ -11,43 +11,88 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 from torch.overrides import TorchFunctionMode
 
+from filterprune.engine.custom import rule_of
 from filterprune.engine.graph import as_tuple, eval_mode
 from filterprune.errors import FilterpruneError
 
 
 def trace_graph(
     model: nn.Module, example_inputs: torch.Tensor | tuple, ignore: tuple[str, ...], tracer: str
-) -> fx.Graph:
-    """The fx graph of ``model`` with output shapes in ``node.meta["tensor_meta"]``.
+) -> tuple[list[fx.Graph], str | None]:
+    """The fx graphs of ``model`` with output shapes in ``node.meta["tensor_meta"]``: its
+    forward in eval mode and, when layers with parameters did not run there (GoogLeNet's and
+    Inception-v3's auxiliary heads run in train mode only), in train mode too, so that the
+    channels those layers read are found.
 
     Args:
-        model: the network (run in eval mode without gradients; its flags are restored).
-        example_inputs: inputs ``model(*example_inputs)`` accepts.
+        model: the network, run without gradients; its mode flags, buffers (BatchNorm
+            statistics) and the random number generator are left as they were.
+        example_inputs: inputs ``model(*example_inputs)`` accepts (the train-mode pass runs
+            them twice in one batch).
         ignore: names or glob patterns of modules kept as leaves (not entered).
         tracer: ``"fx"``, ``"record"`` or ``"auto"`` (fx, else record).
 
+    Returns:
+        The graphs (eval mode first), and why the train-mode pass failed (None if it ran or
+        was not needed).
+
     Raises:
         FilterpruneError: fx cannot trace the model (with ``tracer="fx"``), or the model fails
-            on ``example_inputs``.
+            on ``example_inputs`` in eval mode.
     """
     leaf_tracer = LeafTracer(ignore)
     with eval_mode(model):
-        if tracer != "record":
-            try:
-                graph = leaf_tracer.trace(model)
-                ShapeProp(fx.GraphModule(model, graph)).propagate(*as_tuple(example_inputs))
-                return graph
-            except Exception as e:  # fx raises many types (TraceError, TypeError, ...)
-                if tracer == "fx":
-                    first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-                    raise FilterpruneError(
-                        f"torch.fx cannot trace {type(model).__name__}: {first_line}"
-                    ) from e
-        return Recorder(model, leaf_tracer).record(as_tuple(example_inputs))
+        graphs = [_trace(model, example_inputs, leaf_tracer, tracer)]
+    if not _missed(model, graphs[0], leaf_tracer):
+        return graphs, None
+    buffers = [(b, b.clone()) for b in model.buffers()]
+    with torch.random.fork_rng(devices=[]), eval_mode(model):
+        model.train()
+        doubled = tuple(torch.cat([x, x]) if isinstance(x, torch.Tensor) and x.ndim else x
+                        for x in as_tuple(example_inputs))  # BatchNorm trains on > 1 value
+        try:
+            graphs.append(_trace(model, doubled, leaf_tracer, tracer))
+        except FilterpruneError as e:
+            return graphs, str(e)
+        finally:
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+    return graphs, None
+
+
+def _trace(
+    model: nn.Module, example_inputs: torch.Tensor | tuple, leaf_tracer: LeafTracer, tracer: str
+) -> fx.Graph:
+    if tracer != "record":
+        try:
+            graph = leaf_tracer.trace(model)
+            ShapeProp(fx.GraphModule(model, graph)).propagate(*as_tuple(example_inputs))
+            return graph
+        except Exception as e:  # fx raises many types (TraceError, TypeError, ...)
+            if tracer == "fx":
+                first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise FilterpruneError(
+                    f"torch.fx cannot trace {type(model).__name__}: {first_line}"
+                ) from e
+    return Recorder(model, leaf_tracer).record(as_tuple(example_inputs))
+
+
+def _missed(model: nn.Module, graph: fx.Graph, leaf_tracer: LeafTracer) -> bool:
+    """Whether a leaf layer with parameters (outside ignored modules) is not in ``graph``."""
+    called = {n.target for n in graph.nodes if n.op == "call_module"} | \
+        {n.target.rpartition(".")[0] for n in graph.nodes if n.op == "get_attr"}
+    ignored = [name for name, m in model.named_modules()
+               if any(fnmatch.fnmatchcase(name, key) for key in leaf_tracer.ignore)]
+    return any(
+        name not in called and not any(name.startswith(f"{i}.") for i in ignored)
+        and next(m.parameters(recurse=False), None) is not None
+        and leaf_tracer.is_leaf_module(m, name)
+        for name, m in model.named_modules()
+    )
 
 
 class LeafTracer(fx.Tracer):
-    """An fx tracer that treats ignored modules as leaves."""
+    """An fx tracer that treats ignored modules and registered layers as leaves."""
 
     def __init__(self, ignore: tuple[str, ...]) -> None:
         super().__init__()
@@ -55,7 +100,7 @@ class LeafTracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return any(fnmatch.fnmatchcase(module_qualified_name, key) for key in self.ignore) or \
-            super().is_leaf_module(m, module_qualified_name)
+            rule_of(m) is not None or super().is_leaf_module(m, module_qualified_name)
 
 
 # Tensor operators as torch.fx writes them (the recorder sees the Tensor dunder methods).

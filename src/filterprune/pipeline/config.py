@@ -98,6 +98,10 @@ class PruneConfig(_Strict):
     ``latency``, the last from a latency table measured on the run's device) to remove, each
     reached three ways side by side: one ratio for all layers, global ranking, and from the
     sensitivity analysis (filterprune.pipeline.targets).
+
+    ``linear``: also prune the hidden Linear layers of classifier heads (never the output one).
+    ``exact``: false also prunes through LayerNorm/GroupNorm over channels and weight-
+    standardised convs, marking those layers approximate in the plan.
     """
 
     criterion: Literal[tuple(CRITERIA)] = "l1"
@@ -113,6 +117,8 @@ class PruneConfig(_Strict):
     strict: bool = False
     targets: list[float] = Field(default_factory=list)
     target_cost: Literal[TARGETS] = "macs"
+    linear: bool = False
+    exact: bool = True
 
     _ratios = field_validator("ratios")(_check_ratios)
 

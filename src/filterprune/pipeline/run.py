@@ -29,7 +29,6 @@ from filterprune.engine import (
     profile,
     resolve_ratios,
     select_filters,
-    trace,
 )
 from filterprune.engine.coverage import coverage
 from filterprune.errors import FilterpruneError, warn
@@ -283,7 +282,7 @@ def seed_repeats(session: Session, stages: Stages, out_dir: Path, log: Log) -> l
         suffix = f"-seed{seed}"
         again = dataclasses.replace(session, config=config.model_copy(update={"seed": seed}))
         model = initial_model(again, log)
-        graph = trace(model, again.spec.example_input(), residual=config.prune.residual)
+        graph = again.trace(model)
         model, baseline = baseline_stage(again, model, stages, out_dir, log, f"baseline{suffix}")
         repeats.append(SeedRepeat(seed, Baseline(**baseline), sweep(
             again, model, graph, baseline, stages, out_dir, log, {}, suffix)))
@@ -341,7 +340,7 @@ def run_pipeline(
     log = log if distributed.is_main() else _silent
     session = prepare(config, progress=progress)
     model = initial_model(session, log)
-    graph = trace(model, session.spec.example_input(), residual=config.prune.residual)
+    graph = session.trace(model)
     reach = prunable_share(session, model, graph)  # checks skip and score_by before training
     check_targets(session, model, graph)
     stages = open_run(out_dir, config, resume, log)  # the inputs are checked: now write

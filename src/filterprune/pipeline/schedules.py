@@ -114,7 +114,8 @@ def prune_iteratively(
 
         plan = PruningPlan.from_dict(stages.run(step, one_layer)["plan"])
         current = stepped[0] if stepped else load_model(path)[0]  # the file: a resumed step
-        current_graph = trace(current, session.spec.example_input(), residual=graph.residual)
+        current_graph = trace(current, session.spec.example_input(), residual=graph.residual,
+                              prune_linear=graph.prune_linear, exact=graph.exact)
     return plan, current
 
 

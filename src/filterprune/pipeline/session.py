@@ -35,6 +35,7 @@ from filterprune.data import BatchLoader, ImageDataset, load_dataset, make_loade
 from filterprune.data.imagefolder import IMAGE_FOLDER, load_image_folder
 from filterprune.data.split import validation_split
 from filterprune.data.stream import load_user_datasets
+from filterprune.engine import DependencyGraph, trace
 from filterprune.engine.criteria import Criterion, random_criterion
 from filterprune.errors import FilterpruneError
 from filterprune.pipeline.config import RunConfig, load_config
@@ -88,6 +89,14 @@ class Session:
         augmented, in batches of ``data.eval_batch_size`` (``filterprune.data.sample_images``)."""
         return sample_images(self.dataset, count, self.config.data.eval_batch_size,
                              self.config.seed, self.device)
+
+    def trace(self, model: nn.Module) -> DependencyGraph:
+        """The channel groups of ``model`` (``filterprune.engine.trace`` on the run's example
+        input) under the run's ``prune.residual``, ``prune.linear`` and ``prune.exact``, so that
+        every stage and command analyses and prunes the same layers."""
+        cfg = self.config.prune
+        return trace(model, self.spec.example_input(), residual=cfg.residual,
+                     prune_linear=cfg.linear, exact=cfg.exact)
 
     def criterion(self, stage: str) -> str | Criterion:
         """The filter criterion of stage ``stage``: ``prune.criterion``, where ``random`` draws
