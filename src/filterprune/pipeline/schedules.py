@@ -17,7 +17,7 @@ from torch import nn
 from filterprune import distributed
 from filterprune.analysis import analysed_layers
 from filterprune.checkpoint import ModelSpec, load_model, save_model
-from filterprune.engine import DependencyGraph, PruningPlan, apply_plan, select_filters, trace
+from filterprune.engine import DependencyGraph, PruningPlan, apply_plan, select_filters
 from filterprune.pipeline.pruned import with_plan
 from filterprune.pipeline.session import Log, Session, Stages, percent
 
@@ -114,8 +114,7 @@ def prune_iteratively(
 
         plan = PruningPlan.from_dict(stages.run(step, one_layer)["plan"])
         current = stepped[0] if stepped else load_model(path)[0]  # the file: a resumed step
-        current_graph = trace(current, session.spec.example_input(), residual=graph.residual,
-                              prune_linear=graph.prune_linear, exact=graph.exact)
+        current_graph = session.trace(current)
     return plan, current
 
 
