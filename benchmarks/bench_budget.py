@@ -1,7 +1,9 @@
 """Budgets at equal MACs: uniform ratio vs global ranking vs sensitivity-driven (issue 15).
 
-SCNNB on Fashion-MNIST (the full set at /usr/share/datasets/fashion-mnist, Debian package
-``dataset-fashion-mnist``; the bundled 5,000/1,000 sample if it is missing): a baseline trained on
+By default SCNNB on Fashion-MNIST (the full set at /usr/share/datasets/fashion-mnist, Debian
+package ``dataset-fashion-mnist``; the bundled 5,000/1,000 sample if it is missing); ``--data
+cifar10 --model resnet20`` for CIFAR-10 (found where ``load_dataset`` looks, e.g.
+``~/.cache/filterprune/cifar10``; pad-4 crop and flip augmentation): a baseline trained on
 a subset of the training split, the sensitivity analysis (each conv alone at 0.1..0.9, top-1
 without retraining) on a validation split held out of the training split, then for each target
 share of MACs removed three plans from the same baseline:
@@ -18,6 +20,7 @@ reference for "after retraining" (a short baseline training leaves room that ret
 
     python benchmarks/bench_budget.py [--train-images 10000] [--val-images 2000]
         [--test-images 5000] [--epochs 2] [--retrain-epochs 1] [--targets 0.5 0.7] [--threads 1]
+        [--data fashion-mnist|cifar10] [--model scnnb|resnet20|...] [--lr 0.05]
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from filterprune.data import BatchLoader, load_dataset
 from filterprune.data.split import stratified_holdout
 from filterprune.engine import allocate, profile, trace
 from filterprune.errors import FilterpruneError
-from filterprune.models import create_model
+from filterprune.models import create_model, model_arguments
 from filterprune.stats import drop_interval, top1_interval
 from filterprune.training import evaluate, train
 from filterprune.training.loop import TrainSettings
@@ -55,14 +58,20 @@ def main() -> None:
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.7])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist", "cifar10"])
+    parser.add_argument("--model", default="scnnb")
+    parser.add_argument("--lr", type=float, default=0.05, help="baseline learning rate")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    try:
-        data, source = load_dataset("fashion-mnist", FULL), "fashion-mnist (full)"
-    except FilterpruneError:
-        data, source = load_dataset("fashion-mnist-sample"), "fashion-mnist-sample (bundled)"
+    if args.data == "cifar10":
+        data, source = load_dataset("cifar10"), "cifar10"
+    else:
+        try:
+            data, source = load_dataset("fashion-mnist", FULL), "fashion-mnist (full)"
+        except FilterpruneError:
+            data, source = load_dataset("fashion-mnist-sample"), "fashion-mnist-sample (bundled)"
     fit, held = stratified_holdout(data.train_labels, 0.2, args.seed)
     draw = torch.Generator().manual_seed(args.seed)
     fit = fit[torch.randperm(len(fit), generator=draw)[: args.train_images]]
@@ -71,10 +80,10 @@ def main() -> None:
     norm = {"mean": data.mean, "std": data.std}
     generator = torch.Generator().manual_seed(args.seed)
     train_batches = BatchLoader(data.train_images[fit], data.train_labels[fit], 128, shuffle=True,
-                                generator=generator, **norm)
+                                generator=generator, augment=data.augment, **norm)
     val = BatchLoader(data.train_images[held], data.train_labels[held], 500, **norm)
     test_batches = BatchLoader(data.test_images[test], data.test_labels[test], 500, **norm)
-    x = torch.zeros(1, 1, 28, 28)
+    x = torch.zeros(1, *data.train_images.shape[1:])
 
     def score(model):
         correct = evaluate(model, test_batches, per_image=True)["correct"]
@@ -85,11 +94,14 @@ def main() -> None:
                                                   weight_decay=5e-4), progress=False)
         return model
 
-    baseline = retrain(create_model("scnnb", in_channels=1), args.epochs, 0.05)
+    given = {"in_channels": x.shape[1], "num_classes": 10, "input_size": x.shape[-1]}
+    accepted = model_arguments(args.model)
+    model = create_model(args.model, **{k: v for k, v in given.items() if k in accepted})
+    baseline = retrain(model, args.epochs, args.lr)
     base_top1 = score(baseline)[1]
     reference = score(retrain(copy.deepcopy(baseline), args.retrain_epochs, 0.01))[1]
     sens = filterprune.sensitivity(baseline, x, data=val, split="validation")
-    print(f"SCNNB on {source}: trained on {len(fit)} images for {args.epochs} epoch(s), "
+    print(f"{args.model} on {source}: trained on {len(fit)} images for {args.epochs} epoch(s), "
           f"sensitivity on {len(held)} validation images, scored on {len(test)} test images; "
           f"{args.threads} thread(s), torch {torch.__version__}")
     print(f"baseline top-1 {show(base_top1)}; MACs {profile(baseline, x).macs:,}; unpruned "
