@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
+from filterprune.pipeline.figures import finish, mark_baseline, new_figure
+from filterprune.pipeline.markdown import ci, human, table
 from filterprune.pipeline.results import Baseline, PrunedRow, RunResults
 
 COMPARE_MACS_PNG = "compare_accuracy_vs_macs.png"
@@ -50,9 +52,8 @@ def comparison_figures(results: RunResults) -> dict[str, Figure]:
     return figures
 
 
-def comparison_lines(results: RunResults, fmt_count, table, fmt_top1) -> list[str]:
-    """The Markdown of the section (``fmt_count``, ``table`` and ``fmt_top1`` (a top-1 and its
-    interval) are report.py's formatters)."""
+def comparison_lines(results: RunResults) -> list[str]:
+    """The Markdown of the section."""
     methods = method_rows(results)
     baseline = results.baseline
     deploy = results.deploy
@@ -68,13 +69,13 @@ def comparison_lines(results: RunResults, fmt_count, table, fmt_top1) -> list[st
         lines += _deploy_notes(deploy)
 
     def top1(record, value: float) -> str:
-        return fmt_top1(value, None if record.intervals is None else record.intervals.top1)
+        return ci(value, None if record.intervals is None else record.intervals.top1)
 
     rows = [_row("baseline", None, top1(baseline, baseline.top1), baseline, baseline, deploy,
-                 "baseline", fmt_count, unreliable)]
+                 "baseline", human, unreliable)]
     for name, method in methods.items():
         rows += [_row(name, row.label, top1(row, row.top1_after), row, baseline, deploy,
-                      row.stage, fmt_count, unreliable) for row in method]
+                      row.stage, human, unreliable) for row in method]
     lines += table(header, rows)
     if unreliable:
         lines += ["", f"{DAGGER} unreliable (the machine was too busy; the figure is shown, "
@@ -129,11 +130,11 @@ def _ratio(entry: dict, what: str, unreliable: dict[str, str], scale: float = 1.
 
 
 def _row(name: str, label: str | None, top1: str, row: PrunedRow | Baseline,
-         baseline: Baseline, deploy: dict | None, stage: str, fmt_count,
+         baseline: Baseline, deploy: dict | None, stage: str, human,
          unreliable: dict[str, str]) -> list[str]:
     """One table row; ``label`` is the pruning point (None for the baseline), ``top1`` its
     formatted top-1; the reasons of its unreliable figures are added to ``unreliable``."""
-    cells = [name, label or "–", top1, fmt_count(row.macs), fmt_count(row.params)]
+    cells = [name, label or "–", top1, human(row.macs), human(row.params)]
     if deploy is None:
         return cells
     model = deploy["models"].get(stage)
@@ -170,8 +171,7 @@ def _figure(methods: dict[str, list[PrunedRow]], baseline_top1: float,
     """Top-1 after retraining against a cost, one line per method; ``x_of(row)`` and
     ``baseline_x`` give the cost and its interval ``(value, low, high)``, drawn as error bars
     where it has one."""
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
+    fig, ax = new_figure()
 
     def draw(points: list[tuple[float, float, float]], top1: list[float], **style) -> None:
         x = [p[0] for p in points]
@@ -182,12 +182,7 @@ def _figure(methods: dict[str, list[PrunedRow]], baseline_top1: float,
         if rows:
             draw([x_of(row) for row in rows], [row.top1_after for row in rows], marker="o",
                  label=name)
-    draw([baseline_x], [baseline_top1], marker="*", markersize=14, color="black",
-         linestyle="none", label="baseline")
-    ax.set_xlabel(label)
-    ax.set_ylabel("top-1 accuracy after retraining, test split (%)")
-    ax.set_title(f"Top-1 vs {label.split(' (')[0]}, one line per method")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    value, low, high = baseline_x
+    mark_baseline(ax, value, baseline_top1, xerr=[[value - low], [high - value]], capsize=3)
+    return finish(fig, ax, label, "top-1 accuracy after retraining, test split (%)",
+                  f"Top-1 vs {label.split(' (')[0]}, one line per method", len(methods) + 1)

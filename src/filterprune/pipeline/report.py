@@ -10,18 +10,19 @@ paper calls "FLOP"; FLOPs are 2 x MACs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-from matplotlib import colormaps
-from matplotlib.figure import Figure
-
 from filterprune._io import atomic_write, atomic_write_text
-from filterprune.engine.budget import TOLERANCE
 from filterprune.engine.coverage import Coverage
+from filterprune.pipeline.budget_section import BUDGET_TITLES, budget_figures, budget_lines
 from filterprune.pipeline.comparison import TITLES as COMPARISON_TITLES
 from filterprune.pipeline.comparison import comparison_figures, comparison_lines
+from filterprune.pipeline.figures import (
+    accuracy_vs_cost_figure,
+    filter_norms_figure,
+    sensitivity_figure,
+)
+from filterprune.pipeline.markdown import MISSING, acc, bracket, ci, drop, human, pct, table
 from filterprune.pipeline.results import (
     Baseline,
     DatasetInfo,
@@ -30,7 +31,6 @@ from filterprune.pipeline.results import (
     RunResults,
     ScratchRow,
     SensitivityTable,
-    Targets,
 )
 from filterprune.stats import Interval, interval_text, over_seeds
 
@@ -41,7 +41,6 @@ ACCURACY_VS_MACS_PNG = "accuracy_vs_macs.png"
 ACCURACY_VS_PARAMS_PNG = "accuracy_vs_params.png"
 
 _DPI = 120
-_MISSING = "–"
 
 
 def write_report(results: RunResults, out_dir: str | Path) -> list[Path]:
@@ -68,12 +67,12 @@ def write_report(results: RunResults, out_dir: str | Path) -> list[Path]:
     baseline = results.baseline
 
     figures = {
-        FILTER_NORMS_PNG: _filter_norms_figure(results.filter_norms),
-        ACCURACY_VS_MACS_PNG: _accuracy_vs_cost_figure(pruning, baseline, "macs", "MACs"),
-        ACCURACY_VS_PARAMS_PNG: _accuracy_vs_cost_figure(pruning, baseline, "params", "parameters"),
+        FILTER_NORMS_PNG: filter_norms_figure(results.filter_norms),
+        ACCURACY_VS_MACS_PNG: accuracy_vs_cost_figure(pruning, baseline, "macs", "MACs"),
+        ACCURACY_VS_PARAMS_PNG: accuracy_vs_cost_figure(pruning, baseline, "params", "parameters"),
     }
     if sensitivity is not None:
-        figures = {SENSITIVITY_PNG: _sensitivity_figure(
+        figures = {SENSITIVITY_PNG: sensitivity_figure(
             sensitivity, _sensitivity_baseline(sensitivity, baseline)), **figures}
     if _compares(results):
         figures |= comparison_figures(results)
@@ -95,58 +94,6 @@ def write_report(results: RunResults, out_dir: str | Path) -> list[Path]:
 def _compares(results: RunResults) -> bool:
     """Whether the report has the methods/deployment section (filterprune.pipeline.comparison)."""
     return bool(results.methods) or results.deploy is not None
-
-
-# --- formatting -------------------------------------------------------------------------------
-
-
-def _human(count: float) -> str:
-    """Formats a count with a K/M/G/T suffix and two decimals, e.g. 7_900_000 -> "7.90M"."""
-    if abs(count) < 1000:
-        return f"{count:g}"
-    suffixes = "KMGT"
-    value, exponent = float(count), 0
-    while abs(round(value, 2)) >= 1000 and exponent < len(suffixes):
-        value /= 1000
-        exponent += 1
-    return f"{value:.2f}{suffixes[exponent - 1]}"
-
-
-def _pct(fraction: float) -> str:
-    """Formats a fraction in [0, 1] as a percentage with one decimal, e.g. 0.62 -> "62.0%"."""
-    return f"{fraction * 100:.1f}%"
-
-
-def _acc(value: float | None) -> str:
-    """Formats an accuracy in % with two decimals, or a dash when missing."""
-    return _MISSING if value is None else f"{value:.2f}"
-
-
-def _ci(value: float | None, interval: Interval | None) -> str:
-    """Formats a top-1 or a drop with its 95% interval, ``"90.80 (90.21 to 91.36)"``; the value
-    alone when the interval is missing."""
-    return _acc(value) + _bracket(interval)
-
-
-def _bracket(interval: Interval | None) -> str:
-    """``" (90.21 to 91.36)"``, or nothing without an interval."""
-    return "" if interval is None else f" ({interval.low:.2f} to {interval.high:.2f})"
-
-
-def _drop(baseline: float | None, value: float | None) -> str:
-    """Formats baseline minus value in points with two decimals (positive = accuracy lost)."""
-    if baseline is None or value is None:
-        return _MISSING
-    text = f"{baseline - value:.2f}"
-    return "0.00" if text == "-0.00" else text
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """Renders a Markdown table: the first column left-aligned, the others right-aligned."""
-    lines = ["| " + " | ".join(header) + " |"]
-    lines.append("|" + "|".join([":--"] + ["--:"] * (len(header) - 1)) + "|")
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
 
 
 # --- markdown ---------------------------------------------------------------------------------
@@ -186,7 +133,7 @@ def _render_markdown(results: RunResults, pruning: list[PrunedRow], plots: list[
     top5 = "" if baseline.top5 is None else f", top-5 {baseline.top5:.2f}%"
     lines += [
         f"Top-1 {_top1_text(baseline)}{top5}{_images(baseline)}, "
-        f"{_human(baseline.macs)} MACs, {_human(baseline.params)} params; trained "
+        f"{human(baseline.macs)} MACs, {human(baseline.params)} params; trained "
         f"{baseline.epochs} epochs in {baseline.train_time_s:.1f} s.",
         "",
         f"## {_schedule_title(pruning)} pruning of all layers",
@@ -211,7 +158,7 @@ def _render_markdown(results: RunResults, pruning: list[PrunedRow], plots: list[
         lines += _sensitivity_section(sensitivity, _sensitivity_baseline(sensitivity, baseline))
 
     if _compares(results):
-        lines += [""] + comparison_lines(results, _human, _table, _ci)
+        lines += [""] + comparison_lines(results)
     lines += budget_lines(results)
 
     titles = {
@@ -304,40 +251,40 @@ def _pruning_table(
         iv = row.intervals
         cells = [
             row.label,
-            _human(row.macs),
-            _pct(row.macs_reduction),
-            _human(row.params),
-            _pct(row.params_reduction),
-            _ci(row.top1_before, iv and iv.top1_before),
-            _ci(row.top1_after, iv and iv.top1),
+            human(row.macs),
+            pct(row.macs_reduction),
+            human(row.params),
+            pct(row.params_reduction),
+            ci(row.top1_before, iv and iv.top1_before),
+            ci(row.top1_after, iv and iv.top1),
             _ci_drop(baseline.top1, row.top1_after, iv and iv.drop),
         ]
         if control is not None:
             cells.append(_ci_drop(control.top1, row.top1_after, iv and iv.drop_vs_retrained))
         if with_top5:
             cells += [
-                _acc(row.top5_before),
-                _acc(row.top5_after),
-                _drop(baseline.top5, row.top5_after),
+                acc(row.top5_before),
+                acc(row.top5_after),
+                drop(baseline.top5, row.top5_after),
             ]
         rows.append(cells)
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def _ci_drop(reference: float, value: float, interval: Interval | None) -> str:
     """A drop from ``reference`` with its interval (``_drop``, ``_ci``)."""
-    return _drop(reference, value) + _bracket(interval)
+    return drop(reference, value) + bracket(interval)
 
 
 def _control_row(control: RetrainedBaseline, baseline: Baseline, with_top5: bool) -> list[str]:
     """The row of the baseline retrained as the pruned models are (the control)."""
     iv = control.intervals
-    cells = ["baseline retrained (control)", _human(baseline.macs), _pct(0),
-             _human(baseline.params), _pct(0), _ci(baseline.top1, _top1_interval(baseline)),
-             _ci(control.top1, iv and iv.top1),
-             _ci_drop(baseline.top1, control.top1, iv and iv.drop), _MISSING]
+    cells = ["baseline retrained (control)", human(baseline.macs), pct(0),
+             human(baseline.params), pct(0), ci(baseline.top1, _top1_interval(baseline)),
+             ci(control.top1, iv and iv.top1),
+             _ci_drop(baseline.top1, control.top1, iv and iv.drop), MISSING]
     if with_top5:
-        cells += [_acc(baseline.top5), _acc(control.top5), _drop(baseline.top5, control.top5)]
+        cells += [acc(baseline.top5), acc(control.top5), drop(baseline.top5, control.top5)]
     return cells
 
 
@@ -351,11 +298,11 @@ def _seeds_section(results: RunResults) -> list[str]:
     def cells(label: str, top1: list[float], drop: list[float] | None) -> list[str]:
         summary = over_seeds(top1)
         row = [label, f"{summary.mean:.2f}", f"{summary.std:.2f}",
-               _bracket(summary.interval).strip()]
+               bracket(summary.interval).strip()]
         if drop is None:
-            return [*row, _MISSING, _MISSING]
+            return [*row, MISSING, MISSING]
         lost = over_seeds(drop)
-        return [*row, f"{lost.mean:.2f}", _bracket(lost.interval).strip()]
+        return [*row, f"{lost.mean:.2f}", bracket(lost.interval).strip()]
 
     rows = [cells("baseline", [base.top1 for _, base, _ in runs], None)]
     for i, row in enumerate(results.pruning):
@@ -367,7 +314,7 @@ def _seeds_section(results: RunResults) -> list[str]:
              f"{seeds[0]}'s): top-1 after retraining on the test split, its mean, sample "
              "standard deviation and the 95% Student-t interval of the mean over the seeds; the "
              "drop is each seed's baseline minus its pruned model.", ""]
-    return lines + _table(["ratio / plan", "top-1 mean", "std", "95% CI of the mean",
+    return lines + table(["ratio / plan", "top-1 mean", "std", "95% CI of the mean",
                            "drop mean", "95% CI of the drop"], rows)
 
 
@@ -382,14 +329,14 @@ def _scratch_table(scratch: list[ScratchRow], pruning: list[PrunedRow]) -> list[
     pruned = {row.stage: row for row in pruning}
     rows = [
         [pruned[row.pruned].label, f"scratch-{row.kind}", str(row.epochs),
-         _ci(row.top1, _top1_interval(row)),
-         _ci(pruned[row.pruned].top1_after, _top1_interval(pruned[row.pruned]))]
+         ci(row.top1, _top1_interval(row)),
+         ci(pruned[row.pruned].top1_after, _top1_interval(pruned[row.pruned]))]
         for row in sorted(scratch, key=lambda row: (-pruned[row.pruned].macs, row.kind))
     ]
     lines = ["The pruned architecture re-initialised at random and trained with the baseline's "
              "settings: scratch-E for the baseline's epochs, scratch-B for its compute (epochs x "
              "baseline MACs / pruned MACs; Liu et al. 2019).", ""]
-    return lines + _table(
+    return lines + table(
         ["ratio / plan", "control", "epochs", "top-1 from scratch", "top-1 pruned + retrained"],
         rows
     )
@@ -408,8 +355,8 @@ def _sensitivity_section(sensitivity: SensitivityTable, baseline_top1: float) ->
     """
     ratios = list(sensitivity.ratios)
     layers = sensitivity.layers
-    header = ["layer"] + [_pct(r) for r in ratios]
-    rows = [[f"`{name}`"] + [_acc(v) for v in accs] for name, accs in layers.items()]
+    header = ["layer"] + [pct(r) for r in ratios]
+    rows = [[f"`{name}`"] + [acc(v) for v in accs] for name, accs in layers.items()]
     lines = [f"Top-1 (%) on the {sensitivity.split} split with the given fraction of the "
              "layer's filters removed"
              + (" (no validation split was held out: choosing layers from it selects on the test "
@@ -417,115 +364,17 @@ def _sensitivity_section(sensitivity: SensitivityTable, baseline_top1: float) ->
                 if sensitivity.split == "test" else
                 ", held out of the training set so that choosing layers from it leaves the test "
                 "split for the reported accuracies."), ""]
-    lines += _table(header, rows)
+    lines += table(header, rows)
     if layers and ratios:
-        last = int(np.argmax(ratios))
+        last = max(range(len(ratios)), key=ratios.__getitem__)
         name = min(layers, key=lambda layer: layers[layer][last])
         top1 = layers[name][last]
         lines += [
             "",
-            f"Most sensitive layer: `{name}` (top-1 {top1:.2f}% with {_pct(ratios[last])} of its "
-            f"filters removed, a drop of {_drop(baseline_top1, top1)} points vs baseline).",
+            f"Most sensitive layer: `{name}` (top-1 {top1:.2f}% with {pct(ratios[last])} of its "
+            f"filters removed, a drop of {drop(baseline_top1, top1)} points vs baseline).",
         ]
     return lines
-
-
-# --- plots ------------------------------------------------------------------------------------
-
-
-def _layer_colors(n: int) -> list:
-    """Returns n distinct colours: tab10 up to 10 layers, then samples of viridis."""
-    if n <= 10:
-        return [f"C{i}" for i in range(n)]
-    return list(colormaps["viridis"](np.linspace(0, 0.95, n)))
-
-
-def _legend(ax, n: int) -> None:
-    """Adds a legend sized for n entries."""
-    ax.legend(fontsize=8 if n <= 8 else 7, ncol=1 if n <= 8 else 2)
-
-
-def _sensitivity_figure(sensitivity: SensitivityTable, baseline_top1: float) -> Figure:
-    """Top-1 vs % of filters removed, one curve per layer pruned alone (Li et al. Fig. 2b)."""
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
-    x = np.asarray(sensitivity.ratios, dtype=float) * 100
-    layers = sensitivity.layers
-    for (name, accs), color in zip(layers.items(), _layer_colors(len(layers)), strict=True):
-        ax.plot(x, accs, marker="o", markersize=3, color=color, label=name)
-    ax.axhline(baseline_top1, color="black", linestyle="--", linewidth=1, label="baseline")
-    ax.set_xlabel("filters pruned away (%)")
-    ax.set_ylabel(f"top-1 accuracy on the {sensitivity.split} split (%)")
-    ax.set_title("Sensitivity to pruning (each layer alone, no retraining)")
-    ax.grid(alpha=0.3)
-    _legend(ax, len(layers) + 1)
-    fig.tight_layout()
-    return fig
-
-
-def _filter_norms_figure(filter_norms: dict) -> Figure:
-    """Sorted normalised filter L1 norms vs filter index as a fraction (Li et al. Fig. 2a)."""
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
-    for (name, norms), color in zip(
-        filter_norms.items(), _layer_colors(len(filter_norms)), strict=True
-    ):
-        ax.plot(np.linspace(0, 1, len(norms)), norms, color=color, label=f"{name} ({len(norms)})")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("filter index / number of filters (sorted by L1 norm)")
-    ax.set_ylabel("L1 norm / max L1 norm")
-    ax.set_title("Sorted filter L1 norms per layer")
-    ax.grid(alpha=0.3)
-    _legend(ax, len(filter_norms))
-    fig.tight_layout()
-    return fig
-
-
-def _accuracy_vs_cost_figure(
-    pruning: list[PrunedRow], baseline: Baseline, key: str, label: str
-) -> Figure:
-    """Top-1 before and after retraining vs the cost of the pruned models, baseline marked.
-
-    Args:
-        pruning: The pruning rows, largest MACs first.
-        baseline: The baseline of the results.
-        key: The cost field of the rows and the baseline: "macs" or "params".
-        label: The cost name for the axis label.
-
-    Returns:
-        The figure.
-    """
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
-    x = [getattr(row, key) / 1e6 for row in pruning]
-    ax.plot(x, [row.top1_before for row in pruning], marker="o", label="before retraining")
-    ax.plot(x, [row.top1_after for row in pruning], marker="s", label="after retraining")
-    for xi, row in zip(x, pruning, strict=True):
-        ax.annotate(
-            row.label,
-            (xi, row.top1_after),
-            textcoords="offset points",
-            xytext=(0, 6),
-            ha="center",
-            fontsize=7,
-        )
-    ax.plot(
-        getattr(baseline, key) / 1e6,
-        baseline.top1,
-        marker="*",
-        markersize=14,
-        color="black",
-        linestyle="none",
-        label="baseline",
-    )
-    ax.set_xlabel(f"{label} (millions)")
-    ax.set_ylabel("top-1 accuracy on the test split (%)")
-    ax.set_title(f"Top-1 accuracy vs {label} (labels: ratio of filters removed, or plan)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
 
 
 def _coverage_lines(reach: Coverage) -> list[str]:
@@ -540,117 +389,3 @@ def _coverage_lines(reach: Coverage) -> list[str]:
     return [*lines, ""]
 
 
-# --- budgets (filterprune.pipeline.targets) ---------------------------------------------------
-
-BUDGETS_MACS_PNG = "budgets_accuracy_vs_macs.png"
-BUDGETS_LATENCY_PNG = "budgets_accuracy_vs_latency.png"
-BUDGET_TITLES = {BUDGETS_MACS_PNG: "Top-1 vs MACs, per way of choosing the ratios",
-                 BUDGETS_LATENCY_PNG: "Top-1 vs measured latency, per way of choosing the ratios"}
-_WAY_NAMES = {"uniform": "one ratio for every prunable layer, the nearest to the target",
-              "global": "global ranking of the filters' scores normalised per layer "
-                        "(Torch-Pruning's global pruning; no data)",
-              "sensitivity": "the least predicted loss from the sensitivity curves (Li et al. "
-                             "2017, §3.2; NNI's SensitivityPruner, NetAdapt's cost per step)"}
-_COST_NAMES = {"macs": "MACs", "params": "parameters", "latency": "latency"}
-
-
-def budget_lines(results: RunResults) -> list[str]:
-    """The "Budgets" section: per target and way of choosing, the achieved share, cost and top-1
-    before and after retraining, then the chosen ratio of every layer; none without targets."""
-    targets = results.targets
-    if targets is None:
-        return []
-    baseline, cost = results.baseline, _COST_NAMES[targets.cost]
-    lines = ["", f"## Budgets: target shares of the {cost} removed", "",
-             f"Each share of the baseline's {cost} removed from the same baseline, the per-layer "
-             "ratios chosen each way (filterprune.engine.budget), pruned one-shot and retrained "
-             "like the sweep:", ""]
-    lines += [f"- `{way}`: {_WAY_NAMES[way]}" for way in targets.ways]
-    lines += [f"- `{way}` did not run: {why}." for way, why in targets.skipped.items()]
-    if targets.latency_table is not None:
-        table = targets.latency_table
-        lines += ["", f"Latency shares are predicted from a latency table measured on "
-                  f"{table['device']} ({table['threads']} thread(s), input "
-                  f"{tuple(table['input_shape'])}, model {table['model_ms']:.3f} ms): sums of "
-                  "per-layer savings, an estimate (the deployment stage, when enabled, "
-                  "measures the models)."]
-    rows = sorted(targets.rows, key=lambda row: (row.target, targets.ways.index(row.way)))
-    missed = [row for row in rows
-              if abs(row.budget["achieved"] - row.target) > TOLERANCE + 1e-9]
-    lines += [""] + _table(
-        ["target", "way", f"achieved {cost} reduction", "MACs", "params",
-         "top-1 before retraining", "top-1 after retraining", "drop vs baseline (after)"],
-        [[_pct(row.target), row.way,
-          _pct(row.budget["achieved"]) + ("*" if row in missed else ""),
-          _human(row.macs), _human(row.params), _acc(row.top1_before), _acc(row.top1_after),
-          _drop(baseline.top1, row.top1_after)] for row in rows])
-    if missed:
-        lines += ["", f"\\* not within {TOLERANCE:.0%} of the target: the steps the "
-                  "layers' filter counts (and `round_to`, the skip list, the largest measured "
-                  "sensitivity ratio) allow are coarse here."]
-    unmeasured = sorted({name for row in rows for name in row.budget["unmeasured"]})
-    if unmeasured:
-        lines += ["", "Left whole by the sensitivity-driven way (no sensitivity curve): "
-                  + ", ".join(f"`{name}`" for name in unmeasured) + "."]
-    deploy = results.deploy
-    if deploy is not None and all(row.stage in deploy["models"] for row in rows):
-        lines += ["", f"The deployment stage measured these models on {deploy['device']} "
-                  f"(`{BUDGETS_LATENCY_PNG}`: latency at batch {deploy['batch_sizes'][-1]})"
-                  + ("." if deploy["reliable"] else ": the machine was too busy for reliable "
-                     "times (spread over `deploy.max_spread`), compare them with care.")]
-    layers = [name for name in results.filter_norms
-              if any(name in row.budget["ratios"] for row in rows)]
-    layers += sorted({name for row in rows for name in row.budget["ratios"]} - set(layers))
-    lines += ["", f"Chosen ratio (fraction of filters removed) of each layer; {_MISSING}: left "
-              "whole.", ""]
-    lines += _table(["layer"] + [row.label for row in rows],
-                    [[f"`{name}`"] + [_ratio_cell(row.budget["ratios"].get(name)) for row in rows]
-                     for name in layers])
-    return lines
-
-
-def budget_figures(results: RunResults) -> dict[str, Figure]:
-    """Top-1 before and after retraining against MACs, one line per way of choosing, and
-    against measured latency when the deployment stage measured every target's model; none
-    without targets."""
-    targets = results.targets
-    if targets is None:
-        return {}
-    baseline = results.baseline
-    figures = {BUDGETS_MACS_PNG: _budget_figure(
-        targets, baseline.top1, baseline.macs / 1e6, lambda row: row.macs / 1e6,
-        "MACs (millions)")}
-    deploy = results.deploy
-    if deploy is not None and all(row.stage in deploy["models"] for row in targets.rows):
-        models, batch = deploy["models"], str(deploy["batch_sizes"][-1])
-        figures[BUDGETS_LATENCY_PNG] = _budget_figure(
-            targets, baseline.top1, models["baseline"]["metrics"][batch]["latency_ms"],
-            lambda row: models[row.stage]["metrics"][batch]["latency_ms"],
-            f"latency at batch {batch} (ms, median)")
-    return figures
-
-
-def _ratio_cell(ratio: float | None) -> str:
-    return _MISSING if ratio is None else f"{ratio:.2f}"
-
-
-def _budget_figure(targets: Targets, baseline_top1: float, baseline_x: float, x_of,
-                   label: str) -> Figure:
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
-    for i, way in enumerate(targets.ways):
-        mine = sorted((row for row in targets.rows if row.way == way), key=x_of)
-        x = [x_of(row) for row in mine]
-        ax.plot(x, [row.top1_after for row in mine], marker="o", color=f"C{i}",
-                label=f"{way}, after retraining")
-        ax.plot(x, [row.top1_before for row in mine], marker="x", linestyle="--",
-                color=f"C{i}", alpha=0.6, label=f"{way}, before retraining")
-    ax.plot(baseline_x, baseline_top1, marker="*", markersize=14, color="black",
-            linestyle="none", label="baseline")
-    ax.set_xlabel(label)
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"Top-1 vs {label.split(' (')[0]} at target budgets, per way of choosing")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
