@@ -92,6 +92,11 @@ class ChannelGroup:
         """The group's kept channels, from the kept filters of one of its members."""
         return [i for i in kept if i < self.out_channels]
 
+    def fold(self, name: str, scores: torch.Tensor) -> torch.Tensor:
+        """Member ``name``'s scores (one per filter, k * C with its k copies) -> (C,): the
+        copies of a channel score together."""
+        return scores.view(self.tiles.get(name, 1), -1).sum(0)
+
     def tiled(self, name: str, kept: Sequence[int]) -> list[int]:
         """The kept filters of member ``name`` when the group keeps channels ``kept``."""
         copies = self.tiles.get(name, 1)

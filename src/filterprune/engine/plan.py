@@ -308,9 +308,9 @@ def select_filters(
         scorers = [name for name in group.members
                    if any(fnmatch.fnmatchcase(name, key) for key in score_by)] or group.members
         total = sum(
-            (score(_weight(name, modules[name], graph, plan, strategy)) if score is not None
-             else _given(scores, name, group.out_channels * group.tiles.get(name, 1)))
-            .view(group.tiles.get(name, 1), -1).sum(0)  # a member's copies score together
+            group.fold(name, score(_weight(name, modules[name], graph, plan, strategy))
+                       if score is not None
+                       else _given(scores, name, group.out_channels * group.tiles.get(name, 1)))
             for name in scorers
         )
         return _top(total, keep, group)
