@@ -132,7 +132,8 @@ class DependencyGraph:
         residual: the policy ``layers`` follows: ``"inner"`` or ``"coupled"``.
         split_sizes: (module, attribute, parts): the module's forward splits a feature map
             into ``parts`` (their layouts) at the sizes ``module.attribute`` holds: an int, the
-            size of equal parts (Res2Net's ``torch.split(x, self.width, 1)``), or a list
+            size of equal parts (Res2Net's ``torch.split(x, self.width, 1)``) or their total
+            (CSPNet's ``x.split(self.expand_chs // 2, dim=1)``), or a list
             (MixNet's ``torch.split(x, self.splits, 1)``); surgery sets it to the parts' kept
             channel counts.
         prune_linear: whether hidden Linear layers of heads are prunable layers (``trace``).
