@@ -55,7 +55,7 @@ from torch import nn
 
 from filterprune.engine.criteria import Criterion, get_criterion
 from filterprune.engine.graph import ChannelGroup, DependencyGraph, Layout, Segment
-from filterprune.engine.plan import kept_count, resolve_ratios
+from filterprune.engine.plan import filter_weight, kept_count, resolve_ratios
 from filterprune.engine.profile import Profile
 from filterprune.errors import FilterpruneError
 
@@ -433,7 +433,8 @@ def _global(model, cost, free, kind, share, criterion, score_by, round_to, norma
         group = cost.groups[i]
         scorers = [n for n in group.members
                    if any(fnmatch.fnmatchcase(n, key) for key in score_by)] or group.members
-        s = sum(group.fold(n, score(modules[n].weight).detach().double()) for n in scorers)
+        s = sum(group.fold(n, score(filter_weight(modules[n])).detach().double())
+                for n in scorers)
         scale = s.mean() if normalize == "mean" else s.max() if normalize == "max" else 1.0
         normalised[i] = torch.sort(s / scale if float(scale) > 0 else s).values
 

@@ -407,11 +407,18 @@ def _given(scores: Mapping[str, torch.Tensor], name: str, channels: int) -> torc
 def _weight(
     name: str, module: nn.Module, graph: DependencyGraph, plan: PruningPlan, strategy: str
 ) -> torch.Tensor:
-    """The weight to score; under greedy, without the inputs already removed (§3.3). A
-    registered layer is scored by its first output tensor, filters first."""
+    """The weight to score; under greedy, without the inputs already removed (§3.3)."""
+    index = None
+    if strategy == "greedy" and rule_of(module) is None:
+        index = layout_index(graph.inputs[name], plan.kept)
+    return filter_weight(module) if index is None else input_weight(module, index)
+
+
+def filter_weight(module: nn.Module) -> torch.Tensor:
+    """The weight a criterion scores, filters first: ``module.weight``, or a registered
+    layer's first output tensor (``filterprune.engine.custom``)."""
     rule = rule_of(module)
-    if rule is not None:
-        key, dim = next(iter(rule.outputs.items()))
-        return dict(module.named_parameters(recurse=False))[key].movedim(dim, 0)
-    index = layout_index(graph.inputs[name], plan.kept) if strategy == "greedy" else None
-    return module.weight if index is None else input_weight(module, index)
+    if rule is None:
+        return module.weight
+    key, dim = next(iter(rule.outputs.items()))
+    return dict(module.named_parameters(recurse=False))[key].movedim(dim, 0)
