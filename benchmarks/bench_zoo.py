@@ -13,7 +13,10 @@ removed, and the median time ratio (filterprune / Torch-Pruning, below 1: filter
 faster).
 
     python benchmarks/bench_zoo.py [--ratio 0.3] [--size 64] [--models NAME ...] [--limit N]
-        [--tp-limit SECONDS]
+        [--tp-limit SECONDS] [--repeats N]
+
+Times are the best of ``--repeats`` runs of each pruner, one after the other (on a shared
+machine the load moves single timings by 2-4x).
 
 Model names: ``tv:NAME`` (torchvision) or ``timm:NAME``. Needs torchvision, timm and
 torch-pruning.
@@ -103,17 +106,26 @@ def one_line(error: Exception) -> str:
     return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:70]
 
 
-def measure(name: str, ratio: float, size: int, tp_limit_s: int) -> dict:
+def best_time(run, repeats: int) -> tuple[float, object]:
+    """The shortest of ``repeats`` timed calls of ``run()`` and the last result."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def measure(name: str, ratio: float, size: int, tp_limit_s: int, repeats: int) -> dict:
     torch.manual_seed(0)
     model = randomize_bn(build(name))
     x = torch.randn(2, 3, max(size, MIN_SIZE.get(name, 0)), max(size, MIN_SIZE.get(name, 0)))
     macs = filterprune.profile(model, x[:1]).macs
     row = {"name": name, "status": "ok"}
-    start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = filterprune.prune(model, x[:1], ratio=ratio, residual="coupled")
-    row["fp_s"] = time.perf_counter() - start
+        row["fp_s"], result = best_time(
+            lambda: filterprune.prune(model, x[:1], ratio=ratio, residual="coupled"), repeats)
     row["removed"] = 1 - filterprune.profile(result.model, x[:1]).macs / macs
     row["reached"] = result.coverage.reached_share
     with torch.no_grad():
@@ -123,9 +135,8 @@ def measure(name: str, ratio: float, size: int, tp_limit_s: int) -> dict:
                        / expected.abs().max().clamp(min=1)).item()
     if tp_limit_s:
         try:
-            start = time.perf_counter()
-            pruned = torch_pruning(model, x[:1], ratio, tp_limit_s)
-            seconds = time.perf_counter() - start
+            seconds, pruned = best_time(lambda: torch_pruning(model, x[:1], ratio, tp_limit_s),
+                                        repeats)
             row["tp_removed"] = 1 - filterprune.profile(pruned, x[:1]).macs / macs
             row["tp_s"] = seconds
         except Exception as e:  # Torch-Pruning fails on some models: say so, go on
@@ -141,18 +152,20 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="only the first N models")
     parser.add_argument("--tp-limit", type=int, default=60,
                         help="seconds Torch-Pruning may take per model (0: skip it)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time each pruner this many times, keep the shortest")
     args = parser.parse_args()
     torch.set_num_threads(1)
     names = (args.models or default_models())[:args.limit]
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm "
           f"{timm.__version__}, torch-pruning {tp.__version__}, 1 thread, ratio {args.ratio}, "
-          f"input {args.size}x{args.size}, {len(names)} models")
+          f"input {args.size}x{args.size}, best of {args.repeats}, {len(names)} models")
     print(f"{'model':<34} {'status':<8} {'removed':>7} {'reached':>7} {'rel diff':>9} "
           f"{'fp s':>6} {'tp s':>6} {'tp removed':>10}", flush=True)
     rows = []
     for name in names:
         try:
-            row = measure(name, args.ratio, args.size, args.tp_limit)
+            row = measure(name, args.ratio, args.size, args.tp_limit, args.repeats)
         except Exception as e:  # a model that fails: say so, go on
             row = {"name": name, "status": one_line(e)}
         rows.append(row)

@@ -15,6 +15,8 @@ from filterprune.engine import allocate, max_share, profile, trace
 from filterprune.errors import FilterpruneError, FilterpruneWarning
 from filterprune.models import create_model
 
+timm = pytest.importorskip("timm")
+
 RATIOS = [0.25, 0.5, 0.75]
 
 
@@ -268,3 +270,57 @@ def test_max_share_is_the_share_removed_at_the_largest_ratio_or_one_filter():
         63 / 64 * (conv2 + fc1) / total)
     with pytest.raises(FilterpruneError, match="needs a latency table"):
         max_share(net, graph, costs, "latency")
+
+
+def small_convnext() -> nn.Module:
+    from timm.models.convnext import ConvNeXt
+
+    return ConvNeXt(depths=(1, 1, 1, 1), dims=(8, 8, 16, 16), num_classes=4, ls_init_value=0.5)
+
+
+def small_res2net() -> nn.Module:
+    from timm.models.res2net import Bottle2neck
+    from timm.models.resnet import ResNet
+
+    return ResNet(Bottle2neck, [1, 1, 1, 1], base_width=26, block_args={"scale": 4},
+                  num_classes=5)
+
+
+def unequal_split_net() -> nn.Module:
+    """MixNet's mixed depthwise conv, split into parts of 2, 3 and 7 channels."""
+    from timm.layers import MixedConv2d
+
+    net = nn.Sequential(nn.Conv2d(3, 12, 1), MixedConv2d(12, 12, [3, 5, 7], depthwise=True),
+                        nn.ReLU(), MixedConv2d(12, 8, [1, 1]), nn.Conv2d(8, 4, 1))
+    net[1].splits = [2, 3, 7]
+    for conv, n in zip(net[1].values(), net[1].splits, strict=True):
+        conv.weight.data = conv.weight.data.repeat(3, 1, 1, 1)[:n]
+        conv.in_channels = conv.out_channels = conv.groups = n
+    return net
+
+
+def linear_head_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(8 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 5))
+
+
+@pytest.mark.parametrize(("build", "size", "linear"), [
+    (lambda: timm.create_model("ghostnet_050", num_classes=5), 32, False),  # repeated channels
+    (small_res2net, 32, False),  # equal splits (Res2Net)
+    (unequal_split_net, 8, False),  # unequal splits (MixNet)
+    (small_convnext, 32, False),  # channels-last Linears
+    (linear_head_net, 8, True),  # prune_linear: the hidden Linear of a VGG-style head
+], ids=["ghostnet", "res2net", "unequal-split", "convnext", "linear-head"])
+@pytest.mark.parametrize("kind", ["macs", "params"])
+def test_cost_model_equals_the_profile_of_the_pruned_model_on_new_layouts(build, size, linear,
+                                                                          kind):
+    torch.manual_seed(0)
+    model, x = build().eval(), torch.randn(1, 3, size, size)
+    for share in (0.2, 0.4):
+        with warnings.catch_warnings():  # a tiny net's steps are coarse: the share may miss
+            warnings.simplefilter("ignore", FilterpruneWarning)
+            result = filterprune.prune(model, x, target={kind: share}, residual="coupled",
+                                       prune_linear=linear)
+        assert result.plan.kept
+        assert result.budget.achieved == pytest.approx(
+            share_removed(model, result.model, x, kind), abs=1e-9)

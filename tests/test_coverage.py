@@ -74,3 +74,10 @@ def test_every_conv_type_is_counted_and_refused_with_its_type(layer, x, macs):
     with pytest.warns(FilterpruneWarning, match=f"is a {type(layer).__name__}"):
         reach = filterprune.prune(net, x, ratio=0.5).coverage
     assert len(reach.blocked) == 2 and reach.conv_macs == profile(net, x).macs
+
+
+def test_grouped_transposed_convs_and_linears_on_sequences_are_counted_per_image():
+    net = nn.Sequential(nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2), nn.Flatten(2),
+                        nn.Linear(81, 5))
+    # per image: 4 x (6 / 2) x 9 per input position (16), then 81 x 5 per row (6 rows)
+    assert profile(net, torch.zeros(3, 4, 4, 4)).macs == 4 * 3 * 9 * 16 + 81 * 5 * 6

@@ -2,13 +2,17 @@
 pruned with prune_linear, exact against the masked reference (removed channels zeroed where
 read)."""
 
+import warnings
+
 import pytest
 import torch
 from test_graph_general import check_pruned
 from torch import nn
 
+import filterprune
 from filterprune import FilterpruneError
 from filterprune.engine import register_layer, trace
+from filterprune.errors import FilterpruneWarning
 
 
 class Scale(nn.Module):
@@ -112,3 +116,16 @@ def test_cli_prune_linear(tmp_path, capsys):
     layers = json.loads(capsys.readouterr().out)["plan"]["layers"]
     assert code == 0 and layers["classifier.1"]["width"] == 1280
     assert "classifier.4" not in layers
+
+
+def test_a_target_share_prunes_registered_layers_scored_by_their_output_tensor():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), Scale(8), Mixer(8, 10), nn.ReLU(),
+                        nn.Conv2d(10, 6, 1), Head(6, 3)).eval()
+    x = torch.randn(1, 3, 6, 6)
+    with warnings.catch_warnings():  # a tiny net's steps are coarse: the share may miss
+        warnings.simplefilter("ignore", FilterpruneWarning)
+        result = filterprune.prune(net, x, target={"macs": 0.3})
+    assert "2" in result.budget.ratios  # the Mixer's filters were ranked with the convs'
+    before, after = filterprune.profile(net, x), filterprune.profile(result.model, x)
+    assert result.budget.achieved == pytest.approx(1 - after.macs / before.macs, abs=1e-9)

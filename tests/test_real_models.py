@@ -92,6 +92,40 @@ def test_a_split_size_held_by_no_single_attribute_blocks_with_the_module_named()
     assert "split at fixed sizes" in reason and "torch.split in the model's forward" in reason
 
 
+class SplitHalves(nn.Module):
+    """CSPNet's cross stage: ``x.split(self.expand_chs // 2, dim=1)``, the attribute holding
+    the total of the two parts."""
+
+    def __init__(self):
+        super().__init__()
+        self.expand_chs = 8
+        self.exp, self.block, self.out = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 4, 3, padding=1), \
+            nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        xs, xb = self.exp(x).split(self.expand_chs // 2, dim=1)
+        return self.out(torch.cat([xs, self.block(xb)], dim=1))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "record"])
+def test_a_split_size_from_the_parts_total_is_rewritten_to_the_kept_total(tracer):
+    result = check_pruned(SplitHalves(), torch.randn(2, 3, 4, 4), tracer=tracer)
+    kept = result.plan.kept["exp"]
+    assert len(kept) == 4 and kept[2:] == [i + 4 for i in kept[:2]]  # both halves alike
+    assert result.model.expand_chs == 4
+
+
+def test_cspnet_prunes_exactly_and_much():
+    import filterprune
+
+    torch.manual_seed(0)
+    model = timm.create_model("cs3darknet_s", num_classes=5)
+    x = torch.randn(2, 3, 32, 32)
+    result = check_pruned(model, x, residual="coupled")
+    assert filterprune.profile(result.model, x[:1]).macs < 0.6 * filterprune.profile(model,
+                                                                                      x[:1]).macs
+
+
 def test_conv2d_same_is_pruned_and_weight_standardised_conv_is_refused_with_its_name():
     from timm.layers import Conv2dSame, ScaledStdConv2d
 

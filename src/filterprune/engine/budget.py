@@ -28,9 +28,11 @@ reference they are compared with):
 Costs are those of the whole candidate plan, not a per-layer sum: pruning a group shrinks its
 members' outputs, its followers (BatchNorm, depthwise convs) and the inputs of its consumers,
 so a conv's MACs scale by (kept outputs / outputs) x (kept inputs / inputs) (a depthwise conv
-by its kept channels only). ``CostModel`` evaluates this from one profile of the unpruned
-model; it equals ``filterprune.engine.profile`` of the pruned model (MACs of conv and linear
-layers, every learnable parameter) and evaluates thousands of candidate plans per second.
+by its kept channels only; a layer reading part of a split or repeated channels, by the kept
+channels of the parts it reads, as the plan keeps them per part). ``CostModel`` evaluates this
+from one profile of the unpruned model; it equals ``filterprune.engine.profile`` of the pruned
+model (MACs of conv and linear layers, every learnable parameter) and evaluates thousands of
+candidate plans per second.
 Latency is predicted from a measured per-group table (``filterprune.latency_table``): the
 model's latency minus, per group, its table entry at full width minus the entry at the chosen
 width (linear between measured widths). The savings of groups are added up, as NetAdapt's and
@@ -53,7 +55,7 @@ from torch import nn
 
 from filterprune.engine.criteria import Criterion, get_criterion
 from filterprune.engine.graph import ChannelGroup, DependencyGraph, Layout, Segment
-from filterprune.engine.plan import kept_count, resolve_ratios
+from filterprune.engine.plan import filter_weight, kept_count, resolve_ratios
 from filterprune.engine.profile import Profile
 from filterprune.errors import FilterpruneError
 
@@ -180,7 +182,13 @@ class CostModel:
                         continue
                     base, out_layout, in_layout = self._term(p.numel(), name, graph, member)
                     terms.append((base, out_layout, None if pname == "bias" else in_layout))
-        n = len(self.groups)
+        # Variables: the kept share of each run of each group (``ChannelGroup.run_sizes``), as
+        # the plan keeps ``per_run(keep)`` channels in each.
+        self._runs = [(i, size) for i, g in enumerate(self.groups) for size in g.run_sizes()]
+        self._first: dict[int, int] = {}  # group -> its first run
+        for j, (i, _) in enumerate(self._runs):
+            self._first.setdefault(i, j)
+        n = len(self._runs)
         self._base = torch.tensor([t[0] for t in terms], dtype=torch.float64)
         self._out = [self._linear(t[1], n) for t in terms]
         self._in = [self._linear(t[2], n) for t in terms]
@@ -189,6 +197,8 @@ class CostModel:
         self._out_m = torch.stack([m for _, m in self._out]) if terms else torch.zeros(0, n)
         self._in_m = torch.stack([m for _, m in self._in]) if terms else torch.zeros(0, n)
         self.widths = torch.tensor([g.out_channels for g in self.groups], dtype=torch.float64)
+        self._group_of = torch.tensor([i for i, _ in self._runs], dtype=torch.long)
+        self._sizes = torch.tensor([size for _, size in self._runs], dtype=torch.float64)
         self.total = float(self._base.sum())
 
     @staticmethod
@@ -203,7 +213,8 @@ class CostModel:
         return base, out_layout, graph.inputs.get(name)
 
     def _linear(self, layout: Layout | None, n: int) -> tuple[float, torch.Tensor]:
-        """The kept fraction of ``layout`` as constant + coefficients . (kept / width)."""
+        """The kept fraction of ``layout`` as constant + coefficients . (kept / size of each
+        run); a segment covering part of a group (a split) reads the runs it overlaps."""
         coefficients = torch.zeros(n, dtype=torch.float64)
         if layout is None:
             return 1.0, coefficients
@@ -214,13 +225,21 @@ class CostModel:
             i = None if s.group is None else self._index.get(id(s.group))
             if i is None:
                 constant += share
-            else:
-                coefficients[i] += share
+                continue
+            # The segment's channels, in the group's channel order (repeated copies wrap).
+            channel = (torch.arange(s.channels) + s.start) % s.group.out_channels
+            ends = torch.tensor(s.group.run_sizes()).cumsum(0)
+            runs = torch.bucketize(channel, ends, right=True)
+            overlap = torch.bincount(runs, minlength=len(ends)).to(torch.float64)
+            first = self._first[i]
+            coefficients[first:first + len(ends)] += share * overlap / s.channels
         return constant, coefficients
 
     def __call__(self, kept: torch.Tensor) -> torch.Tensor:
         """Cost of each column of ``kept`` (groups, K) kept counts -> (K,)."""
-        x = kept.to(torch.float64) / self.widths[:, None]
+        per_run = torch.div(kept.to(torch.float64)[self._group_of] * self._sizes[:, None],
+                            self.widths[self._group_of][:, None], rounding_mode="floor")
+        x = per_run.clamp(min=1) / self._sizes[:, None]
         out = self._out_c[:, None] + self._out_m @ x
         inp = self._in_c[:, None] + self._in_m @ x
         return self._base @ (out * inp)
@@ -414,7 +433,8 @@ def _global(model, cost, free, kind, share, criterion, score_by, round_to, norma
         group = cost.groups[i]
         scorers = [n for n in group.members
                    if any(fnmatch.fnmatchcase(n, key) for key in score_by)] or group.members
-        s = sum(score(modules[n].weight).detach().double() for n in scorers)
+        s = sum(group.fold(n, score(filter_weight(modules[n])).detach().double())
+                for n in scorers)
         scale = s.mean() if normalize == "mean" else s.max() if normalize == "max" else 1.0
         normalised[i] = torch.sort(s / scale if float(scale) > 0 else s).values
 

@@ -188,7 +188,9 @@ class FunctionRules:
         """A split of one group's channels into k equal parts: each part is a copy of the
         channels of a new group, whose kept count is the new part size (``chunk`` computes it
         from the channels; ``split`` takes it from the one int attribute of the module running
-        it that holds it, rewritten by surgery). Returns False where this does not apply."""
+        it that holds it, or else from the one that holds the k parts' total, as CSPNet's
+        ``x.split(self.expand_chs // 2, dim=1)``; surgery rewrites it). Returns False where
+        this does not apply."""
         if len(source) != 1 or source[0][2] != 1 or not self.whole(source[0]) or \
                 len(sizes) < 2 or len(set(sizes)) > 1:
             return False
@@ -196,8 +198,10 @@ class FunctionRules:
         if node.target in ("split", torch.split):
             scope = self.modules.get(scope_of(node))
             size = argument(node, 1, "split_size_or_sections", node.kwargs.get("split_size"))
-            names = [n for n, v in vars(scope or object()).items()
-                     if type(v) is int and v == size and not n.startswith("_")]
+            ints = {n: v for n, v in vars(scope or object()).items()
+                    if type(v) is int and not n.startswith("_")}
+            names = [n for n, v in ints.items() if v == size] or \
+                [n for n, v in ints.items() if v == size * len(sizes)]
             if size != sizes[0] or len(names) != 1:
                 return False
             attribute = names[0]

@@ -92,6 +92,11 @@ class ChannelGroup:
         """The group's kept channels, from the kept filters of one of its members."""
         return [i for i in kept if i < self.out_channels]
 
+    def fold(self, name: str, scores: torch.Tensor) -> torch.Tensor:
+        """Member ``name``'s scores (one per filter, k * C with its k copies) -> (C,): the
+        copies of a channel score together."""
+        return scores.view(self.tiles.get(name, 1), -1).sum(0)
+
     def tiled(self, name: str, kept: Sequence[int]) -> list[int]:
         """The kept filters of member ``name`` when the group keeps channels ``kept``."""
         copies = self.tiles.get(name, 1)
@@ -127,7 +132,8 @@ class DependencyGraph:
         residual: the policy ``layers`` follows: ``"inner"`` or ``"coupled"``.
         split_sizes: (module, attribute, parts): the module's forward splits a feature map
             into ``parts`` (their layouts) at the sizes ``module.attribute`` holds: an int, the
-            size of equal parts (Res2Net's ``torch.split(x, self.width, 1)``), or a list
+            size of equal parts (Res2Net's ``torch.split(x, self.width, 1)``) or their total
+            (CSPNet's ``x.split(self.expand_chs // 2, dim=1)``), or a list
             (MixNet's ``torch.split(x, self.splits, 1)``); surgery sets it to the parts' kept
             channel counts.
         prune_linear: whether hidden Linear layers of heads are prunable layers (``trace``).

@@ -308,9 +308,9 @@ def select_filters(
         scorers = [name for name in group.members
                    if any(fnmatch.fnmatchcase(name, key) for key in score_by)] or group.members
         total = sum(
-            (score(_weight(name, modules[name], graph, plan, strategy)) if score is not None
-             else _given(scores, name, group.out_channels * group.tiles.get(name, 1)))
-            .view(group.tiles.get(name, 1), -1).sum(0)  # a member's copies score together
+            group.fold(name, score(_weight(name, modules[name], graph, plan, strategy))
+                       if score is not None
+                       else _given(scores, name, group.out_channels * group.tiles.get(name, 1)))
             for name in scorers
         )
         return _top(total, keep, group)
@@ -407,11 +407,18 @@ def _given(scores: Mapping[str, torch.Tensor], name: str, channels: int) -> torc
 def _weight(
     name: str, module: nn.Module, graph: DependencyGraph, plan: PruningPlan, strategy: str
 ) -> torch.Tensor:
-    """The weight to score; under greedy, without the inputs already removed (§3.3). A
-    registered layer is scored by its first output tensor, filters first."""
+    """The weight to score; under greedy, without the inputs already removed (§3.3)."""
+    index = None
+    if strategy == "greedy" and rule_of(module) is None:
+        index = layout_index(graph.inputs[name], plan.kept)
+    return filter_weight(module) if index is None else input_weight(module, index)
+
+
+def filter_weight(module: nn.Module) -> torch.Tensor:
+    """The weight a criterion scores, filters first: ``module.weight``, or a registered
+    layer's first output tensor (``filterprune.engine.custom``)."""
     rule = rule_of(module)
-    if rule is not None:
-        key, dim = next(iter(rule.outputs.items()))
-        return dict(module.named_parameters(recurse=False))[key].movedim(dim, 0)
-    index = layout_index(graph.inputs[name], plan.kept) if strategy == "greedy" else None
-    return module.weight if index is None else input_weight(module, index)
+    if rule is None:
+        return module.weight
+    key, dim = next(iter(rule.outputs.items()))
+    return dict(module.named_parameters(recurse=False))[key].movedim(dim, 0)

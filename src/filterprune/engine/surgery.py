@@ -117,8 +117,11 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
         counts = [sum(s.channels for s in part) if index is None else len(index)
                   for part in parts for index in (layout_index(part, plan.kept),)]
         sizes = getattr(modules[name], attribute)
-        setattr(modules[name], attribute,
-                counts[0] if isinstance(sizes, int) else type(sizes)(counts))
+        total = sum(s.channels for part in parts for s in part)
+        if isinstance(sizes, int):  # the part size, or the parts' total (see functions.py)
+            setattr(modules[name], attribute, sum(counts) if sizes == total else counts[0])
+        else:
+            setattr(modules[name], attribute, type(sizes)(counts))
     return pruned
 
 

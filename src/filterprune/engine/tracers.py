@@ -8,7 +8,7 @@ import operator
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.overrides import TorchFunctionMode
 
 from filterprune.engine.custom import rule_of
@@ -66,7 +66,8 @@ def _trace(
     if tracer != "record":
         try:
             graph = leaf_tracer.trace(model)
-            ShapeProp(fx.GraphModule(model, graph)).propagate(*as_tuple(example_inputs))
+            with torch.no_grad():
+                ShapeProp(model, graph=graph).run(*as_tuple(example_inputs))
             return graph
         except Exception as e:  # fx raises many types (TraceError, TypeError, ...)
             if tracer == "fx":
@@ -91,12 +92,51 @@ def _missed(model: nn.Module, graph: fx.Graph, leaf_tracer: LeafTracer) -> bool:
     )
 
 
+class ShapeProp(fx.Interpreter):
+    """Runs an fx graph on the model it was traced from (no GraphModule built: that copies the
+    module tree and compiles code) and records each node's output shape in
+    ``node.meta["tensor_meta"]``, as ``torch.fx.passes.shape_prop.ShapeProp`` does."""
+
+    def run_node(self, n: fx.Node) -> object:
+        result = super().run_node(n)
+        tensors = []
+        meta = fx.node.map_aggregate(
+            result, lambda x: tensors.append(x) or _extract_tensor_metadata(x)
+            if isinstance(x, torch.Tensor) else x)
+        if tensors:
+            n.meta["tensor_meta"] = meta
+        return result
+
+
 class LeafTracer(fx.Tracer):
-    """An fx tracer that treats ignored modules and registered layers as leaves."""
+    """An fx tracer that treats ignored modules and registered layers as leaves, and finds the
+    name of a parameter or buffer a forward reads in a dict (torch.fx searches every parameter
+    or buffer of the model on each read: quadratic in the model's size)."""
 
     def __init__(self, ignore: tuple[str, ...]) -> None:
         super().__init__()
         self.ignore = ignore
+        self.tensor_names: dict[int, str] = {}
+
+    def trace(self, root, concrete_args=None) -> fx.Graph:
+        self.tensor_names = {id(t): name for name, t in root.named_buffers()}
+        self.tensor_names.update({id(p): name for name, p in root.named_parameters()})
+        return super().trace(root, concrete_args)
+
+    def getattr(self, attr: str, attr_val: object, parameter_proxy_cache: dict) -> object:
+        name = self.tensor_names.get(id(attr_val))
+        proxied = isinstance(attr_val, nn.Parameter) or (
+            self.proxy_buffer_attributes and isinstance(attr_val, torch.Tensor))
+        if name is None or not proxied or self.param_shapes_constant:
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
+
+    def create_arg(self, a: object) -> object:
+        name = self.tensor_names.get(id(a)) if isinstance(a, torch.Tensor) else None
+        return super().create_arg(a) if name is None else self.create_node("get_attr", name,
+                                                                           (), {})
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return any(fnmatch.fnmatchcase(module_qualified_name, key) for key in self.ignore) or \
