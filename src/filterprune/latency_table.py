@@ -41,7 +41,7 @@ from torch import nn
 from filterprune._io import atomic_write_text
 from filterprune.deploy import Comparison, interleaved_timings
 from filterprune.engine import apply_plan, kept_count, select_filters, trace
-from filterprune.engine.budget import prunable_groups
+from filterprune.engine.costs import prunable_groups
 from filterprune.engine.graph import as_tuple, eval_mode
 from filterprune.engine.plan import resolve_ratios
 from filterprune.errors import FilterpruneError

@@ -16,31 +16,33 @@ Where data is looked for (first hit wins), unless ``data_dir`` is given:
 3. with ``download=True``, the official files are downloaded into the cache dir.
 
 Local files are used as they are (the Debian copies are recompressed, so their md5 differs from
-the official one); downloads are md5-verified before they are moved into place. CIFAR pickles
-are read with a restricted unpickler and CIFAR archives are extracted only after every member
-has been checked to be a plain file or directory inside the target.
+the official one); downloads are md5-verified before they are moved into place
+(:mod:`filterprune.data.download`). The files are read by :mod:`filterprune.data.formats`: CIFAR
+pickles with a restricted unpickler, and CIFAR archives extracted only after every member has
+been checked to be a plain file or directory inside the target.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import http.client
-import logging
 import os
-import pickle
-import shutil
-import struct
-import tarfile
-import tempfile
-import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from pathlib import Path
+from typing import Literal
 
-import numpy as np
 import torch
 
+from filterprune.data.download import fetch
+from filterprune.data.formats import (
+    CIFAR_LAYOUTS,
+    IDX_FILES,
+    check_labels,
+    extract_tar,
+    idx_path,
+    read_cifar_batches,
+    read_idx,
+    to_tensors,
+    unpickle,
+)
 from filterprune.errors import FilterpruneError
 
 __all__ = [
@@ -50,24 +52,10 @@ __all__ = [
     "ImageDataset",
     "list_datasets",
     "load_dataset",
-    "read_idx",
 ]
-
-_log = logging.getLogger(__name__)
 
 #: Directory holding the datasets bundled with the package.
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
-
-#: Base names of the four idx files of (Fashion-)MNIST; each may also carry a ``.gz`` suffix.
-IDX_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-
-_DOWNLOAD_TIMEOUT_S = 60
-_CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -97,40 +85,6 @@ class DatasetSpec:
     augment: bool
     search_dirs: tuple[Path, ...] = ()
 
-
-@dataclass(frozen=True)
-class _CifarLayout:
-    """File layout of a CIFAR python archive."""
-
-    archive: str
-    folder: str
-    train: tuple[str, ...]
-    test: tuple[str, ...]
-    meta: str
-    label_key: bytes
-    names_key: bytes
-
-
-_CIFAR_LAYOUTS = {
-    "cifar10": _CifarLayout(
-        archive="cifar-10-python.tar.gz",
-        folder="cifar-10-batches-py",
-        train=tuple(f"data_batch_{i}" for i in range(1, 6)),
-        test=("test_batch",),
-        meta="batches.meta",
-        label_key=b"labels",
-        names_key=b"label_names",
-    ),
-    "cifar100": _CifarLayout(
-        archive="cifar-100-python.tar.gz",
-        folder="cifar-100-python",
-        train=("train",),
-        test=("test",),
-        meta="meta",
-        label_key=b"fine_labels",
-        names_key=b"fine_label_names",
-    ),
-}
 
 _FASHION_CLASSES = (
     "T-shirt/top",
@@ -335,39 +289,6 @@ def load_dataset(
     return _load_cifar(spec, root)
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read an unsigned-byte idx file, gzip-compressed or not (detected from its content).
-
-    Args:
-        path: The idx file.
-
-    Returns:
-        A writable uint8 array with the shape given in the file header.
-
-    Raises:
-        FilterpruneError: The file cannot be read or is not a well-formed unsigned-byte idx file.
-    """
-    try:
-        with path.open("rb") as f:
-            compressed = f.read(2) == b"\x1f\x8b"
-        with gzip.open(path, "rb") if compressed else path.open("rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
-        raise FilterpruneError(f"cannot read {path}: {e}") from e
-    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
-        raise FilterpruneError(f"{path} is not an unsigned-byte idx file (bad magic number)")
-    ndim = raw[3]
-    offset = 4 + 4 * ndim
-    if len(raw) < offset:
-        raise FilterpruneError(f"{path} is truncated (incomplete idx header)")
-    shape = struct.unpack(f">{ndim}I", raw[4:offset])
-    if len(raw) - offset != int(np.prod(shape)):
-        raise FilterpruneError(
-            f"{path} holds {len(raw) - offset} data bytes, its header says {shape}"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape).copy()
-
-
 def _spec(name: str) -> DatasetSpec:
     """Return the spec of a known dataset; FilterpruneError for unknown names."""
     try:
@@ -387,19 +308,11 @@ def _cache_root(cache_dir: str | Path | None) -> Path:
     return Path.home() / ".cache" / "filterprune"
 
 
-def _idx_path(root: Path, base: str) -> Path | None:
-    """The idx file ``base`` in ``root``, gzipped or not; None if absent."""
-    for candidate in (root / f"{base}.gz", root / base):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def _has_files(spec: DatasetSpec, root: Path) -> bool:
     """Whether ``root`` holds the dataset (CIFAR: the extracted folder or the archive)."""
     if spec.format == "idx":
-        return all(_idx_path(root, base) is not None for base in IDX_FILES)
-    layout = _CIFAR_LAYOUTS[spec.format]
+        return all(idx_path(root, base) is not None for base in IDX_FILES)
+    layout = CIFAR_LAYOUTS[spec.format]
     return (root / layout.folder).is_dir() or (root / layout.archive).is_file()
 
 
@@ -407,7 +320,7 @@ def _expected_files(spec: DatasetSpec) -> str:
     """Human-readable list of the files a data dir must hold."""
     if spec.format == "idx":
         return ", ".join(f"{base}[.gz]" for base in IDX_FILES)
-    layout = _CIFAR_LAYOUTS[spec.format]
+    layout = CIFAR_LAYOUTS[spec.format]
     return f"{layout.archive} or {layout.folder}/"
 
 
@@ -420,55 +333,9 @@ def _download(spec: DatasetSpec, dest: Path) -> None:
     except OSError as e:
         raise FilterpruneError(f"cannot create data directory {dest}: {e}") from e
     for filename, md5 in spec.files.items():
-        if spec.format == "idx" and _idx_path(dest, filename.removesuffix(".gz")) is not None:
+        if spec.format == "idx" and idx_path(dest, filename.removesuffix(".gz")) is not None:
             continue
-        _fetch(spec.base_url + filename, dest / filename, md5)
-
-
-def _fetch(url: str, target: Path, md5: str) -> None:
-    """Download ``url`` to ``target`` via a temporary file in the same dir, checking its md5.
-
-    Raises:
-        FilterpruneError: The download fails or its md5 differs from ``md5``; no file is left.
-    """
-    _log.info("downloading %s", url)
-    try:
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=".part", dir=target.parent
-        )
-    except OSError as e:
-        raise FilterpruneError(f"cannot write to data directory {target.parent}: {e}") from e
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.md5(usedforsecurity=False)
-        with (
-            os.fdopen(fd, "wb") as out,
-            urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response,
-        ):
-            while chunk := response.read(_CHUNK_BYTES):
-                digest.update(chunk)
-                out.write(chunk)
-        if digest.hexdigest() != md5:
-            raise FilterpruneError(
-                f"checksum mismatch for {target.name} downloaded from {url}: "
-                f"expected md5 {md5}, got {digest.hexdigest()}"
-            )
-        os.replace(tmp, target)
-    except (OSError, http.client.HTTPException) as e:
-        raise FilterpruneError(f"cannot download {url} to {target.parent}: {e}") from e
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Wrap uint8 images (N, C, H, W) and integer labels (N,) as uint8 / int64 tensors."""
-    return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
-
-
-def _check_labels(labels: np.ndarray, num_classes: int, source: Path) -> None:
-    """Raise FilterpruneError unless every label lies in [0, num_classes)."""
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise FilterpruneError(f"{source}: labels outside [0, {num_classes})")
+        fetch(spec.base_url + filename, dest / filename, md5)
 
 
 def _load_idx(spec: DatasetSpec, root: Path) -> ImageDataset:
@@ -477,7 +344,7 @@ def _load_idx(spec: DatasetSpec, root: Path) -> ImageDataset:
         raise FilterpruneError(f"dataset spec {spec.name!r} (idx format) must list its classes")
     arrays = {}
     for base in IDX_FILES:
-        path = _idx_path(root, base)
+        path = idx_path(root, base)
         if path is None:
             raise FilterpruneError(f"missing {base}[.gz] in {root}")
         arrays[base] = (path, read_idx(path))
@@ -494,8 +361,8 @@ def _load_idx(spec: DatasetSpec, root: Path) -> ImageDataset:
             raise FilterpruneError(
                 f"{images_path} holds {len(images)} images but {labels_path} {len(labels)} labels"
             )
-        _check_labels(labels, len(spec.classes), labels_path)
-        splits.append(_to_tensors(images[:, None], labels))
+        check_labels(labels, len(spec.classes), labels_path)
+        splits.append(to_tensors(images[:, None], labels))
     (train_x, train_y), (test_x, test_y) = splits
     return ImageDataset(
         name=spec.name,
@@ -510,131 +377,20 @@ def _load_idx(spec: DatasetSpec, root: Path) -> ImageDataset:
     )
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler admitting only the globals that CIFAR batches need to rebuild numpy arrays."""
-
-    _ALLOWED = frozenset(
-        {
-            ("numpy.core.multiarray", "_reconstruct"),
-            ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy", "ndarray"),
-            ("numpy", "dtype"),
-            # Python 3 writes bytes objects as _codecs.encode(str, "latin1") in protocol <= 2.
-            ("_codecs", "encode"),
-        }
-    )
-
-    def find_class(self, module: str, name: str) -> Any:
-        """Resolve an allowed global; raise pickle.UnpicklingError for everything else."""
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
-        return super().find_class(module, name)
-
-
-def _unpickle(path: Path) -> dict[bytes, Any]:
-    """Read a CIFAR pickle (a dict with bytes keys) with the restricted unpickler.
-
-    Raises:
-        FilterpruneError: The file is missing, malformed, not a dict, or references a global
-            other than numpy's array reconstruction.
-    """
-    try:
-        with path.open("rb") as f:
-            obj = _RestrictedUnpickler(f, encoding="bytes").load()
-    except FileNotFoundError as e:
-        raise FilterpruneError(f"missing CIFAR file {path}") from e
-    except Exception as e:  # malformed pickles can raise almost any exception type
-        raise FilterpruneError(f"refusing to load {path}: {e}") from e
-    if not isinstance(obj, dict):
-        raise FilterpruneError(f"{path} does not hold a dict (not a CIFAR python file)")
-    return obj
-
-
-def _read_cifar_batches(
-    folder: Path, names: tuple[str, ...], label_key: bytes, num_classes: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read and concatenate CIFAR batches into images (N, 3, 32, 32) and labels (N,)."""
-    images, labels = [], []
-    for name in names:
-        path = folder / name
-        batch = _unpickle(path)
-        data = batch.get(b"data")
-        batch_labels = batch.get(label_key)
-        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
-            raise FilterpruneError(f"{path}: b'data' is not a 2-D uint8 array")
-        if data.shape[1] != 3 * 32 * 32 or batch_labels is None:
-            raise FilterpruneError(
-                f"{path}: expected b'data' (N, 3072) and {label_key!r}, got {data.shape}"
-            )
-        batch_labels = np.asarray(batch_labels, dtype=np.int64)
-        if batch_labels.shape != (len(data),):
-            raise FilterpruneError(f"{path}: {len(data)} images but {batch_labels.size} labels")
-        _check_labels(batch_labels, num_classes, path)
-        images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(batch_labels)
-    return _to_tensors(np.concatenate(images), np.concatenate(labels))
-
-
 def _load_cifar(spec: DatasetSpec, root: Path) -> ImageDataset:
     """Read CIFAR-10/100 from ``root``, extracting the archive first if needed."""
-    layout = _CIFAR_LAYOUTS[spec.format]
+    layout = CIFAR_LAYOUTS[spec.format]
     folder = root / layout.folder
     if not folder.is_dir():
-        _extract_tar(root / layout.archive, root, layout.folder)
+        extract_tar(root / layout.archive, root, layout.folder)
     if spec.classes is None:
         meta_path = folder / layout.meta
-        names = _unpickle(meta_path).get(layout.names_key)
+        names = unpickle(meta_path).get(layout.names_key)
         if not isinstance(names, list) or not all(isinstance(n, bytes) for n in names):
             raise FilterpruneError(f"{meta_path}: no class name list {layout.names_key!r}")
         classes = tuple(n.decode("utf-8") for n in names)
     else:
         classes = spec.classes
-    train = _read_cifar_batches(folder, layout.train, layout.label_key, len(classes))
-    test = _read_cifar_batches(folder, layout.test, layout.label_key, len(classes))
+    train = read_cifar_batches(folder, layout.train, layout.label_key, len(classes))
+    test = read_cifar_batches(folder, layout.test, layout.label_key, len(classes))
     return ImageDataset(spec.name, *train, *test, classes, spec.mean, spec.std, spec.augment)
-
-
-def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
-    """Raise FilterpruneError unless ``member`` is a plain file or dir with a relative path."""
-    path = PurePosixPath(member.name)
-    if path.is_absolute() or ".." in path.parts:
-        problem = "path outside the target directory"
-    elif member.issym() or member.islnk():
-        problem = "link"
-    elif not (member.isfile() or member.isdir()):
-        problem = "device or other special file"
-    else:
-        return
-    raise FilterpruneError(
-        f"refusing to extract {archive}: unsafe member {member.name!r} ({problem})"
-    )
-
-
-def _extract_tar(archive: Path, dest: Path, folder: str) -> None:
-    """Safely extract ``folder`` of ``archive`` into ``dest``, atomically.
-
-    Every member is checked before anything is written; the archive is extracted into a
-    temporary directory inside ``dest`` and ``folder`` is then renamed into place.
-
-    Raises:
-        FilterpruneError: Unsafe member (absolute path, ``..``, link, device), unreadable
-            archive, ``folder`` absent from it, or ``dest`` not writable.
-    """
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
-                _check_member(member, archive)
-            tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest))
-            try:
-                if hasattr(tarfile, "data_filter"):
-                    tar.extractall(tmp, members=members, filter="data")
-                else:  # Python < 3.10.12 / 3.11.4: members were checked above
-                    tar.extractall(tmp, members=members)
-                if not (tmp / folder).is_dir():
-                    raise FilterpruneError(f"{archive} does not contain the folder {folder}/")
-                os.replace(tmp / folder, dest / folder)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    except (tarfile.TarError, OSError) as e:
-        raise FilterpruneError(f"cannot extract {archive} into {dest}: {e}") from e

@@ -5,7 +5,6 @@ dependency builder (``filterprune.engine.dependencies``) applies to ``call_funct
 
 from __future__ import annotations
 
-import itertools
 import math
 import operator
 
@@ -15,6 +14,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from filterprune.engine import ops
+from filterprune.engine.spaces import refined
 
 
 class FunctionRules:
@@ -365,13 +365,6 @@ def owner_of(value: object, attribute: str | None = None) -> str | None:
         return None
     owner, _, name = value.target.rpartition(".")
     return owner if attribute in (None, name) else None
-
-
-def refined(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
-    """The runs cut at the cuts of both ``a`` and ``b`` (runs of the same channels; either may
-    be empty: no cut)."""
-    ends = sorted({*itertools.accumulate(a), *itertools.accumulate(b)})
-    return tuple(end - start for start, end in zip([0, *ends], ends, strict=False))
 
 
 def _offsets(layout: tuple) -> list[int]:

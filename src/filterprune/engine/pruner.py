@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from filterprune.engine.budget import Budget, LatencyCosts, SensitivityCurves, allocate
+from filterprune.engine.budget import Budget, SensitivityCurves, allocate
+from filterprune.engine.costs import LatencyCosts
 from filterprune.engine.coverage import Coverage, coverage
 from filterprune.engine.criteria import Criterion
 from filterprune.engine.dependencies import trace
