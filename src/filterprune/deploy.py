@@ -178,7 +178,9 @@ class Comparison:
         if spread <= self.max_spread:
             return {"reliable": True, "reason": f"{what.format(spread)} over {where}"}
         return {"reliable": False, "reason": f"{what.format(spread)} after {where} (limit "
-                                             f"{self.max_spread:.0%}): machine busy"}
+                                             f"{self.max_spread:.0%}): machine busy, or each "
+                                             "timing too short for this model "
+                                             "(deploy.min_run_time_s)"}
 
     @property
     def reliable(self) -> bool:

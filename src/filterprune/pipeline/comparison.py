@@ -78,7 +78,7 @@ def comparison_lines(results: RunResults) -> list[str]:
                       row.stage, human, unreliable) for row in method]
     lines += table(header, rows)
     if unreliable:
-        lines += ["", f"{DAGGER} unreliable (the machine was too busy; the figure is shown, "
+        lines += ["", f"{DAGGER} unreliable (the timings were too noisy; the figure is shown, "
                   "not trusted):"]
         lines += [f"- {what}: {why}" for what, why in unreliable.items()]
     if any(getattr(row, "zeroed_conv_weights", None) is not None
