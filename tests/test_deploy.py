@@ -54,7 +54,7 @@ def test_a_drifting_load_makes_latencies_unreliable_but_paired_ratios_hold():
     for name in "ab":
         entry = result.latency(name)
         assert not entry["reliable"] and entry["spread"] > 0.5
-        assert entry["reason"].endswith("(limit 10%): machine busy")
+        assert "(limit 10%): machine busy, or each timing too short" in entry["reason"]
     assert not result.reliable
     ratio = result.ratio("b", "a")
     assert ratio["reliable"] and ratio["low"] <= 2.0 <= ratio["high"]
