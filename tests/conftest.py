@@ -1,7 +1,10 @@
 """Shared fixtures: a small synthetic dataset in the official idx format and a run config."""
 
+import os
+
 import numpy as np
 import pytest
+import torch
 import yaml
 from _idx import write_idx
 
@@ -14,6 +17,16 @@ from filterprune.pipeline.results import (
     RunResults,
     SensitivityTable,
 )
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``-n 2``: one worker per core), each worker and the command-line
+    processes it starts compute on one thread: two threads per worker would oversubscribe the
+    cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
 
 FILES = {
     "train-images-idx3-ubyte.gz": "train_images", "train-labels-idx1-ubyte.gz": "train_labels",

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from _zoo import ARCHITECTURES
 from safetensors.torch import save_file
 from test_graph_general import NETS, randomize_bn
 
@@ -89,7 +90,7 @@ def test_state_dicts_are_read_without_pickled_code(tmp_path):
         load_state_dict(tmp_path / "w.bin")
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", ARCHITECTURES)
 def test_onnx_export_matches_pytorch(name, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     model, path = pruned_zoo_file(name, tmp_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.fx
+from _zoo import ARCHITECTURES
 from torch import nn
 
 from filterprune.errors import FilterpruneError
@@ -33,10 +34,13 @@ def test_expected_models_registered():
     assert set(MODELS) == {"scnnb", "vgg16", "vgg16-lite", *RESNET_DEPTHS, "resnet18", "resnet34",
                            "resnet50", "mobilenetv2", "resnet20-dwse"}
     assert MODELS.index("resnet20") < MODELS.index("resnet110")
+    assert set(ARCHITECTURES) < set(MODELS)
 
 
-@pytest.mark.parametrize(("in_channels", "side"), INPUTS)
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize(
+    ("name", "in_channels", "side"),
+    [(name, *INPUTS[0]) for name in MODELS] + [(name, *INPUTS[1]) for name in ARCHITECTURES],
+)
 def test_forward_backward(name, in_channels, side):
     torch.manual_seed(0)
     model = build(name, in_channels, side).train()
@@ -51,7 +55,7 @@ def test_forward_backward(name, in_channels, side):
 
 
 @pytest.mark.parametrize(("in_channels", "side"), INPUTS)
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", ARCHITECTURES)
 def test_fx_trace_matches(name, in_channels, side):
     torch.manual_seed(0)
     model = build(name, in_channels, side).eval()
