@@ -276,7 +276,7 @@ def test_a_conv_added_to_repeated_channels_keeps_the_same_filters_in_each_copy(t
     primary = result.plan.kept["primary"]
     assert len(primary) == 2  # floor(4 * 0.7)
     assert result.plan.kept["shortcut"] == primary + [i + 4 for i in primary]
-    assert result.graph.group_of("shortcut").tiles == {"shortcut": 2}
+    assert result.graph.group_of("shortcut").covers == {"shortcut": ((0, 4), (0, 4))}
 
 
 def small_res2net():

@@ -310,7 +310,7 @@ def select_filters(
         total = sum(
             group.fold(name, score(_weight(name, modules[name], graph, plan, strategy))
                        if score is not None
-                       else _given(scores, name, group.out_channels * group.tiles.get(name, 1)))
+                       else _given(scores, name, group.filters(name)))
             for name in scorers
         )
         return _top(total, keep, group)
@@ -358,7 +358,7 @@ def decide_groups(
             if group.approximate:
                 plan.approximate[name] = group.approximate
             plan.kept[name] = group.tiled(name, kept)
-            plan.widths[name] = group.out_channels * group.tiles.get(name, 1)
+            plan.widths[name] = group.filters(name)
     for name, kept in follower_convs(graph, modules, plan.kept).items():
         plan.kept[name], plan.widths[name] = kept, modules[name].out_channels
     return plan
