@@ -526,3 +526,28 @@ def test_slices_at_one_attribute_cutting_different_channels_block_with_the_attri
     assert "sliced in the model's forward at 'c' together with other channels" in \
         graph.not_prunable["a"]
     assert "channels 5:None of 6 are taken at fixed positions" in graph.not_prunable["b"]
+
+
+class InPlaceNet(nn.Module):
+    """Channels written in place: ``y[:, :n] += shortcut`` (ReXNet's older form) and
+    ``y[:, n:] = other`` (an assignment)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 4
+        self.stem, self.conv = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 8, 3, padding=1)
+        self.other, self.head = nn.Conv2d(4, 4, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        s = self.stem(x)
+        y = self.conv(s)
+        y[:, :self.n] += s
+        y[:, self.n:] = self.other(s)
+        return self.head(y)
+
+
+def test_channels_written_in_place_are_joined_with_what_is_written():
+    result = check_partly_joined(InPlaceNet(), "auto")  # fx cannot trace item assignment
+    kept = result.plan.kept
+    assert kept["conv"] == kept["stem"] + [4 + i for i in kept["other"]]
+    assert len(kept["stem"]) == len(kept["other"]) == 2 and result.model.n == 2

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import operator
 from collections.abc import Callable, Sequence
 
 import torch
@@ -187,6 +188,9 @@ class _Builder(FunctionRules, ChannelSpaces):
         elif node.op == "output":
             for x in inputs:
                 self.block(x, "its channels reach the model output")
+            return
+        elif node.target is operator.setitem:
+            self.visit_setitem(node)
             return
         elif node.op == "get_attr" or (node.op != "call_module" and not has_tensors(node)) or (
             node.op != "call_module" and node.all_input_nodes and

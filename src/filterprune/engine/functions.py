@@ -239,12 +239,40 @@ class FunctionRules:
         return True
 
     def sliced(self, node: fx.Node, source: tuple, src_shape: tuple, shape: tuple) -> tuple | None:
-        """``x[...]``: spatial slices keep the layout; a channel slice ``x[:, a:b]`` takes the
-        part of the layout between its bounds, each bound other than 0 and the channel count
-        held by one int attribute of the module running it (DPN's ``x[:, :self.num_1x1_c]``,
-        ReXNet's ``x[:, 0:self.in_channels]``): the channels are cut there (each side keeps at
-        least one, in proportion) and surgery rewrites the attribute to the kept count before
-        the bound. Other channel slices block the channels."""
+        """``x[...]``: spatial slices keep the layout; a channel slice takes its part of the
+        layout (``channel_part``); other channel slices block the channels."""
+        part = self.channel_part(node, source, src_shape)
+        return self.stop(source, shape, part) if isinstance(part, str) else part
+
+    def visit_setitem(self, node: fx.Node) -> None:
+        """``x[index] = value`` (or ``x[:, :n] += y``, which fx writes as a getitem, an iadd
+        and this): the part of ``x``'s channels it writes is joined with ``value``'s (a
+        constant value joins nothing); an index or value the engine does not understand
+        blocks both."""
+        target, _, value = node.args
+        source, src_shape = self.source(node)
+        if source is None:
+            return
+        part = self.channel_part(node, source, src_shape)
+        values = self.layouts.get(value) if isinstance(value, fx.Node) else ()
+        value_shape = node_shape(value) if isinstance(value, fx.Node) else None
+        if part is None or isinstance(part, str) or values is None or (
+            values and (value_shape is None or len(value_shape) != len(src_shape))
+        ):
+            reason = part if isinstance(part, str) else f"its channels are written in place " \
+                f"by {self.describe(node)}, which the engine cannot prune through"
+            self.block(source + (values or ()), reason)
+        elif values:
+            self.join(part, values, f"its channels are written in place {self.where(node)}")
+
+    def channel_part(self, node: fx.Node, source: tuple, src_shape: tuple) -> tuple | str | None:
+        """The layout of ``x[index]`` (``node.args[1]``): spatial slices keep the layout; a
+        channel slice ``x[:, a:b]`` takes the part of the layout between its bounds, each
+        bound other than 0 and the channel count held by one int attribute of the module
+        running it (DPN's ``x[:, :self.num_1x1_c]``, ReXNet's ``x[:, 0:self.in_channels]``):
+        the channels are cut there (each side keeps at least one, in proportion) and surgery
+        rewrites the attribute to the kept count before the bound. Other channel slices give
+        the reason they cannot be pruned through; an index not understood gives None."""
         index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
         if any(i is None or isinstance(i, fx.Node) for i in index) or index.count(...) > 1:
             return None
@@ -263,9 +291,8 @@ class FunctionRules:
                   if type(v) is int and v == b and not n.startswith("_")] for b in bounds]
         if channels.step not in (None, 1) or not 0 <= start < min(stop, width) or \
                 any(len(n) != 1 for n in names):
-            return self.stop(source, shape, f"channels {start}:{channels.stop} of {width} are "
-                             f"taken at fixed positions by {self.describe(node)}: pruning would "
-                             "move them")
+            return f"channels {start}:{channels.stop} of {width} are taken at fixed " \
+                   f"positions by {self.describe(node)}: pruning would move them"
         for bound, (name,) in zip(bounds, names, strict=True):
             self.cut(source, bound)
             self.split_sizes.append((scope_of(node), name, [_part(source, 0, bound)]))
