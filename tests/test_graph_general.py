@@ -551,3 +551,15 @@ def test_channels_written_in_place_are_joined_with_what_is_written():
     kept = result.plan.kept
     assert kept["conv"] == kept["stem"] + [4 + i for i in kept["other"]]
     assert len(kept["stem"]) == len(kept["other"]) == 2 and result.model.n == 2
+
+
+def test_score_by_a_member_covering_part_of_the_channels_leaves_the_others_to_all_members():
+    torch.manual_seed(0)
+    net = PartialResidualNet()
+    x = torch.randn(1, 3, 6, 6)
+    result = filterprune.prune(net, x, ratio=0.5, residual="coupled", score_by=["stem.0"])
+    stem, conv = (net.get_submodule(n).weight.abs().sum((1, 2, 3)) for n in ("stem.0", "conv.0"))
+    residual = sorted(stem.topk(2).indices.tolist())  # scored by the stem conv alone
+    others = sorted((conv[4:].topk(2).indices + 4).tolist())  # the stem does not cover them
+    assert others != [4, 5]  # not what scores of 0 would keep
+    assert result.plan.kept["conv.0"] == residual + others
