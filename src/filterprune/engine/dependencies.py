@@ -15,18 +15,27 @@ come from, in order (one group for a conv output; several after a concatenation)
   groups of their operands, so a group can have several members (e.g. every second conv of a
   ResNet stage, the stem conv and the 1x1 projection shortcut);
 - a concatenation along channels lays its inputs' groups side by side (offsets into the
-  consumer's input channels); a layout of k copies of one group's C channels joined with one
-  layer's k * C channels (GhostNet: ``cat([x, depthwise(x)])`` added to a conv shortcut) makes
-  that layer a member whose filter ``i`` is channel ``i % C`` (``ChannelGroup.tiles``);
+  consumer's input channels);
+- joining two layouts ties their channels one to one, whatever parts of spaces they are
+  (``ChannelSpaces.join``): k copies of one group's C channels joined with one layer's k * C
+  channels (GhostNet: ``cat([x, depthwise(x)])`` added to a conv shortcut) make that layer a
+  member whose filter ``i`` is channel ``i % C``; a part of a layer's channels joined with
+  other channels (ReXNet's ``x[:, :in_chs] + shortcut``, DPN's ``x_s[:, :c] + out[:, :c]``,
+  MixNet's split parts added to a whole shortcut) makes the rest of its channels runs of the
+  same group; each member covers ranges of its group's channels (``ChannelGroup.covers``) and
+  each run keeps its share (``ChannelGroup.runs``);
 - a split of one group's channels into k equal parts (Res2Net's ``torch.split(x, self.width,
-  1)``, ``chunk``) makes each part a copy of a new group's channels (the same tiles): every
+  1)``, ``chunk``) makes each part a copy of a new group's channels (the same copies): every
   part keeps the same channels, and surgery rewrites the one int attribute of the module that
   holds the part size (``DependencyGraph.split_sizes``);
 - ``torch.split(x, sizes, 1)`` with ``sizes`` held by one list attribute of the module (MixNet's
-  MixedConv2d) gives each part its share of the layout (segments with a ``start``); a group it
-  cuts keeps at least one channel in each part (``ChannelGroup.runs``) and surgery rewrites the
-  attribute to the kept counts; other splits and slices along the channels block the channels
-  they cut;
+  MixedConv2d) gives each part its share of the layout (segments with a ``start``); the groups
+  it cuts keep at least one channel in each part (runs) and surgery rewrites the attribute to
+  the kept counts; a channel slice ``x[:, a:b]`` whose bounds are held by int attributes of the
+  module (DPN's ``x[:, :self.num_1x1_c]``) takes its part likewise, and surgery rewrites them;
+  ``x[:, a:b] = y`` (or ``+= y``) joins that part with ``y``; other splits and slices along the
+  channels block the channels they cut, and so do splits or slices at one attribute that cut
+  different channels;
 - a conv or Linear reading a layout is a *consumer*: its input channels (for a Linear after a
   flatten, the H*W input features of each channel) are pruned;
 - ``permute`` moves the channels to another dim (ConvNeXt's channels-last blocks): there a Linear

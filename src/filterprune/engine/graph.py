@@ -57,9 +57,10 @@ class ChannelGroup:
         blocked: why the channels cannot be pruned at all, or None.
         chunks: the channels form this many equal runs, each keeping the same number of
             channels (grouped convs read or write them per group); 1 otherwise.
-        runs: the sizes of the unequal parts a split cuts the channels into (MixNet's
-            ``torch.split(x, self.splits, 1)``), each keeping at least one channel, in
-            proportion; empty otherwise.
+        runs: the sizes of the unequal parts a split or slice cuts the channels into
+            (MixNet's ``torch.split(x, self.splits, 1)``, DPN's ``x[:, :self.num_1x1_c]``), or
+            that members cover differently (the channels a shortcut is added to, and the
+            others), each keeping at least one channel, in proportion; empty otherwise.
         approximate: why pruning these channels changes the model beyond the removed channels
             (LayerNorm/GroupNorm over them, weight standardisation), when ``exact=False`` let
             them be pruned; None for exact groups.
@@ -191,8 +192,9 @@ class DependencyGraph:
             into ``parts`` (their layouts) at the sizes ``module.attribute`` holds: an int, the
             size of equal parts (Res2Net's ``torch.split(x, self.width, 1)``) or their total
             (CSPNet's ``x.split(self.expand_chs // 2, dim=1)``), or a list
-            (MixNet's ``torch.split(x, self.splits, 1)``); surgery sets it to the parts' kept
-            channel counts.
+            (MixNet's ``torch.split(x, self.splits, 1)``); a channel slice's bound is one part,
+            the channels before it (DPN's ``x[:, :self.num_1x1_c]``); surgery sets it to the
+            parts' kept channel counts.
         prune_linear: whether hidden Linear layers of heads are prunable layers (``trace``).
         exact: False when approximate groups may be pruned (``trace``).
     """
