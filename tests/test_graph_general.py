@@ -495,6 +495,13 @@ def test_partial_residual_prunes_the_shortcut_with_the_first_channels_only(trace
     assert len(kept["stem.0"]) == 2 and first(kept["conv.0"], 4) == kept["stem.0"]
     assert len(kept["conv.0"]) == 4  # 2 of the residual channels, 2 of the others
     assert result.model.in_channels == 2
+    net, x = PartialResidualNet(), torch.zeros(1, 3, 6, 6)
+    graph = trace(net, x, residual="coupled", tracer=tracer)
+    for kept in ({"stem.0": [0, 1], "conv.0": [0, 2, 4, 5]}, {"conv.0": [0, 1, 4, 5]}):
+        widths = {"stem.0": 4, "conv.0": 8}
+        bad = PruningPlan(kept=kept, widths={name: widths[name] for name in kept})
+        with pytest.raises(FilterpruneError, match="0' and '.*0' share their output"):
+            apply_plan(net, bad, graph)
 
 
 @pytest.mark.parametrize("tracer", ["fx", "record"])

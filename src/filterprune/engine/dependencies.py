@@ -386,8 +386,8 @@ class _Builder(FunctionRules, ChannelSpaces):
             if pieces[space] != ((0, width[self.find(space)]),):
                 roots[self.find(space)].covers[name] = pieces[space]
         for group in roots.values():
-            covered = {c for name in group.members for c in group.channels(name).tolist()}
-            if group.covers and len(covered) < group.out_channels:
+            if group.covers and len({c for name in group.members
+                                     for c in group.channels(name).tolist()}) < group.out_channels:
                 group.blocked = group.blocked or "some of its channels come from no layer " \
                     "the engine can prune (they are joined with channels that no conv makes)"
 

@@ -253,7 +253,7 @@ class FunctionRules:
         source, src_shape = self.source(node)
         if source is None:
             return
-        part = self.channel_part(node, source, src_shape)
+        part = self.channel_part(node, source, src_shape) if self.dim == 1 else None
         values = self.layouts.get(value) if isinstance(value, fx.Node) else ()
         value_shape = node_shape(value) if isinstance(value, fx.Node) else None
         if part is None or isinstance(part, str) or values is None or (

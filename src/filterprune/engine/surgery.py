@@ -53,7 +53,11 @@ def check_plan(plan: PruningPlan, graph: DependencyGraph) -> None:
         if id(group) in checked:
             continue
         checked.add(id(group))
-        kept = group.kept_channels(members) or []
+        if group.members[0] not in members:
+            raise FilterpruneError(
+                f"plan does not fit the model: '{name}' and '{group.members[0]}' share their "
+                "output channels, so the plan must list both")
+        kept = group.kept_channels(members)
         starts = [sum(group.runs[:i]) for i in range(len(group.runs))]
         if any(not any(s <= i < s + n for i in kept)
                for s, n in zip(starts, group.runs, strict=True)):
