@@ -570,3 +570,12 @@ def test_score_by_a_member_covering_part_of_the_channels_leaves_the_others_to_al
     others = sorted((conv[4:].topk(2).indices + 4).tolist())  # the stem does not cover them
     assert others != [4, 5]  # not what scores of 0 would keep
     assert result.plan.kept["conv.0"] == residual + others
+
+
+def test_partly_joined_channels_read_per_group_by_a_grouped_conv_block_with_it_named():
+    net = PartialResidualNet()
+    net.head = nn.Conv2d(8, 2, 1, groups=2)
+    graph = trace(net, torch.zeros(1, 3, 6, 6), residual="coupled")
+    assert "conv.0" not in graph.layers
+    assert "read or written per group by grouped conv 'head' and are also cut into parts" in \
+        graph.not_prunable["conv.0"]
