@@ -20,7 +20,8 @@ from filterprune.engine import ops
 class FunctionRules:
     """The builder's rules for operations other than layers, mixed into it: they give a node's
     output a layout (or None: not understood, so the builder blocks its inputs) and use the
-    builder's union-find (``join``, ``block``, ``fresh``, ``stop``, ``use``, ``new_space``)."""
+    builder's union-find (``join``, ``block``, ``fresh``, ``stop``, ``use``, ``new_space``,
+    ``cut``)."""
 
     def visit_channels_last(self, node: fx.Node, shape: tuple | None) -> tuple | None:
         """A node reading channels at another dim than 1 (ConvNeXt's channels-last MLP): a
