@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from test_graph_general import DualPathNet, MixedResidualNet, PartialResidualNet
 from torch import nn
 
 import filterprune
@@ -310,7 +311,11 @@ def linear_head_net() -> nn.Module:
     (unequal_split_net, 8, False),  # unequal splits (MixNet)
     (small_convnext, 32, False),  # channels-last Linears
     (linear_head_net, 8, True),  # prune_linear: the hidden Linear of a VGG-style head
-], ids=["ghostnet", "res2net", "unequal-split", "convnext", "linear-head"])
+    (DualPathNet, 8, False),  # channels partly joined: DPN's dual path
+    (PartialResidualNet, 8, False),  # ReXNet's partial residual
+    (MixedResidualNet, 8, False),  # MixNet's split parts added to whole channels
+], ids=["ghostnet", "res2net", "unequal-split", "convnext", "linear-head", "dual-path",
+        "partial-residual", "mixed-residual"])
 @pytest.mark.parametrize("kind", ["macs", "params"])
 def test_cost_model_equals_the_profile_of_the_pruned_model_on_new_layouts(build, size, linear,
                                                                           kind):

@@ -389,3 +389,193 @@ def test_ignored_conv_is_left_untouched():
 def test_unknown_residual_policy_is_an_error():
     with pytest.raises(FilterpruneError, match="unknown residual policy 'outer'"):
         trace(AddNet(), torch.zeros(1, 1, 2, 2), residual="outer")
+
+
+class DualPathNet(nn.Module):
+    """DPN's dual path: of each block's output, the first ``num_1x1_c`` channels are added to
+    the residual path (``x_s[:, :c] + out[:, :c]``), the others concatenated to the dense path;
+    the first block's residual path is a projection conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.num_1x1_c = 4
+        self.proj = nn.Conv2d(3, 8, 1)  # 4 residual + 4 dense channels
+        self.conv1 = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                                   nn.Conv2d(6, 6, 1))  # 4 residual + 2 dense
+        self.bn = nn.BatchNorm2d(10)
+        self.conv2 = nn.Conv2d(10, 6, 3, padding=1)  # 4 residual + 2 dense
+        self.head = nn.Conv2d(12, 3, 1)
+
+    def forward(self, x):
+        c = self.num_1x1_c
+        x_s, out = self.proj(x), self.conv1(x)
+        x = torch.cat([x_s[:, :c] + out[:, :c], x_s[:, c:], out[:, c:]], dim=1)
+        out = self.conv2(torch.relu(self.bn(x)))
+        x = torch.cat([x[:, :c] + out[:, :c], x[:, c:], out[:, c:]], dim=1)
+        return self.head(x)
+
+
+class PartialResidualNet(nn.Module):
+    """ReXNet's partial residual: the shortcut is added to the first ``in_channels`` output
+    channels of the block's last conv (``x[:, 0:in_channels] + shortcut``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.in_channels = 4
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4))
+        self.conv = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        shortcut = self.stem(x)
+        x = self.conv(shortcut)
+        x = torch.cat([x[:, 0:self.in_channels] + shortcut, x[:, self.in_channels:]], dim=1)
+        return self.head(x)
+
+
+class MixedResidualNet(nn.Module):
+    """MixNet's pattern: a split at the sizes of a list attribute, each part read by its own
+    conv, the parts' outputs concatenated, then added to a shortcut conv and gated (SE) by
+    channels made whole by one conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.splits = [2, 4]
+        self.expand = nn.Conv2d(3, 6, 1)
+        self.mix = nn.ModuleList([nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(4, 5, 3, padding=1)])
+        self.shortcut = nn.Conv2d(3, 8, 1)
+        self.bn = nn.BatchNorm2d(8)
+        self.gate = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        parts = torch.split(self.expand(x), self.splits, 1)
+        y = torch.cat([self.mix[0](parts[0]), self.mix[1](parts[1])], dim=1)
+        y = self.bn(y + self.shortcut(x))
+        y = y * torch.sigmoid(self.gate(y.mean((2, 3), keepdim=True)))
+        return self.head(y)
+
+
+def check_partly_joined(net: nn.Module, tracer: str) -> filterprune.PruneResult:
+    """Prunes at 0.5 (coupled) and checks the pruned model equals the masked original in eval
+    and in train mode (BatchNorm statistics are per channel: a removed channel changes no other)."""
+    torch.manual_seed(0)
+    net, x = randomize_bn(net), torch.randn(4, 3, 6, 6)
+    result = filterprune.prune(net, x[:1], ratio=0.5, residual="coupled", tracer=tracer)
+    reference = masked_reference(net, result.plan, result.graph)
+    for train in (False, True):
+        pruned, masked = copy.deepcopy(result.model).train(train), reference.train(train)
+        torch.testing.assert_close(pruned(x), masked(x), rtol=1e-4, atol=1e-5)
+    return result
+
+
+def first(kept: list[int], n: int) -> list[int]:
+    return [i for i in kept if i < n]
+
+
+@pytest.mark.parametrize("tracer", ["fx", "record"])
+def test_dual_path_residual_channels_are_pruned_with_both_paths_and_the_slice_rewritten(tracer):
+    result = check_partly_joined(DualPathNet(), tracer)
+    kept, group = result.plan.kept, result.graph.group_of("proj")
+    assert group.members == ["proj", "conv1.3", "conv2"]
+    assert group.runs == (4, 4, 2, 2)  # residual, proj's dense, conv1's dense, conv2's dense
+    # 12 channels keep 6: 2 of each residual/dense part of 4, 1 of each part of 2.
+    assert first(kept["proj"], 4) == first(kept["conv1.3"], 4) == first(kept["conv2"], 4)
+    assert len(first(kept["proj"], 4)) == 2 and len(kept["proj"]) == 4
+    assert len(kept["conv1.3"]) == len(kept["conv2"]) == 3
+    assert result.model.num_1x1_c == 2
+    assert result.model.head.in_channels == 2 + 2 + 1 + 1
+
+
+@pytest.mark.parametrize("tracer", ["fx", "record"])
+def test_partial_residual_prunes_the_shortcut_with_the_first_channels_only(tracer):
+    result = check_partly_joined(PartialResidualNet(), tracer)
+    kept, group = result.plan.kept, result.graph.group_of("conv.0")
+    assert group.covers == {"stem.0": ((0, 4),)} and group.runs == (4, 4)
+    assert len(kept["stem.0"]) == 2 and first(kept["conv.0"], 4) == kept["stem.0"]
+    assert len(kept["conv.0"]) == 4  # 2 of the residual channels, 2 of the others
+    assert result.model.in_channels == 2
+    net, x = PartialResidualNet(), torch.zeros(1, 3, 6, 6)
+    graph = trace(net, x, residual="coupled", tracer=tracer)
+    for kept in ({"stem.0": [0, 1], "conv.0": [0, 2, 4, 5]}, {"conv.0": [0, 1, 4, 5]}):
+        widths = {"stem.0": 4, "conv.0": 8}
+        bad = PruningPlan(kept=kept, widths={name: widths[name] for name in kept})
+        with pytest.raises(FilterpruneError, match="0' and '.*0' share their output"):
+            apply_plan(net, bad, graph)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "record"])
+def test_concatenated_parts_of_a_split_are_added_to_and_gated_by_whole_channels(tracer):
+    result = check_partly_joined(MixedResidualNet(), tracer)
+    kept = result.plan.kept
+    assert result.graph.group_of("shortcut").members == ["mix.0", "mix.1", "shortcut", "gate"]
+    shared = kept["mix.0"] + [3 + i for i in kept["mix.1"]]
+    assert kept["shortcut"] == kept["gate"] == shared
+    assert (len(kept["mix.0"]), len(kept["mix.1"])) == (1, 2)  # 4 * 3 // 8, 4 * 5 // 8
+    assert result.model.splits == [1, 2] == [len(first(kept["expand"], 2)),
+                                             len(kept["expand"]) - len(first(kept["expand"], 2))]
+
+
+def test_slices_at_one_attribute_cutting_different_channels_block_with_the_attribute_named():
+    class TwoCuts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = 2
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 6, 1)
+            self.head = nn.Conv2d(5, 2, 1)
+
+        def forward(self, x):
+            a, b = self.a(x), self.b(x)
+            return self.head(torch.cat([a[:, :self.c], b[:, :self.c], b[:, 5:]], dim=1))
+
+    graph = trace(TwoCuts(), torch.zeros(1, 3, 4, 4), residual="coupled")
+    assert not graph.layers
+    assert "sliced in the model's forward at 'c' together with other channels" in \
+        graph.not_prunable["a"]
+    assert "channels 5:None of 6 are taken at fixed positions" in graph.not_prunable["b"]
+
+
+class InPlaceNet(nn.Module):
+    """Channels written in place: ``y[:, :n] += shortcut`` (ReXNet's older form) and
+    ``y[:, n:] = other`` (an assignment)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 4
+        self.stem, self.conv = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 8, 3, padding=1)
+        self.other, self.head = nn.Conv2d(4, 4, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        s = self.stem(x)
+        y = self.conv(s)
+        y[:, :self.n] += s
+        y[:, self.n:] = self.other(s)
+        return self.head(y)
+
+
+def test_channels_written_in_place_are_joined_with_what_is_written():
+    result = check_partly_joined(InPlaceNet(), "auto")  # fx cannot trace item assignment
+    kept = result.plan.kept
+    assert kept["conv"] == kept["stem"] + [4 + i for i in kept["other"]]
+    assert len(kept["stem"]) == len(kept["other"]) == 2 and result.model.n == 2
+
+
+def test_score_by_a_member_covering_part_of_the_channels_leaves_the_others_to_all_members():
+    torch.manual_seed(0)
+    net = PartialResidualNet()
+    x = torch.randn(1, 3, 6, 6)
+    result = filterprune.prune(net, x, ratio=0.5, residual="coupled", score_by=["stem.0"])
+    stem, conv = (net.get_submodule(n).weight.abs().sum((1, 2, 3)) for n in ("stem.0", "conv.0"))
+    residual = sorted(stem.topk(2).indices.tolist())  # scored by the stem conv alone
+    others = sorted((conv[4:].topk(2).indices + 4).tolist())  # the stem does not cover them
+    assert others != [4, 5]  # not what scores of 0 would keep
+    assert result.plan.kept["conv.0"] == residual + others
+
+
+def test_partly_joined_channels_read_per_group_by_a_grouped_conv_block_with_it_named():
+    net = PartialResidualNet()
+    net.head = nn.Conv2d(8, 2, 1, groups=2)
+    graph = trace(net, torch.zeros(1, 3, 6, 6), residual="coupled")
+    assert "conv.0" not in graph.layers
+    assert "read or written per group by grouped conv 'head' and are also cut into parts" in \
+        graph.not_prunable["conv.0"]

@@ -6,13 +6,14 @@ import torch
 import torch.nn.functional as F
 import yaml
 from conftest import make_results
-from test_graph_general import randomize_bn
+from test_graph_general import PartialResidualNet, randomize_bn
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from filterprune.checkpoint import load_model
 from filterprune.deploy import rebuilt
 from filterprune.engine import (
+    apply_plan,
     cluster_representatives,
     select_by_clustering,
     select_filters,
@@ -53,6 +54,20 @@ def test_clustering_keeps_one_filter_of_each_redundant_pair():
         model.features[0].weight[16:] *= 4
     plan = select_by_clustering(model, graph, {"features.0": 0.5})
     assert plan.kept["features.0"] == list(range(16, 32))
+
+
+def test_clustering_a_group_whose_members_cover_parts_of_it_clusters_each_part():
+    torch.manual_seed(0)
+    net = PartialResidualNet()  # stem.0 covers channels 0..3, conv.0 channels 0..7
+    with torch.no_grad():
+        for conv in (net.stem[0], net.conv[0]):
+            conv.weight[2:4] = 0.5 * conv.weight[0:2]  # residual channels 2, 3 repeat 0, 1
+        net.conv[0].weight[6:8] = 0.5 * net.conv[0].weight[4:6]
+    x = torch.randn(1, 3, 6, 6)
+    graph = trace(net, x, residual="coupled")
+    plan = select_by_clustering(net, graph, {"conv.0": 0.5})
+    assert plan.kept["stem.0"] == [0, 1] and plan.kept["conv.0"] == [0, 1, 4, 5]
+    assert apply_plan(net, plan, graph)(x).shape == (1, 2, 6, 6)
 
 
 def test_clustering_by_feature_maps_uses_the_given_descriptors():

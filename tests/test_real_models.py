@@ -276,7 +276,7 @@ def test_a_conv_added_to_repeated_channels_keeps_the_same_filters_in_each_copy(t
     primary = result.plan.kept["primary"]
     assert len(primary) == 2  # floor(4 * 0.7)
     assert result.plan.kept["shortcut"] == primary + [i + 4 for i in primary]
-    assert result.graph.group_of("shortcut").tiles == {"shortcut": 2}
+    assert result.graph.group_of("shortcut").covers == {"shortcut": ((0, 4), (0, 4))}
 
 
 def small_res2net():
@@ -329,7 +329,26 @@ def test_mixnet_prunes_exactly():
     x = torch.randn(2, 3, 32, 32)
     result = check_pruned(model, x, residual="coupled")
     before = filterprune.profile(model, x[:1]).macs
-    assert filterprune.profile(result.model, x[:1]).macs < 0.8 * before
+    assert filterprune.profile(result.model, x[:1]).macs < 0.6 * before  # split parts join
+
+
+@pytest.mark.parametrize(("name", "attribute"), [("dpn68", "num_1x1_c"),
+                                                 ("rexnet_100", "in_channels")])
+def test_channels_partly_joined_by_slices_prune_exactly_and_much(name, attribute):
+    """DPN's dual path (``x_s[:, :c] + out[:, :c]``) and ReXNet's partial residual
+    (``x[:, :in_chs] + shortcut``): the slice bounds are rewritten to the kept counts."""
+    import filterprune
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5)
+    x = torch.randn(2, 3, 32, 32)
+    result = check_pruned(model, x, residual="coupled")
+    before = filterprune.profile(model, x[:1]).macs
+    assert filterprune.profile(result.model, x[:1]).macs < 0.6 * before
+    sliced = [(m, p) for m, p in zip(model.modules(), result.model.modules(), strict=True)
+              if type(m).__name__ in ("DualPathBlock", "LinearBottleneck")
+              and getattr(m, "use_shortcut", True)]  # ReXNet slices only with a shortcut
+    assert sliced and all(getattr(p, attribute) < getattr(m, attribute) for m, p in sliced)
 
 
 def prune_approximately(net, x):

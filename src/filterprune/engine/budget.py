@@ -34,7 +34,6 @@ group read or written by grouped convs keeps the same number in each conv group.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
@@ -46,7 +45,7 @@ from torch import nn
 from filterprune.engine.costs import CostModel, LatencyCosts, LatencyModel
 from filterprune.engine.criteria import Criterion, get_criterion
 from filterprune.engine.graph import ChannelGroup, DependencyGraph
-from filterprune.engine.plan import filter_weight, kept_count, resolve_ratios
+from filterprune.engine.plan import filter_weight, group_scores, kept_count, resolve_ratios
 from filterprune.engine.profile import Profile
 from filterprune.errors import FilterpruneError
 
@@ -275,10 +274,8 @@ def _global(model, cost, free, kind, share, criterion, score_by, round_to, norma
     normalised = {}
     for i in free:
         group = cost.groups[i]
-        scorers = [n for n in group.members
-                   if any(fnmatch.fnmatchcase(n, key) for key in score_by)] or group.members
-        s = sum(group.fold(n, score(filter_weight(modules[n])).detach().double())
-                for n in scorers)
+        s = group_scores(group, score_by,
+                         lambda n: score(filter_weight(modules[n])).detach().double())
         scale = s.mean() if normalize == "mean" else s.max() if normalize == "max" else 1.0
         normalised[i] = torch.sort(s / scale if float(scale) > 0 else s).values
 

@@ -97,11 +97,16 @@ def select_by_clustering(
 
     def representatives(group: ChannelGroup, keep: int) -> list[int]:
         """Clusters each run of a group that grouped convs read or write on its own."""
-        descriptors = torch.cat([  # a member's copies of the channels side by side
-            describe(name, group.out_channels * copies).float().cpu()
-            .view(copies, group.out_channels, -1).transpose(0, 1).flatten(1)
-            for name in group.members for copies in (group.tiles.get(name, 1),)
-        ], dim=1)
+        blocks = []  # per range of a member's filters, its descriptors at their channels
+        for name in group.members:
+            rows = describe(name, group.filters(name)).float().cpu()
+            offset = 0
+            for first, count in group.ranges(name):
+                block = rows.new_zeros(group.out_channels, rows.shape[1])
+                block[first:first + count] = rows[offset:offset + count]
+                blocks.append(block)
+                offset += count
+        descriptors = torch.cat(blocks, dim=1)
         starts = [sum(group.run_sizes()[:i]) for i in range(len(group.run_sizes()))]
         return [start + i for start, size, count in
                 zip(starts, group.run_sizes(), group.per_run(keep), strict=True)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from filterprune.engine.graph import ChannelGroup, DependencyGraph, Layout, Segment
+from filterprune.engine.graph import ChannelGroup, DependencyGraph, Layout
 from filterprune.engine.profile import Profile
 from filterprune.errors import FilterpruneError
 
@@ -94,7 +94,7 @@ class CostModel:
         if name in graph.followers:
             return base, graph.followers[name], None
         group = member.get(name)
-        out_layout = None if group is None else (Segment(group, group.out_channels),)
+        out_layout = None if group is None else group.layout(name)
         return base, out_layout, graph.inputs.get(name)
 
     def _linear(self, layout: Layout | None, n: int) -> tuple[float, torch.Tensor]:
@@ -111,8 +111,7 @@ class CostModel:
             if i is None:
                 constant += share
                 continue
-            # The segment's channels, in the group's channel order (repeated copies wrap).
-            channel = (torch.arange(s.channels) + s.start) % s.group.out_channels
+            channel = torch.arange(s.channels) + s.start  # in the group's channel order
             ends = torch.tensor(s.group.run_sizes()).cumsum(0)
             runs = torch.bucketize(channel, ends, right=True)
             overlap = torch.bincount(runs, minlength=len(ends)).to(torch.float64)

@@ -15,18 +15,27 @@ come from, in order (one group for a conv output; several after a concatenation)
   groups of their operands, so a group can have several members (e.g. every second conv of a
   ResNet stage, the stem conv and the 1x1 projection shortcut);
 - a concatenation along channels lays its inputs' groups side by side (offsets into the
-  consumer's input channels); a layout of k copies of one group's C channels joined with one
-  layer's k * C channels (GhostNet: ``cat([x, depthwise(x)])`` added to a conv shortcut) makes
-  that layer a member whose filter ``i`` is channel ``i % C`` (``ChannelGroup.tiles``);
+  consumer's input channels);
+- joining two layouts ties their channels one to one, whatever parts of spaces they are
+  (``ChannelSpaces.join``): k copies of one group's C channels joined with one layer's k * C
+  channels (GhostNet: ``cat([x, depthwise(x)])`` added to a conv shortcut) make that layer a
+  member whose filter ``i`` is channel ``i % C``; a part of a layer's channels joined with
+  other channels (ReXNet's ``x[:, :in_chs] + shortcut``, DPN's ``x_s[:, :c] + out[:, :c]``,
+  MixNet's split parts added to a whole shortcut) makes the rest of its channels runs of the
+  same group; each member covers ranges of its group's channels (``ChannelGroup.covers``) and
+  each run keeps its share (``ChannelGroup.runs``);
 - a split of one group's channels into k equal parts (Res2Net's ``torch.split(x, self.width,
-  1)``, ``chunk``) makes each part a copy of a new group's channels (the same tiles): every
+  1)``, ``chunk``) makes each part a copy of a new group's channels (the same copies): every
   part keeps the same channels, and surgery rewrites the one int attribute of the module that
   holds the part size (``DependencyGraph.split_sizes``);
 - ``torch.split(x, sizes, 1)`` with ``sizes`` held by one list attribute of the module (MixNet's
-  MixedConv2d) gives each part its share of the layout (segments with a ``start``); a group it
-  cuts keeps at least one channel in each part (``ChannelGroup.runs``) and surgery rewrites the
-  attribute to the kept counts; other splits and slices along the channels block the channels
-  they cut;
+  MixedConv2d) gives each part its share of the layout (segments with a ``start``); the groups
+  it cuts keep at least one channel in each part (runs) and surgery rewrites the attribute to
+  the kept counts; a channel slice ``x[:, a:b]`` whose bounds are held by int attributes of the
+  module (DPN's ``x[:, :self.num_1x1_c]``) takes its part likewise, and surgery rewrites them;
+  ``x[:, a:b] = y`` (or ``+= y``) joins that part with ``y``; other splits and slices along the
+  channels block the channels they cut, and so do splits or slices at one attribute that cut
+  different channels;
 - a conv or Linear reading a layout is a *consumer*: its input channels (for a Linear after a
   flatten, the H*W input features of each channel) are pruned;
 - ``permute`` moves the channels to another dim (ConvNeXt's channels-last blocks): there a Linear
@@ -49,7 +58,8 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import fx, nn
@@ -73,7 +83,7 @@ from filterprune.engine.graph import (
     Layout,
     Segment,
 )
-from filterprune.engine.spaces import ChannelSpaces
+from filterprune.engine.spaces import ChannelSpaces, ranges_of
 from filterprune.engine.tracers import trace_graph
 from filterprune.errors import FilterpruneError
 
@@ -188,6 +198,9 @@ class _Builder(FunctionRules, ChannelSpaces):
             for x in inputs:
                 self.block(x, "its channels reach the model output")
             return
+        elif node.target is operator.setitem:
+            self.visit_setitem(node)
+            return
         elif node.op == "get_attr" or (node.op != "call_module" and not has_tensors(node)) or (
             node.op != "call_module" and node.all_input_nodes and
             not any(n in self.layouts or n in self.pieces for n in node.all_input_nodes)
@@ -221,7 +234,10 @@ class _Builder(FunctionRules, ChannelSpaces):
 
     def where(self, node: fx.Node) -> str:
         """``in 'layer1.0' (BasicBlock)``: the innermost module whose forward made the node."""
-        scope = scope_of(node)
+        return self.within(scope_of(node))
+
+    def within(self, scope: str) -> str:
+        """``in 'layer1.0' (BasicBlock)``, or ``in the model's forward`` for the model."""
         if scope and scope in self.modules:
             return f"in '{scope}' ({type(self.modules[scope]).__name__})"
         return "in the model's forward"
@@ -334,11 +350,11 @@ class _Builder(FunctionRules, ChannelSpaces):
             self.convs.setdefault(name, reason)
             return self.stop(source, shape, reason)
         for space, channels, *_ in source:
-            self.split(space, channels // per_group)
+            self.split(space, channels // per_group, f"grouped conv '{name}'")
         self.convs.setdefault(name, None)
         self.use(name, "input", source)
         output = self.member(name, conv.out_channels)
-        self.split(output[0][0], conv.groups)
+        self.split(output[0][0], conv.groups, f"grouped conv '{name}'")
         return output
 
     def member(self, name: str, channels: int) -> tuple:
@@ -349,40 +365,37 @@ class _Builder(FunctionRules, ChannelSpaces):
     # --- result ---
 
     def finish(self, residual: str, convs: list[str], not_called: str) -> DependencyGraph:
+        width, runs, pieces = self.coordinates()
         roots: dict[int, ChannelGroup] = {}
         for space in range(len(self.parent)):
             root = self.find(space)
-            group = roots.setdefault(root, ChannelGroup([], 0))
+            group = roots.get(root) or roots.setdefault(
+                root, ChannelGroup([], width.get(root, 0), runs=runs.get(root, ())))
             group.members += self.members[space]
             group.blocked = group.blocked or self.blocked[space]
             group.coupling = group.coupling or self.coupling[space]
-            group.chunks = math.lcm(group.chunks, self.chunks[space])
-            group.runs = group.runs or self.runs[space]
             group.approximate = group.approximate or self.approx[space]
-            width = self.widths[space]
-            group.out_channels = min(group.out_channels or width, width)
-        for space in range(len(self.parent)):
-            group = roots[self.find(space)]
-            if self.widths[space] % group.out_channels or group.out_channels % group.chunks or (
-                group.runs and (group.chunks > 1 or sum(group.runs) != group.out_channels)
-            ):
-                group.blocked = group.blocked or "its channels are joined with repeats of " \
-                    "channels whose count does not divide theirs"
+            chunks, what = self.chunks[space]
+            copies = len(pieces[space])  # chunks of a space of k copies: chunks / k per copy
+            if chunks > 1 and not group.runs and chunks % copies == 0:
+                group.chunks = math.lcm(group.chunks, chunks // copies)
+            elif chunks > 1:
+                group.blocked = group.blocked or f"its channels are read or written per group " \
+                    f"by {what} and are also cut into parts of other sizes (a slice or split)"
         for name, space in self.outputs.items():
-            group = roots[self.find(space)]
-            if self.widths[space] > group.out_channels:
-                group.tiles[name] = self.widths[space] // group.out_channels
+            if pieces[space] != ((0, width[self.find(space)]),):
+                roots[self.find(space)].covers[name] = pieces[space]
+        for group in roots.values():
+            if group.covers and len({c for name in group.members
+                                     for c in group.channels(name).tolist()}) < group.out_channels:
+                group.blocked = group.blocked or "some of its channels come from no layer " \
+                    "the engine can prune (they are joined with channels that no conv makes)"
 
         def resolve(layout: tuple) -> Layout:
-            for space, channels, _, start in layout:
-                group = roots[self.find(space)]
-                if (start or channels < self.widths[space]) and \
-                        self.widths[space] != group.out_channels:
-                    group.blocked = group.blocked or "a part of a split of its channels is " \
-                        "joined with repeats of them"
-            return tuple(Segment(group if group.members else None, channels, f, start)
+            return tuple(Segment(group if group.members else None, count, f, first)
                          for space, channels, f, start in layout
-                         for group in (roots[self.find(space)],))
+                         for group in (roots[self.find(space)],)
+                         for first, count in ranges_of(pieces[space], start, channels))
         inputs, followers = {}, {}
         for (name, role), layout in self.uses.items():
             (inputs if role == "input" else followers)[name] = resolve(layout)
@@ -394,11 +407,13 @@ class _Builder(FunctionRules, ChannelSpaces):
             kind = "linear" if isinstance(self.modules[name], nn.Linear) else "conv"
             offset = 0
             for segment in layout:
-                if segment.group is not None:
-                    segment.group.consumers.append(
+                group = segment.group
+                if group is not None and all(c.name != name for c in group.consumers):
+                    group.consumers.append(
                         Consumer(name, kind, segment.features_per_channel, offset)
                     )
                 offset += segment.channels * segment.features_per_channel
+        split_sizes = self.resolved_sizes(resolve)
         groups = [group for group in roots.values() if group.members]
         layers, not_prunable = {}, {}
         for name, reason in self.convs.items():
@@ -418,10 +433,29 @@ class _Builder(FunctionRules, ChannelSpaces):
                 inside = any(fnmatch.fnmatchcase(prefix, key) for key in self.ignore
                              for prefix in _prefixes(name))
                 not_prunable[name] = "it is inside an ignored module" if inside else not_called
-        split_sizes = [(name, attribute, [resolve(part) for part in parts])
-                       for name, attribute, parts in self.split_sizes]
         return DependencyGraph(layers, not_prunable, groups, inputs, followers, residual,
                                split_sizes)
+
+    def resolved_sizes(self, resolve: Callable[[tuple], Layout]) -> list:
+        """``split_sizes`` with the parts' layouts resolved, each attribute once: an attribute
+        that several splits or slices read must keep the same channels in all (else the
+        groups they cut are blocked)."""
+        sizes: dict[tuple[str, str], tuple] = {}
+        for name, attribute, parts in self.split_sizes:
+            parts = [resolve(part) for part in parts]
+            seen = sizes.setdefault((name, attribute), (name, attribute, parts))[2]
+            if [_key(part) for part in parts] != [_key(part) for part in seen]:
+                for segment in (s for part in (*parts, *seen) for s in part):
+                    if segment.group is not None:
+                        segment.group.blocked = segment.group.blocked or (
+                            f"its channels are split or sliced {self.within(name)} at "
+                            f"'{attribute}' together with other channels: pruning them "
+                            "differently would need two values of it")
+        return list(sizes.values())
+
+
+def _key(layout: Layout) -> list[tuple]:
+    return [(id(s.group), s.channels, s.features_per_channel, s.start) for s in layout]
 
 
 def _prefixes(name: str) -> list[str]:

@@ -5,6 +5,7 @@ dependency builder (``filterprune.engine.dependencies``) applies to ``call_funct
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 
@@ -14,13 +15,13 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from filterprune.engine import ops
-from filterprune.engine.spaces import refined
 
 
 class FunctionRules:
     """The builder's rules for operations other than layers, mixed into it: they give a node's
     output a layout (or None: not understood, so the builder blocks its inputs) and use the
-    builder's union-find (``join``, ``block``, ``fresh``, ``stop``, ``use``, ``new_space``)."""
+    builder's union-find (``join``, ``block``, ``fresh``, ``stop``, ``use``, ``new_space``,
+    ``cut``)."""
 
     def visit_channels_last(self, node: fx.Node, shape: tuple | None) -> tuple | None:
         """A node reading channels at another dim than 1 (ConvNeXt's channels-last MLP): a
@@ -137,7 +138,7 @@ class FunctionRules:
         if self.exact or not fits:
             return self.stop(source, shape, cross_norm(what))
         for space, width, *_ in source if isinstance(module, nn.GroupNorm) else ():
-            self.split(space, width // per)
+            self.split(space, width // per, what)
         self.use(name, "follower", source)
         self.approximate(source, f"{cross_norm(what)} (pruned approximately: exact=False)")
         return source
@@ -217,41 +218,62 @@ class FunctionRules:
 
     def unequal_parts(self, node: fx.Node, source: tuple, sizes: list[int]) -> bool:
         """``torch.split(x, sizes, 1)``, ``sizes`` held by one list attribute of the module
-        running it (MixNet's MixedConv2d): each part reads its share of the groups, a group cut
+        running it (MixNet's MixedConv2d): each part reads its share of the layout, a group cut
         by the split keeps at least one channel in each of its parts (``ChannelGroup.runs``),
         and surgery rewrites the attribute to the kept counts. False where this does not
-        apply (a group seen twice or read per conv group, parts of parts)."""
+        apply (no such attribute, features per channel after a flatten)."""
         sections = argument(node, 1, "split_size_or_sections", node.kwargs.get("split_size"))
-        spaces = [s[0] for s in source]
         if node.target not in ("split", torch.split) or not isinstance(sections, list | tuple) \
-                or list(sections) != sizes or len(set(spaces)) < len(spaces) or \
-                not all(self.whole(s) and s[2] == 1 for s in source):
+                or list(sections) != sizes or any(s[2] != 1 for s in source):
             return False
         scope = scope_of(node)
         names = [n for n, v in vars(self.modules.get(scope) or object()).items()
                  if isinstance(v, list | tuple) and list(v) == sizes and not n.startswith("_")]
-        parts, start, runs = [], 0, {}
-        for size in sizes:
-            part, end = [], start + size
-            for (space, channels, f, _), offset in zip(source, _offsets(source), strict=True):
-                lo, hi = max(start, offset), min(end, offset + channels)
-                if lo < hi:
-                    part.append((space, hi - lo, f, lo - offset))
-                    runs.setdefault(space, []).append(hi - lo)
-            parts.append(tuple(part))
-            start = end
-        cut = {self.find(space): tuple(r) for space, r in runs.items() if len(r) > 1}
-        if len(names) != 1 or any(self.chunks[root] > 1 for root in cut):
+        if len(names) != 1:
             return False
-        for root, r in cut.items():
-            self.runs[root] = refined(self.runs[root], r)
+        ends = list(itertools.accumulate(sizes))
+        for end in ends[:-1]:
+            self.cut(source, end)
+        parts = [_part(source, end - size, end) for size, end in zip(sizes, ends, strict=True)]
         self.split_sizes.append((scope, names[0], parts))
         self.pieces[node] = parts
         return True
 
     def sliced(self, node: fx.Node, source: tuple, src_shape: tuple, shape: tuple) -> tuple | None:
-        """``x[...]``: spatial slices keep the layout, and so does a channel slice that keeps
-        every channel; a channel slice at fixed positions blocks the channels."""
+        """``x[...]``: spatial slices keep the layout; a channel slice takes its part of the
+        layout (``channel_part``); other channel slices block the channels."""
+        part = self.channel_part(node, source, src_shape)
+        return self.stop(source, shape, part) if isinstance(part, str) else part
+
+    def visit_setitem(self, node: fx.Node) -> None:
+        """``x[index] = value`` (or ``x[:, :n] += y``, which fx writes as a getitem, an iadd
+        and this): the part of ``x``'s channels it writes is joined with ``value``'s (a
+        constant value joins nothing); an index or value the engine does not understand
+        blocks both."""
+        target, _, value = node.args
+        source, src_shape = self.source(node)
+        if source is None:
+            return
+        part = self.channel_part(node, source, src_shape) if self.dim == 1 else None
+        values = self.layouts.get(value) if isinstance(value, fx.Node) else ()
+        value_shape = node_shape(value) if isinstance(value, fx.Node) else None
+        if part is None or isinstance(part, str) or values is None or (
+            values and (value_shape is None or len(value_shape) != len(src_shape))
+        ):
+            reason = part if isinstance(part, str) else f"its channels are written in place " \
+                f"by {self.describe(node)}, which the engine cannot prune through"
+            self.block(source + (values or ()), reason)
+        elif values:
+            self.join(part, values, f"its channels are written in place {self.where(node)}")
+
+    def channel_part(self, node: fx.Node, source: tuple, src_shape: tuple) -> tuple | str | None:
+        """The layout of ``x[index]`` (``node.args[1]``): spatial slices keep the layout; a
+        channel slice ``x[:, a:b]`` takes the part of the layout between its bounds, each
+        bound other than 0 and the channel count held by one int attribute of the module
+        running it (DPN's ``x[:, :self.num_1x1_c]``, ReXNet's ``x[:, 0:self.in_channels]``):
+        the channels are cut there (each side keeps at least one, in proportion) and surgery
+        rewrites the attribute to the kept count before the bound. Other channel slices give
+        the reason they cannot be pruned through; an index not understood gives None."""
         index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
         if any(i is None or isinstance(i, fx.Node) for i in index) or index.count(...) > 1:
             return None
@@ -262,13 +284,20 @@ class FunctionRules:
         batch, channels = index[:2]
         if batch != slice(None) or not isinstance(channels, slice):
             return None
-        if channels.step in (None, 1) and channels.start in (None, 0) and (
-            channels.stop is None or channels.stop >= src_shape[1]
-        ):
-            return source if shape[1] == src_shape[1] else None
-        return self.stop(source, shape, f"channels {channels.start or 0}:{channels.stop} of "
-                         f"{src_shape[1]} are taken at fixed positions by {self.describe(node)}: "
-                         "pruning would move them")
+        width = src_shape[1]
+        start, stop = channels.start or 0, width if channels.stop is None else channels.stop
+        bounds = [b for b in (start, min(stop, width)) if 0 < b < width]
+        scope = self.modules.get(scope_of(node))
+        names = [[n for n, v in vars(scope or object()).items()
+                  if type(v) is int and v == b and not n.startswith("_")] for b in bounds]
+        if channels.step not in (None, 1) or not 0 <= start < min(stop, width) or \
+                any(len(n) != 1 for n in names):
+            return f"channels {start}:{channels.stop} of {width} are taken at fixed " \
+                   f"positions by {self.describe(node)}: pruning would move them"
+        for bound, (name,) in zip(bounds, names, strict=True):
+            self.cut(source, bound)
+            self.split_sizes.append((scope_of(node), name, [_part(source, 0, bound)]))
+        return _part(source, start, min(stop, width))
 
     def elementwise(self, node: fx.Node, shape: tuple) -> tuple | None:
         """Addition or multiplication: operands whose channels line up share their groups; a
@@ -367,8 +396,15 @@ def owner_of(value: object, attribute: str | None = None) -> str | None:
     return owner if attribute in (None, name) else None
 
 
-def _offsets(layout: tuple) -> list[int]:
-    return [sum(s[1] for s in layout[:i]) for i in range(len(layout))]
+def _part(layout: tuple, lo: int, hi: int) -> tuple:
+    """The segments of channels ``lo`` to ``hi`` of a layout."""
+    part, offset = [], 0
+    for space, channels, f, start in layout:
+        a, b = max(lo, offset), min(hi, offset + channels)
+        if a < b:
+            part.append((space, b - a, f, start + a - offset))
+        offset += channels
+    return tuple(part)
 
 
 def _merged(layout: tuple) -> tuple:

@@ -10,6 +10,7 @@ Li et al. 2017, §3.1 (what is removed with a filter).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,16 +57,20 @@ class ChannelGroup:
         blocked: why the channels cannot be pruned at all, or None.
         chunks: the channels form this many equal runs, each keeping the same number of
             channels (grouped convs read or write them per group); 1 otherwise.
-        runs: the sizes of the unequal parts a split cuts the channels into (MixNet's
-            ``torch.split(x, self.splits, 1)``), each keeping at least one channel, in
-            proportion; empty otherwise.
+        runs: the sizes of the unequal parts a split or slice cuts the channels into
+            (MixNet's ``torch.split(x, self.splits, 1)``, DPN's ``x[:, :self.num_1x1_c]``), or
+            that members cover differently (the channels a shortcut is added to, and the
+            others), each keeping at least one channel, in proportion; empty otherwise.
         approximate: why pruning these channels changes the model beyond the removed channels
             (LayerNorm/GroupNorm over them, weight standardisation), when ``exact=False`` let
             them be pruned; None for exact groups.
-        tiles: member -> how many times its output repeats the group's channels (k > 1 when
-            its k * C filters were joined with k copies of the C channels, e.g. a GhostNet
-            shortcut conv added to ``cat([x, depthwise(x)])``): its filter ``i`` is channel
-            ``i % C``. Members not listed have one copy.
+        covers: member -> the group channels its filters are, in filter order, as ranges
+            (first channel, count), for members whose filters are not the group's channels
+            in order: a conv whose k * C filters were joined with k copies of the C channels
+            (a GhostNet shortcut conv added to ``cat([x, depthwise(x)])``: ``((0, C),) * k``),
+            or whose filters are only partly joined with others (ReXNet's
+            ``x[:, :in_chs] + shortcut``: the shortcut's conv covers ``((0, in_chs),)``; DPN's
+            dual path: a conv covers the residual channels, then its own dense channels).
     """
 
     members: list[str]
@@ -77,7 +82,10 @@ class ChannelGroup:
     chunks: int = 1
     runs: tuple[int, ...] = ()
     approximate: str | None = None
-    tiles: dict[str, int] = field(default_factory=dict)
+    covers: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    _channels: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+    _sources: list[tuple[str, int, int, int]] = field(default_factory=list, repr=False,
+                                                      compare=False)
 
     def run_sizes(self) -> list[int]:
         """The sizes of the runs that keep channels each on their own (one run if none)."""
@@ -88,27 +96,77 @@ class ChannelGroup:
         per equal run, ``keep * size // C`` per unequal run, at least one."""
         return [max(1, keep * size // self.out_channels) for size in self.run_sizes()]
 
-    def base(self, kept: Sequence[int]) -> list[int]:
-        """The group's kept channels, from the kept filters of one of its members."""
-        return [i for i in kept if i < self.out_channels]
+    def ranges(self, name: str) -> tuple[tuple[int, int], ...]:
+        """Member ``name``'s filters as group channel ranges (first channel, count)."""
+        return self.covers.get(name, ((0, self.out_channels),))
+
+    def filters(self, name: str) -> int:
+        """The number of filters of member ``name``."""
+        return sum(count for _, count in self.ranges(name))
+
+    def channels(self, name: str) -> torch.Tensor:
+        """The group channel of each filter of member ``name``, shape (filters,) int64."""
+        if name not in self._channels:
+            self._channels[name] = torch.cat([torch.arange(first, first + count)
+                                              for first, count in self.ranges(name)])
+        return self._channels[name]
+
+    def layout(self, name: str) -> Layout:
+        """Member ``name``'s output channels as segments of the group."""
+        return tuple(Segment(self, count, 1, first) for first, count in self.ranges(name))
 
     def fold(self, name: str, scores: torch.Tensor) -> torch.Tensor:
-        """Member ``name``'s scores (one per filter, k * C with its k copies) -> (C,): the
-        copies of a channel score together."""
-        return scores.view(self.tiles.get(name, 1), -1).sum(0)
+        """Member ``name``'s scores (one per filter) -> (C,): the filters of a channel score
+        together (0 for channels the member does not cover)."""
+        total = torch.zeros(self.out_channels, dtype=scores.dtype, device=scores.device)
+        return total.index_add_(0, self.channels(name).to(scores.device), scores)
 
     def tiled(self, name: str, kept: Sequence[int]) -> list[int]:
         """The kept filters of member ``name`` when the group keeps channels ``kept``."""
-        copies = self.tiles.get(name, 1)
-        return [c * self.out_channels + i for c in range(copies) for i in kept]
+        if name not in self.covers:
+            return list(kept)
+        keep = torch.zeros(self.out_channels, dtype=torch.bool)
+        keep[list(kept)] = True
+        return keep[self.channels(name)].nonzero().flatten().tolist()
+
+    def sources(self) -> list[tuple[str, int, int, int]]:
+        """Where each channel is read from: runs (member, first filter, past its last filter,
+        first channel) of the first member covering each channel."""
+        if not self._sources:
+            owner: list[tuple[str, int] | None] = [None] * self.out_channels
+            for name in self.members:
+                for f, c in enumerate(self.channels(name).tolist()):
+                    owner[c] = owner[c] or (name, f)
+            for c, (name, f) in enumerate(owner):
+                last = self._sources[-1] if self._sources else None
+                if last and last[0] == name and last[2] == f and last[3] + f - last[1] == c:
+                    self._sources[-1] = (name, last[1], f + 1, last[3])
+                else:
+                    self._sources.append((name, f, f + 1, c))
+        return self._sources
+
+    def kept_channels(self, kept: Mapping[str, Sequence[int]]) -> list[int] | None:
+        """The group's kept channels (sorted), from the sorted kept filters ``kept[member]``
+        of its members; None if its first member is not listed (nothing removed). Each channel
+        is read from the first member covering it (``check_plan`` checks the others agree)."""
+        if self.members[0] not in kept:
+            return None
+        if not self.covers:
+            return list(kept[self.members[0]])
+        channels = []
+        for name, lo, hi, channel in self.sources():
+            indices = kept.get(name, range(lo, hi))
+            a, b = bisect.bisect_left(indices, lo), bisect.bisect_left(indices, hi)
+            channels += [channel + i - lo for i in indices[a:b]]
+        return sorted(channels)
 
 
 @dataclass
 class Segment:
     """A run of channels in a layer's input or weight: ``channels`` channels of ``group`` (None
     for channels that are never pruned, such as the model input) from its channel ``start`` on
-    (a part of a split), each spread over ``features_per_channel`` consecutive entries (H*W
-    after a flatten, else 1)."""
+    (a part of a split or slice), each spread over ``features_per_channel`` consecutive entries
+    (H*W after a flatten, else 1)."""
 
     group: ChannelGroup | None
     channels: int
@@ -134,8 +192,9 @@ class DependencyGraph:
             into ``parts`` (their layouts) at the sizes ``module.attribute`` holds: an int, the
             size of equal parts (Res2Net's ``torch.split(x, self.width, 1)``) or their total
             (CSPNet's ``x.split(self.expand_chs // 2, dim=1)``), or a list
-            (MixNet's ``torch.split(x, self.splits, 1)``); surgery sets it to the parts' kept
-            channel counts.
+            (MixNet's ``torch.split(x, self.splits, 1)``); a channel slice's bound is one part,
+            the channels before it (DPN's ``x[:, :self.num_1x1_c]``); surgery sets it to the
+            parts' kept channel counts.
         prune_linear: whether hidden Linear layers of heads are prunable layers (``trace``).
         exact: False when approximate groups may be pruned (``trace``).
     """
@@ -172,12 +231,12 @@ class DependencyGraph:
 
 
 def layout_index(layout: Layout, kept: Mapping[str, Sequence[int]]) -> torch.Tensor | None:
-    """Indices of the entries of ``layout`` that remain when each group keeps ``kept[member]``
-    (a segment of k * C channels of a group of C repeats the group's channels k times).
+    """Indices of the entries of ``layout`` that remain when each group keeps the channels its
+    members keep (``ChannelGroup.kept_channels``).
 
     Args:
         layout: the segments of a layer's input (or per-channel weights).
-        kept: member layer name -> sorted kept channel indices (a plan's ``kept``).
+        kept: member layer name -> sorted kept filter indices (a plan's ``kept``).
 
     Returns:
         Kept entry indices, shape (n,) int64, in increasing order; None if nothing is removed.
@@ -190,18 +249,14 @@ def layout_index(layout: Layout, kept: Mapping[str, Sequence[int]]) -> torch.Ten
     parts, offset, changed = [], 0, False
     for segment in layout:
         group = segment.group
-        indices = None if group is None else kept.get(group.members[0])
+        indices = None if group is None else group.kept_channels(kept)
         changed |= indices is not None
         if indices is None:
             channels = torch.arange(segment.channels)
-        elif segment.start or segment.channels < group.out_channels:  # a part of a split
-            end = segment.start + segment.channels
-            channels = torch.tensor([i - segment.start for i in group.base(indices)
-                                     if segment.start <= i < end], dtype=torch.long)
         else:
-            base = torch.tensor(group.base(indices), dtype=torch.long)
-            copies = torch.arange(segment.channels // group.out_channels)[:, None]
-            channels = (base + copies * group.out_channels).flatten()
+            end = segment.start + segment.channels
+            channels = torch.tensor([i - segment.start for i in indices
+                                     if segment.start <= i < end], dtype=torch.long)
         f = segment.features_per_channel
         parts.append(offset + (channels[:, None] * f + torch.arange(f)).flatten())
         offset += segment.channels * f

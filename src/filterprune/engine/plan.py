@@ -305,17 +305,28 @@ def select_filters(
                                    "layer producing channels")
 
     def highest(group: ChannelGroup, keep: int) -> list[int]:
-        scorers = [name for name in group.members
-                   if any(fnmatch.fnmatchcase(name, key) for key in score_by)] or group.members
-        total = sum(
-            group.fold(name, score(_weight(name, modules[name], graph, plan, strategy))
-                       if score is not None
-                       else _given(scores, name, group.out_channels * group.tiles.get(name, 1)))
-            for name in scorers
-        )
-        return _top(total, keep, group)
+        return _top(group_scores(group, score_by, lambda name: (
+            score(_weight(name, modules[name], graph, plan, strategy)) if score is not None
+            else _given(scores, name, group.filters(name)))), keep, group)
 
     return decide_groups(model, graph, ratios, highest, plan, round_to)
+
+
+def group_scores(
+    group: ChannelGroup, score_by: Sequence[str], score: Callable[[str], torch.Tensor]
+) -> torch.Tensor:
+    """A group's channel scores (C,): the sum of its members' filter scores (``score(name)``,
+    one per filter, folded onto the channels: ``ChannelGroup.fold``), or of the members
+    ``score_by`` names on the channels they cover (all members' on the others)."""
+    named = [n for n in group.members if any(fnmatch.fnmatchcase(n, key) for key in score_by)]
+    total = sum(group.fold(n, score(n)) for n in named or group.members)
+    covered = torch.zeros(group.out_channels, dtype=torch.bool)
+    for name in named:
+        covered[group.channels(name)] = True
+    if named and not covered.all():
+        others = sum(group.fold(n, score(n)) for n in group.members if n not in named)
+        total = torch.where(covered.to(total.device), total, others)
+    return total
 
 
 Chooser = Callable[[ChannelGroup, int], Sequence[int]]
@@ -358,7 +369,7 @@ def decide_groups(
             if group.approximate:
                 plan.approximate[name] = group.approximate
             plan.kept[name] = group.tiled(name, kept)
-            plan.widths[name] = group.out_channels * group.tiles.get(name, 1)
+            plan.widths[name] = group.filters(name)
     for name, kept in follower_convs(graph, modules, plan.kept).items():
         plan.kept[name], plan.widths[name] = kept, modules[name].out_channels
     return plan

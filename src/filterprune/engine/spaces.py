@@ -1,20 +1,27 @@
 """Channel spaces in a union-find: the state the dependency builder
 (``filterprune.engine.dependencies``) joins, blocks and splits as it walks a traced model.
 
-A *space* is the set of channels one layer (or operation) creates; spaces whose channels must be
-pruned at the same indices are joined, and each root space becomes one ``ChannelGroup``. A layout
-segment is a tuple (space, channels, features per channel, first channel of the space).
+A *space* is the set of channels one layer (or operation) creates. A layout segment is a tuple
+(space, channels, features per channel, first channel of the space). Joining two layouts (a
+residual addition, a gate) ties their channels one to one: a part of one space to a part of
+another (DPN's ``x_s[:, :c] + out[:, :c]``, ReXNet's ``x[:, :in_chs] + shortcut``), a space to
+k copies of another (GhostNet), or parts of unequal splits (MixNet). Spaces linked by ties form
+one group (one root of the union-find); ``coordinates`` then cuts every space into the runs
+(*atoms*) its ties and splits imply and numbers the group's channels, one per tied class of
+channels, so that each space covers a sequence of ranges of its group's channels.
 """
 
 from __future__ import annotations
 
-import itertools
+import bisect
 import math
+from collections.abc import Iterator
 
 
 class ChannelSpaces:
-    """Union-find over channel spaces, with what is known of each root: its members, why it is
-    blocked or approximate, what coupled it, its equal runs (``chunks``) and unequal runs."""
+    """Union-find over channel spaces, with what is known of each root (its members, why it is
+    blocked or approximate, what coupled it) and of each space (its ties to others, where a
+    split cuts it, in how many equal runs grouped convs read or write it)."""
 
     def __init__(self) -> None:
         self.approx: list[str | None] = []  # why pruning a space is approximate
@@ -22,19 +29,20 @@ class ChannelSpaces:
         self.members: list[list[str]] = []
         self.blocked: list[str | None] = []
         self.coupling: list[str | None] = []
-        self.chunks: list[int] = []
+        self.chunks: list[tuple[int, str]] = []  # equal runs of a space, and who reads them so
         self.widths: list[int] = []  # channels of each space
-        self.runs: list[tuple[int, ...]] = []  # unequal parts a split cuts a space into
+        self.cuts: list[set[int]] = []  # where unequal splits cut each space
+        self.ties: list[tuple[int, int, int, int, int]] = []  # (x, start, y, start, channels)
 
     def new_space(self, width: int, member: str | None = None, blocked: str | None = None) -> int:
         self.widths.append(width)
-        self.runs.append(())
+        self.cuts.append(set())
         self.approx.append(None)
         self.parent.append(len(self.parent))
         self.members.append([member] if member else [])
         self.blocked.append(blocked)
         self.coupling.append(None)
-        self.chunks.append(1)
+        self.chunks.append((1, ""))
         return len(self.parent) - 1
 
     def find(self, space: int) -> int:
@@ -44,35 +52,22 @@ class ChannelSpaces:
         return space
 
     def join(self, a: tuple, b: tuple, reason: str) -> None:
-        """Joins two layouts segment by segment, or one segment with k copies of one space
-        (its channels repeat the space's: tiles); blocks both if they do not line up."""
-        if [s[1:] for s in a] != [s[1:] for s in b]:
-            copies = self.copies(a, b) or self.copies(b, a)
-            if copies is None:
-                self.block(a + b, f"{reason}, with channels of another layout")
-                return
-            a, b = copies
-        if any(s != t and not (self.whole(s) and self.whole(t)) for s, t in zip(a, b, strict=True)):
-            self.block(a + b, f"{reason}, with a part of a split")
+        """Ties two layouts of the same channels one to one (channel i of ``a`` is pruned with
+        channel i of ``b``), whatever parts of spaces their segments are; blocks both if their
+        channel counts or features per channel do not line up."""
+        pieces = _aligned(a, b)
+        if pieces is None:
+            self.block(a + b, f"{reason}, with channels of another layout")
             return
-        for (x, *_), (y, *_) in zip(a, b, strict=True):
+        for x, x_start, y, y_start, channels in pieces:
+            if (x, x_start) != (y, y_start):
+                self.ties.append((x, x_start, y, y_start, channels))
             x, y = self.find(x), self.find(y)
             if x != y:
-                self.runs[min(x, y)] = refined(self.runs[x], self.runs[y])
                 self.approx[min(x, y)] = self.approx[x] or self.approx[y]
                 self.coupling[x] = self.coupling[x] or reason
                 self.coupling[y] = self.coupling[y] or reason
-                self.chunks[min(x, y)] = math.lcm(self.chunks[x], self.chunks[y])
                 self.parent[max(x, y)] = min(x, y)
-
-    def copies(self, one: tuple, many: tuple) -> tuple[tuple, tuple] | None:
-        """``(one, many[:1])`` if ``one`` is a single segment and ``many`` k copies of one
-        space's segment, k * its channels in all (the tiles of ``ChannelGroup``), else None."""
-        if len(one) != 1 or len(many) < 2 or len({(self.find(s), *r) for s, *r in many}) > 1 \
-                or not self.whole(one[0]) or not self.whole(many[0]):
-            return None
-        (_, channels, f, _), (_, part, g, _) = one[0], many[0]
-        return (one, many[:1]) if f == g and channels == part * len(many) else None
 
     def whole(self, segment: tuple) -> bool:
         """Whether a layout segment covers all the channels of its space."""
@@ -89,14 +84,114 @@ class ChannelSpaces:
             root = self.find(space)
             self.blocked[root] = self.blocked[root] or reason
 
-    def split(self, space: int, chunks: int) -> None:
-        """Requires equal kept counts in each of ``chunks`` equal runs of a space's channels."""
-        root = self.find(space)
-        self.chunks[root] = math.lcm(self.chunks[root], chunks)
+    def split(self, space: int, chunks: int, what: str) -> None:
+        """Requires equal kept counts in each of ``chunks`` equal runs of a space's channels
+        (``what`` reads or writes them so: a grouped conv, a GroupNorm)."""
+        known, _ = self.chunks[space]
+        self.chunks[space] = (math.lcm(known, chunks), what)
+
+    def cut(self, layout: tuple, position: int) -> None:
+        """Cuts the channels of ``layout`` at ``position`` into runs that keep channels each on
+        their own (a split or slice whose sizes surgery rewrites: each side keeps some)."""
+        offset = 0
+        for space, channels, _, start in layout:
+            if offset <= position <= offset + channels:
+                self.cuts[space].add(start + position - offset)
+            offset += channels
+
+    def coordinates(self) -> tuple[dict[int, int], dict[int, tuple], list[tuple[int, int]]]:
+        """The channels of each group and where each space's channels are among them.
+
+        Returns:
+            (width, runs, pieces): root -> number of the group's channels; root -> the sizes
+            of its runs (one per class of tied channels, in the group's order; empty when
+            there is one class); and per space, its channels as a tuple of (first group
+            channel, count) ranges, in the space's channel order.
+        """
+        bounds = [sorted({0, width, *cuts}) for width, cuts in zip(self.widths, self.cuts,
+                                                                      strict=True)]
+        for x, xs, y, ys, n in self.ties:
+            for space, start in ((x, xs), (y, ys)):
+                for p in (start, start + n):
+                    _insert(bounds[space], p)
+        changed = True
+        while changed:  # a cut inside one side of a tie cuts the other side too
+            changed = False
+            for x, xs, y, ys, n in self.ties:
+                for (s, s0), (t, t0) in (((x, xs), (y, ys)), ((y, ys), (x, xs))):
+                    lo, hi = bisect.bisect_right(bounds[s], s0), bisect.bisect_left(bounds[s],
+                                                                                     s0 + n)
+                    for p in bounds[s][lo:hi]:
+                        changed |= _insert(bounds[t], t0 + p - s0)
+        atom = {(s, p): i for i, (s, p) in enumerate((s, p) for s, b in enumerate(bounds)
+                                                     for p in b[:-1])}
+        classes = list(range(len(atom)))
+        for x, xs, y, ys, n in self.ties:
+            for p in bounds[x][bounds[x].index(xs):bounds[x].index(xs + n)]:
+                a, b = _find(classes, atom[x, p]), _find(classes, atom[y, ys + p - xs])
+                classes[max(a, b)] = min(a, b)
+        width: dict[int, int] = {}
+        runs: dict[int, list[int]] = {}
+        first: dict[int, int] = {}  # class -> its first channel in its group
+        pieces = []
+        for space, b in enumerate(bounds):
+            root, ranges = self.find(space), []
+            for lo, hi in zip(b, b[1:], strict=False):
+                c = _find(classes, atom[space, lo])
+                if c not in first:
+                    first[c] = width.get(root, 0)
+                    width[root] = first[c] + hi - lo
+                    runs.setdefault(root, []).append(hi - lo)
+                if ranges and ranges[-1][0] + ranges[-1][1] == first[c]:
+                    ranges[-1] = (ranges[-1][0], ranges[-1][1] + hi - lo)
+                else:
+                    ranges.append((first[c], hi - lo))
+            pieces.append(tuple(ranges))
+        return width, {r: tuple(s) if len(s) > 1 else () for r, s in runs.items()}, pieces
 
 
-def refined(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
-    """The runs cut at the cuts of both ``a`` and ``b`` (runs of the same channels; either may
-    be empty: no cut)."""
-    ends = sorted({*itertools.accumulate(a), *itertools.accumulate(b)})
-    return tuple(end - start for start, end in zip([0, *ends], ends, strict=False))
+def _aligned(a: tuple, b: tuple) -> list[tuple[int, int, int, int, int]] | None:
+    """The one-to-one pieces of two layouts: (x, start in x, y, start in y, channels), or
+    None if their channel counts or features per channel differ."""
+    if sum(s[1] for s in a) != sum(s[1] for s in b):
+        return None
+    pieces, i, j, di, dj = [], 0, 0, 0, 0
+    while i < len(a) and j < len(b):
+        (x, nx, fx, sx), (y, ny, fy, sy) = a[i], b[j]
+        if fx != fy:
+            return None
+        n = min(nx - di, ny - dj)
+        pieces.append((x, sx + di, y, sy + dj, n))
+        di, dj = di + n, dj + n
+        if di == nx:
+            i, di = i + 1, 0
+        if dj == ny:
+            j, dj = j + 1, 0
+    return pieces
+
+
+def _insert(bounds: list[int], p: int) -> bool:
+    """Inserts ``p`` into sorted ``bounds``; whether it was new."""
+    k = bisect.bisect_left(bounds, p)
+    if k < len(bounds) and bounds[k] == p:
+        return False
+    bounds.insert(k, p)
+    return True
+
+
+def _find(parent: list[int], i: int) -> int:
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+def ranges_of(pieces: tuple, start: int, channels: int) -> Iterator[tuple[int, int]]:
+    """The group channel ranges (first, count) of channels ``start`` to ``start + channels``
+    of a space whose channels are ``pieces`` (see ``ChannelSpaces.coordinates``)."""
+    offset = 0
+    for first, count in pieces:
+        lo, hi = max(start, offset), min(start + channels, offset + count)
+        if lo < hi:
+            yield first + lo - offset, hi - lo
+        offset += count

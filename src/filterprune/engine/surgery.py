@@ -40,27 +40,34 @@ def check_plan(plan: PruningPlan, graph: DependencyGraph) -> None:
                 f"plan does not fit the model: the channels of depthwise conv '{name}' follow "
                 "its input, so the plan must keep the indices its input keeps"
             )
+    checked = set()
     for name, kept in members.items():
         group = graph.group_of(name)
         if group.blocked:
             raise FilterpruneError(f"layer '{name}' cannot be pruned: {group.blocked}")
-        width = group.out_channels * group.tiles.get(name, 1)
-        if plan.widths[name] != width:
+        if plan.widths[name] != group.filters(name):
             raise FilterpruneError(
-                f"plan does not fit the model: '{name}' has {width} filters, "
+                f"plan does not fit the model: '{name}' has {group.filters(name)} filters, "
                 f"the plan expects {plan.widths[name]}"
             )
-        kept = group.base(kept)
+        if id(group) in checked:
+            continue
+        checked.add(id(group))
+        if group.members[0] not in members:
+            raise FilterpruneError(
+                f"plan does not fit the model: '{name}' and '{group.members[0]}' share their "
+                "output channels, so the plan must list both")
+        kept = group.kept_channels(members)
         starts = [sum(group.runs[:i]) for i in range(len(group.runs))]
         if any(not any(s <= i < s + n for i in kept)
                for s, n in zip(starts, group.runs, strict=True)):
             raise FilterpruneError(
                 f"plan does not fit the model: '{name}' must keep at least one channel in each "
-                f"of the {len(group.runs)} parts a split cuts its channels into"
+                f"of the {len(group.runs)} parts a split or slice cuts its channels into"
             )
         run = group.out_channels // group.chunks
-        counts = torch.tensor(kept).div(run, rounding_mode="floor").bincount(minlength=group.chunks)
-        if len(set(counts.tolist())) > 1:
+        counts = torch.tensor(kept, dtype=torch.long).div(run, rounding_mode="floor")
+        if len(set(counts.bincount(minlength=group.chunks).tolist())) > 1:
             raise FilterpruneError(
                 f"plan does not fit the model: '{name}' must keep the same number of channels "
                 f"in each of its {group.chunks} runs of {run} (grouped convs read or write them "

@@ -218,8 +218,10 @@ class Recorder(TorchFunctionMode):
         output = func(*args, **kwargs)
         pieces = isinstance(output, tuple | list) and output and \
             all(isinstance(x, torch.Tensor) for x in output)
-        if self.depth == 0 and (isinstance(output, torch.Tensor) or pieces):
-            name = getattr(func, "__name__", "")
+        name = getattr(func, "__name__", "")
+        if self.depth == 0 and name == "__setitem__":  # in place: no output to bind
+            self.scope(self.graph.call_function(operator.setitem, self.args(args)))
+        elif self.depth == 0 and (isinstance(output, torch.Tensor) or pieces):
             if name in _DUNDERS and getattr(torch.Tensor, name, None) is func:
                 node = self.graph.call_function(_DUNDERS[name], self.args(args))
             elif getattr(torch.Tensor, name, None) is func:
