@@ -106,8 +106,9 @@ def prune_iteratively(
             total = done.then(step_plan)
             distributed.on_main(lambda: save_model(path, pruned, with_plan(session.spec, total)))
             metrics = session.evaluate(pruned)
-            kept = step_plan.kept.get(group.members[0], range(group.out_channels))
-            log(f"{step}: {', '.join(group.members)} keeps {len(kept)} / {group.out_channels}, "
+            kept = group.kept_channels(step_plan.kept)
+            keeps = group.out_channels if kept is None else len(kept)
+            log(f"{step}: {', '.join(group.members)} keeps {keeps} / {group.out_channels}, "
                 f"top-1 {metrics['top1']:.2f}% after {settings.epochs} epochs")
             stepped.append(pruned)
             return {"layers": list(group.members), "plan": total.to_dict(), **metrics}
