@@ -61,7 +61,6 @@ from filterprune.engine.functions import (
     cross_norm,
     has_tensors,
     node_shape,
-    reshaped,
     scope_of,
 )
 from filterprune.engine.graph import (
@@ -193,7 +192,9 @@ class _Builder(FunctionRules, ChannelSpaces):
             not any(n in self.layouts or n in self.pieces for n in node.all_input_nodes)
         ):
             return  # parameters (reshaped), shape, dtype or device queries: no channels flow
-        elif node.target in ops.PERMUTES or set(dims) - {1}:
+        elif node.op != "call_module" and node.target in ops.DIM_OPS:
+            layout = self.visit_dims(node, shape)
+        elif set(dims) - {1}:
             layout = self.visit_channels_last(node, shape)
         elif node.op == "call_module":
             layout = self.visit_module(node, shape)
@@ -207,6 +208,7 @@ class _Builder(FunctionRules, ChannelSpaces):
                      "prune through"
             for x in inputs:
                 self.block(x, reason)
+            self.dim = 1  # the new channels of a map the engine does not follow: dim 1
             layout = self.fresh(shape, reason)
         if layout is not None:
             self.layouts[node] = layout
@@ -276,7 +278,7 @@ class _Builder(FunctionRules, ChannelSpaces):
             return None if source is None else self.stop(source, shape, cross_norm(
                 f"'{name}' ({type(module).__name__})"))
         if isinstance(module, nn.Flatten | nn.Unflatten):
-            return reshaped(source, src_shape, shape)
+            return None if source is None else self.reshaped(node, source, src_shape, shape)
         if isinstance(module, ops.PASS_MODULES):
             return source
         return None

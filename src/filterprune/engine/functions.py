@@ -5,8 +5,10 @@ dependency builder (``filterprune.engine.dependencies``) applies to ``call_funct
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
+import re
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +25,12 @@ class FunctionRules:
     builder's union-find (``join``, ``block``, ``fresh``, ``stop``, ``use``, ``new_space``)."""
 
     def visit_channels_last(self, node: fx.Node, shape: tuple | None) -> tuple | None:
-        """A node reading channels at another dim than 1 (ConvNeXt's channels-last MLP): a
-        permutation moves them, a Linear on the last dim reads and writes them like a pointwise
-        conv, element-wise operations and layer scales keep them, LayerNorm over them blocks
-        them; anything else is not understood (None)."""
-        source, _ = self.source(node)
+        """A node reading channels at another dim than 1 (ConvNeXt's channels-last MLP, a stack
+        of feature maps): a Linear on the last dim reads and writes them like a pointwise conv,
+        element-wise operations and layer scales keep them, LayerNorm over them blocks them, a
+        Conv1d along them (ECA attention) blocks them (with ``exact=False`` it follows them,
+        approximately); anything else is not understood (None)."""
+        source, src_shape = self.source(node)
         if shape is not None and (node.target in ops.ADD or node.target in ops.MUL):
             return self.elementwise(node, shape)
         if source is None or shape is None:
@@ -36,6 +39,10 @@ class FunctionRules:
             name, module = node.target, self.modules[node.target]
             if isinstance(module, nn.modules.conv._ConvNd):
                 self.convs.setdefault(name, f"its input has its channels at dim {self.dim}")
+            if isinstance(module, nn.Conv1d) and self.dim == 2 and shape[2:] == src_shape[2:]:
+                return self.approximated(source, shape, f"its channels reach {self.describe(node)} "
+                                         "along its length, which mixes neighbouring channels: "
+                                         "removing channels changes the others")
             if isinstance(module, nn.Linear) and self.dim == len(shape) - 1 and len(shape) > 2:
                 self.convs.setdefault(name, None)
                 self.use(name, "input", source)
@@ -43,15 +50,113 @@ class FunctionRules:
             if isinstance(module, nn.LayerNorm):
                 return self.cross_channel(node, source, shape, name)
             return source if isinstance(module, ops.ELEMENTWISE_MODULES) else None
+        if node.target in ops.CROSS_CHANNEL_NORMS:
+            return self.cross_channel(node, source, shape, owner_of(argument(node, 2, "weight")))
+        return source if ops.is_pass(node.target) and node.target not in ops.SPATIAL_FUNCTIONS \
+            else None
+
+    def approximated(self, source: tuple, shape: tuple, reason: str) -> tuple | None:
+        """An operation that mixes the channels: blocks them; with ``exact=False`` it keeps
+        them and their groups are marked approximate."""
+        if self.exact:
+            return self.stop(source, shape, reason)
+        self.approximate(source, f"{reason} (pruned approximately: exact=False)")
+        return source
+
+    def visit_dims(self, node: fx.Node, shape: tuple | None) -> tuple | None:
+        """Operations that find the channels at whatever dim they are (``self.dim``) and may
+        move them (setting ``self.dim``): a permutation or transpose moves them; a stack joins
+        its inputs' groups and inserts a dim; a reduction or softmax over other dims keeps them
+        (a dim other than the channels' holds copies of the same layout), over the channels
+        blocks them; an expand keeps them; a matmul keeps them where they are a batch or a
+        kept dim; a reshape is ``reshaped``. None where not understood."""
         target = node.target
-        if target in ops.PERMUTES:
-            order = node.args[1:] if node.op == "call_method" else (argument(node, 1, "dims"),)
-            order = order[0] if len(order) == 1 and isinstance(order[0], list | tuple) else order
+        if target in ops.STACKS:
+            return self.stacked(node, shape)
+        if target in ops.MATMULS:
+            return self.matmul(node, shape)
+        source, src_shape = self.source(node)
+        if source is None or shape is None or src_shape is None:
+            return None
+        if target in ops.PERMUTES or target in ops.TRANSPOSES:
+            if target in ops.TRANSPOSES:
+                order = list(range(len(shape)))
+                i, j = (argument(node, 1, "dim0") % len(shape),
+                        argument(node, 2, "dim1") % len(shape))
+                order[i], order[j] = j, i
+            else:
+                order = node.args[1:] if node.op == "call_method" else \
+                    (argument(node, 1, "dims"),)
+                order = order[0] if len(order) == 1 and isinstance(order[0], list | tuple) \
+                    else order
             self.dim = [d % len(shape) for d in order].index(self.dim)
             return source if self.dim else None
-        if target in ops.CROSS_CHANNEL_NORMS:
-            return self.cross_channel(node, source, shape, owner_of(argument(node, 2, "weight")))
-        return source if ops.is_pass(target) and target not in ops.SPATIAL_FUNCTIONS else None
+        if target in ops.EXPANDS:
+            return source if len(shape) == len(src_shape) and \
+                shape[self.dim] == src_shape[self.dim] else None
+        dims = argument(node, 1, "dim")
+        dims = dims if isinstance(dims, list | tuple) else (dims,)
+        if target not in ops.SOFTMAXES and not (target in ops.REDUCTIONS or
+                                                target in ops.REDUCTION_METHODS):
+            return self.reshaped(node, source, src_shape, shape)
+        if None in dims or not dims:
+            return None
+        reduced = {d % len(src_shape) for d in dims}
+        if self.dim in reduced:
+            return self.stop(source, shape, cross_norm(self.describe(node))
+                             if target in ops.SOFTMAXES else f"its channels are reduced "
+                             f"together by {self.describe(node)}: removing channels changes "
+                             "the result")
+        if 0 in reduced:
+            return None
+        if target not in ops.SOFTMAXES and not argument(node, 2, "keepdim", False):
+            self.dim -= sum(d < self.dim for d in reduced)
+        return source if len(shape) > self.dim else None
+
+    def stacked(self, node: fx.Node, shape: tuple | None) -> tuple | None:
+        """``torch.stack(maps, dim)`` of maps with their channels at one dim: their groups are
+        joined (the new dim then holds copies of one layout, as Selective Kernel's paths,
+        later summed over) and the channels move one dim on if the new dim is before them."""
+        parts = node.args[0] if node.args else node.kwargs.get("tensors")
+        layouts = [self.layouts.get(x) for x in parts]
+        dims = {self.dims.get(x, 1) for x in parts}
+        if shape is None or None in layouts or len(dims) != 1:
+            return None
+        self.dim = dims.pop()
+        for other in layouts[1:]:
+            self.join(layouts[0], other, f"its output is stacked with others by "
+                      f"{self.describe(node)}")
+        self.dim += argument(node, 1, "dim", 0) % len(shape) <= self.dim
+        return layouts[0]
+
+    def matmul(self, node: fx.Node, shape: tuple | None) -> tuple | None:
+        """``a @ b``, (..., n, m) @ (..., m, p) -> (..., n, p): an operand whose channels are a
+        batch dim or its kept dim (n of ``a``, p of ``b``) passes them on (both doing so at one
+        output dim: joined); channels along the contracted dim m are blocked (each output reads
+        all of them: a consumer that cannot be pruned exactly)."""
+        if shape is None:
+            return None
+        what, kept = self.describe(node), []
+        for x, own in zip(node.args[:2], (-2, -1), strict=True):
+            x_shape = node_shape(x) if x in self.layouts else None
+            if x_shape is None or len(x_shape) < 2:
+                continue
+            dim = self.dims.get(x, 1) - len(x_shape)
+            if dim == -3 - own:
+                self.block(self.layouts[x], f"its channels are contracted by {what}: each "
+                           "output reads all of them, so they cannot be pruned exactly")
+            else:
+                kept.append((len(shape) + (own if dim == own else dim), self.layouts[x]))
+        if not kept:
+            return None
+        (self.dim, layout), *others = kept
+        for dim, other in others:
+            if dim == self.dim:
+                self.join(layout, other, f"its output is multiplied by another map in {what}")
+            else:
+                self.block(other, f"its channels meet another map's channels at another dim in "
+                           f"{what}")
+        return layout
 
     def visit_function(self, node: fx.Node, shape: tuple | None) -> tuple | None:
         target = node.target
@@ -78,13 +183,6 @@ class FunctionRules:
             return self.cross_channel(node, source, shape, owner_of(argument(node, 2, "weight")))
         if ops.is_pass(target):
             return source
-        if target in ops.RESHAPES or target in ops.RESHAPE_METHODS:
-            return reshaped(source, src_shape, shape)
-        if target in ops.REDUCTIONS or target in ops.REDUCTION_METHODS:
-            dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-            dims = dims if isinstance(dims, list | tuple) else (dims,)
-            keeps = None not in dims and {d % len(src_shape) for d in dims}.isdisjoint({0, 1})
-            return source if keeps and len(shape) >= 2 else None
         if target is F.pad:
             spatial = len(node.args[1] if len(node.args) > 1 else node.kwargs["pad"]) <= 4
             if not spatial:
@@ -189,8 +287,9 @@ class FunctionRules:
         channels of a new group, whose kept count is the new part size (``chunk`` computes it
         from the channels; ``split`` takes it from the one int attribute of the module running
         it that holds it, or else from the one that holds the k parts' total, as CSPNet's
-        ``x.split(self.expand_chs // 2, dim=1)``; surgery rewrites it). Returns False where
-        this does not apply."""
+        ``x.split(self.expand_chs // 2, dim=1)`` or Selective Kernel's ``torch.split(x,
+        self.in_channels // self.num_paths, 1)``, among those its forward reads; surgery
+        rewrites it). Returns False where this does not apply."""
         if len(source) != 1 or source[0][2] != 1 or not self.whole(source[0]) or \
                 len(sizes) < 2 or len(set(sizes)) > 1:
             return False
@@ -198,8 +297,7 @@ class FunctionRules:
         if node.target in ("split", torch.split):
             scope = self.modules.get(scope_of(node))
             size = argument(node, 1, "split_size_or_sections", node.kwargs.get("split_size"))
-            ints = {n: v for n, v in vars(scope or object()).items()
-                    if type(v) is int and not n.startswith("_")}
+            ints = {n: v for n, v in _attributes(scope).items() if type(v) is int}
             names = [n for n, v in ints.items() if v == size] or \
                 [n for n, v in ints.items() if v == size * len(sizes)]
             if size != sizes[0] or len(names) != 1:
@@ -207,10 +305,9 @@ class FunctionRules:
             attribute = names[0]
         elif node.target not in ("chunk", torch.chunk):
             return False
-        piece = self.new_space(sizes[0])
-        self.join(source, ((piece, sizes[0], 1, 0),) * len(sizes),
-                  f"its channels are split into {len(sizes)} equal parts {self.where(node)}")
-        self.pieces[node] = [((piece, sizes[0], 1, 0),)] * len(sizes)
+        piece = self.parts(source, len(sizes), f"its channels are split into {len(sizes)} "
+                           f"equal parts {self.where(node)}")
+        self.pieces[node] = [piece] * len(sizes)
         if attribute is not None:
             self.split_sizes.append((scope_of(node), attribute, self.pieces[node]))
         return True
@@ -228,8 +325,8 @@ class FunctionRules:
                 not all(self.whole(s) and s[2] == 1 for s in source):
             return False
         scope = scope_of(node)
-        names = [n for n, v in vars(self.modules.get(scope) or object()).items()
-                 if isinstance(v, list | tuple) and list(v) == sizes and not n.startswith("_")]
+        names = [n for n, v in _attributes(self.modules.get(scope)).items()
+                 if isinstance(v, list | tuple) and list(v) == sizes]
         parts, start, runs = [], 0, {}
         for size in sizes:
             part, end = [], start + size
@@ -260,7 +357,9 @@ class FunctionRules:
             index = index[:e] + (slice(None),) * (len(src_shape) - len(index) + 1) + index[e + 1:]
         index = index + (slice(None),) * (len(src_shape) - len(index))
         batch, channels = index[:2]
-        if batch != slice(None) or not isinstance(channels, slice):
+        if batch != slice(None) or not isinstance(channels, slice) or any(
+            isinstance(v, fx.Node) for v in (channels.start, channels.stop, channels.step)
+        ):
             return None
         if channels.step in (None, 1) and channels.start in (None, 0) and (
             channels.stop is None or channels.stop >= src_shape[1]
@@ -315,26 +414,68 @@ class FunctionRules:
             return node.target
         return None
 
+    def reshaped(
+        self, node: fx.Node, source: tuple, src_shape: tuple | None, shape: tuple | None
+    ) -> tuple | None:
+        """Layout after a view, reshape, flatten, squeeze or unsqueeze of a map with its
+        channels at dim ``self.dim`` (C of them), which it may move (setting ``self.dim``).
+
+        - Dims of size 1 inserted or removed around the channels move them; the batch dim
+          (dim 0) never holds them.
+        - Splitting them into (k, C / k) (ResNeSt's ``x.reshape(B, radix, RC // radix, H,
+          W)``) makes k equal parts: the new dims hold copies of the last part's layout (a
+          new group, of which the k parts are copies, as for ``chunk``).
+        - Merging them with the k copies before them (the reverse) lays the copies side by
+          side; merging them with the dims after them multiplies the features per channel
+          (a C-major flatten before a Linear).
+
+        Where the channels move or are split or merged with copies, the size the forward gives
+        the channels' dim must be computed (from a shape) or -1: a fixed size would not follow
+        the pruning. None where not understood.
+        """
+        if shape is None or src_shape is None or len(shape) < 2:
+            return None
+        d, channels = self.dim, src_shape[self.dim]
+        lead, end = math.prod(src_shape[:d]), math.prod(src_shape[:d + 1])
+        ends = [math.prod(shape[:i]) for i in range(len(shape) + 1)]
+        src_ends = [math.prod(src_shape[:i]) for i in range(len(src_shape) + 1)]
+        runs = [(j, m) for j in range(len(shape) - 1, 0, -1) if ends[j] == lead
+                for m in range(j, len(shape)) if ends[m + 1] == end][:1]
+        if runs:  # the channels become dims j..m: kept, moved or split
+            dim, copies, f = runs[0][1], channels // shape[runs[0][1]], 1
+        else:  # merged with dims before or after them into one dim
+            dim = next((i for i in range(len(shape))
+                        if ends[i] <= lead and ends[i + 1] >= end), None)
+            if dim is None or ends[dim] not in src_ends[1:d + 1] or \
+                    ends[dim + 1] not in src_ends[d + 1:]:
+                return None  # the batch dim, or parts of other dims, would join the channels
+            copies, f = lead // ends[dim], ends[dim + 1] // end
+        if dim == 0 or (dim != d or copies > 1) and not _computed(node, shape, dim):
+            return None
+        self.dim = dim
+        if runs and copies > 1:
+            return self.parts(source, copies, f"its channels are split into {copies} equal "
+                              f"parts by {self.describe(node)}")
+        return tuple((space, c, g * f, start) for space, c, g, start in source) * \
+            (copies if not runs else 1)
+
+    def parts(self, source: tuple, k: int, reason: str) -> tuple | None:
+        """The layout of each of k equal parts of ``source``'s channels: k copies of one layout
+        give it, and the channels of one group give a new group of which the parts are copies
+        (joined with ``reason``); None otherwise."""
+        n = len(source) // k
+        if len(source) % k == 0 and source == source[:n] * k:
+            return source[:n]
+        if len(source) != 1 or source[0][2] != 1 or not self.whole(source[0]):
+            return None
+        piece = ((self.new_space(source[0][1] // k), source[0][1] // k, 1, 0),)
+        self.join(source, piece * k, reason)
+        return piece
+
 
 def node_shape(node: object) -> tuple | None:
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     return tuple(meta.shape) if isinstance(meta, TensorMetadata) else None
-
-
-def reshaped(source: tuple | None, src_shape: tuple | None, shape: tuple | None) -> tuple | None:
-    """Layout after a view, reshape, flatten, squeeze or unsqueeze, if it keeps the channels.
-
-    Keeping (B, C) keeps the layout; (B, C, *spatial) -> (B, C * prod(spatial)) is a C-major
-    flatten that multiplies the features per channel; anything else is not understood (None).
-    """
-    if source is None or src_shape is None or shape is None or len(shape) < 2:
-        return None
-    if shape[:2] == src_shape[:2]:
-        return source
-    if len(shape) == 2 and shape[0] == src_shape[0] and len(src_shape) > 2:
-        spatial = math.prod(src_shape[2:])
-        return tuple((space, channels, f * spatial, start) for space, channels, f, start in source)
-    return None
 
 
 def node_shapes(node: fx.Node) -> list[tuple] | None:
@@ -365,6 +506,33 @@ def owner_of(value: object, attribute: str | None = None) -> str | None:
         return None
     owner, _, name = value.target.rpartition(".")
     return owner if attribute in (None, name) else None
+
+
+def _computed(node: fx.Node, shape: tuple, dim: int) -> bool:
+    """Whether a reshape gives its output's dim ``dim`` a size computed in the forward (from a
+    shape, or -1), so that it follows a pruning; flatten, squeeze and unsqueeze take none."""
+    if node.op == "call_module":
+        return isinstance(node.graph.owning_module.get_submodule(node.target), nn.Flatten) \
+            if node.graph.owning_module is not None else False
+    if node.target not in ("view", "reshape", torch.reshape):
+        return True
+    sizes = node.args[1:] if node.op == "call_method" else (argument(node, 1, "shape"),)
+    sizes = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], list | tuple) else sizes
+    return len(sizes) == len(shape) and (isinstance(sizes[dim], fx.Node) or sizes[dim] == -1)
+
+
+def _attributes(module: nn.Module | None) -> dict[str, object]:
+    """The public attributes of ``module`` that its forward's source names (``self.NAME``; all
+    of them where the source cannot be read): those a size in the forward may come from."""
+    if module is None:
+        return {}
+    public = {n: v for n, v in vars(module).items() if not n.startswith("_")}
+    try:
+        source = inspect.getsource(type(module).forward)
+    except (OSError, TypeError):
+        return public
+    read = set(re.findall(r"self\.(\w+)", source))
+    return {n: v for n, v in public.items() if n in read}
 
 
 def _offsets(layout: tuple) -> list[int]:

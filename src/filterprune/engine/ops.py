@@ -71,6 +71,16 @@ CROSS_CHANNEL_NORMS = {F.layer_norm, F.group_norm, torch.layer_norm, torch.group
 CONVS = {F.conv2d, torch.conv2d}
 # Moving the channels to another dim (channels-last and back, as in ConvNeXt).
 PERMUTES = {torch.permute, "permute"}
+TRANSPOSES = {torch.transpose, torch.swapaxes, torch.swapdims, "transpose", "swapaxes",
+              "swapdims"}
+STACKS = {torch.stack}
+SOFTMAXES = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, "softmax",
+             "log_softmax"}
+MATMULS = {operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm"}
+EXPANDS = {torch.broadcast_to, "broadcast_to", "expand", "expand_as"}
+# Operations that read the channels at whatever dim they are, and may move them to another.
+DIM_OPS = RESHAPES | RESHAPE_METHODS | REDUCTIONS | REDUCTION_METHODS | PERMUTES | TRANSPOSES \
+    | STACKS | SOFTMAXES | MATMULS | EXPANDS
 CONCATS = {torch.cat, torch.concat, torch.concatenate}
 # Tensors made from another's shape, dtype or device, not from its values.
 CREATIONS = {torch.zeros_like, torch.ones_like, torch.empty_like, torch.rand_like,
