@@ -32,7 +32,15 @@ come from, in order (one group for a conv output; several after a concatenation)
 - ``permute`` moves the channels to another dim (ConvNeXt's channels-last blocks): there a Linear
   on the last dim reads and writes channels like a pointwise conv (a prunable layer),
   element-wise operations keep them, a parameter with one value per channel (a layer scale
-  ``gamma * x``) is a follower, and LayerNorm over them blocks them.
+  ``gamma * x``) is a follower, and LayerNorm over them blocks them;
+- attention blocks move the channels between dims (``FunctionRules.visit_dims``): a dim other
+  than the channels' holds copies of one layout; ``torch.stack`` joins its inputs' groups
+  (Selective Kernel's paths) and inserts such a dim, as do ``unsqueeze`` and views adding
+  dims of size 1; a view of the channels as (k, C / k) (ResNeSt's split attention) makes k
+  equal parts (as ``chunk``) and the reverse view lays k copies side by side; reductions and
+  softmax over other dims keep the channels, over them block them; a matmul keeps channels
+  that are a batch or kept dim (GCNet's global context) and blocks channels it contracts; a
+  Conv1d along the channels (ECA) blocks them (approximate with ``exact=False``).
 
 A grouped conv (1 < groups < in_channels) reads its input and writes its output in ``groups``
 equal runs of channels: a group it reads or writes gets ``chunks`` equal runs that must keep equal
@@ -61,6 +69,7 @@ from filterprune.engine.functions import (
     cross_norm,
     has_tensors,
     node_shape,
+    not_conv2d,
     scope_of,
 )
 from filterprune.engine.graph import (
@@ -258,8 +267,7 @@ class _Builder(FunctionRules, ChannelSpaces):
         if isinstance(module, nn.Conv2d):
             return self.visit_conv(name, module, source, shape)
         if isinstance(module, nn.modules.conv._ConvNd):  # Conv1d, Conv3d, transposed convs
-            self.convs.setdefault(name, f"'{name}' is a {type(module).__name__}: the engine "
-                                  "prunes the filters of Conv2d layers only")
+            self.convs.setdefault(name, not_conv2d(name, module))
             return None
         if isinstance(module, nn.Linear) and source is not None and len(src_shape) == 2:
             if self.prune_linear:

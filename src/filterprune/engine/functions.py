@@ -38,7 +38,8 @@ class FunctionRules:
         if node.op == "call_module":
             name, module = node.target, self.modules[node.target]
             if isinstance(module, nn.modules.conv._ConvNd):
-                self.convs.setdefault(name, f"its input has its channels at dim {self.dim}")
+                self.convs.setdefault(name, not_conv2d(name, module) if not isinstance(
+                    module, nn.Conv2d) else f"its input has its channels at dim {self.dim}")
             if isinstance(module, nn.Conv1d) and self.dim == 2 and shape[2:] == src_shape[2:]:
                 return self.approximated(source, shape, f"its channels reach {self.describe(node)} "
                                          "along its length, which mixes neighbouring channels: "
@@ -154,8 +155,8 @@ class FunctionRules:
             if dim == self.dim:
                 self.join(layout, other, f"its output is multiplied by another map in {what}")
             else:
-                self.block(other, f"its channels meet another map's channels at another dim in "
-                           f"{what}")
+                self.block(other, f"its channels and another map's channels reach different "
+                           f"dims of the output of {what}")
         return layout
 
     def visit_function(self, node: fx.Node, shape: tuple | None) -> tuple | None:
@@ -549,6 +550,11 @@ def _merged(layout: tuple) -> tuple:
         else:
             merged.append((space, channels, f, start))
     return tuple(merged)
+
+
+def not_conv2d(name: str, conv: nn.Module) -> str:
+    return f"'{name}' is a {type(conv).__name__}: the engine prunes the filters of Conv2d " \
+           "layers only"
 
 
 def cross_norm(what: str) -> str:

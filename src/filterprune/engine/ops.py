@@ -106,7 +106,7 @@ def op_name(target: object) -> str:
     if isinstance(target, str):
         return f"Tensor.{target}"
     name = getattr(target, "__name__", str(target))
-    module = getattr(target, "__module__", None) or ""
+    module = (getattr(target, "__module__", None) or "").lstrip("_")  # _operator: operator
     if module.startswith("torch"):
         module = "F" if module.startswith("torch.nn.functional") else "torch"
     return f"{module}.{name}" if module else name
