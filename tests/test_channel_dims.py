@@ -65,6 +65,12 @@ def test_stacked_paths_are_joined_and_the_attention_prunes_each_path_alike():
     assert "stacked with others by torch.stack" in group.coupling
 
 
+def test_a_recorded_view_into_parts_blocks_as_its_sizes_are_numbers():
+    reason = trace(SelectiveKernelNet(), torch.zeros(1, 3, 6, 6), tracer="record",
+                   residual="coupled").not_prunable["paths.0.0"]
+    assert "reshaped by Tensor.view" in reason and "tracer='record'" in reason
+
+
 class SplitAttentionNet(nn.Module):
     """ResNeSt's split attention as timm writes it: a grouped conv makes radix * C channels,
     reshaped to (B, radix, C, H, W) and summed over radix for the attention; the radix
@@ -193,7 +199,8 @@ def test_a_view_into_parts_of_a_fixed_size_blocks():
     kept = result.plan.kept["conv"]
     assert len(kept) == 4 and kept[2:] == [4 + i for i in kept[:2]]  # floor(4 * 0.7) each
     graph = trace(PartsView(4), torch.zeros(1, 3, 6, 6))
-    assert "Tensor.view" in graph.not_prunable["conv"] and not graph.layers
+    assert "reshaped by Tensor.view in the model's forward to a size fixed in the forward" in \
+        graph.not_prunable["conv"] and not graph.layers
 
 
 @pytest.mark.parametrize("op, reason", [

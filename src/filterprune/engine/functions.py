@@ -372,20 +372,28 @@ class FunctionRules:
 
     def elementwise(self, node: fx.Node, shape: tuple) -> tuple | None:
         """Addition or multiplication: operands whose channels line up share their groups; a
-        parameter with one value per channel (a layer scale) follows them."""
-        dims = {self.dims.get(x, 1) for x in node.all_input_nodes if x in self.layouts}
-        if len(dims) != 1:
+        parameter with one value per channel (a layer scale) follows them; an operand
+        broadcast over them (a spatial gate) passes nothing on, and its own channels, at
+        another dim, are blocked."""
+        dims = [self.dims.get(x, 1) for x in node.args if x in self.layouts and
+                node_shape(x) is not None and len(node_shape(x)) == len(shape) and
+                node_shape(x)[self.dims.get(x, 1)] == shape[self.dims.get(x, 1)]]
+        if not dims:
             return None
-        self.dim = dims.pop()
+        self.dim = dims[0]
         channels, operands, scales = shape[self.dim], [], []
         for x in node.args:
             x_shape = node_shape(x) if isinstance(x, fx.Node) else None
             if x_shape is None:
                 continue
+            moved = x in self.layouts and self.dims.get(x, 1) != self.dim
             position = self.dim - (len(shape) - len(x_shape))
             if (x_shape[position] if 0 <= position < len(x_shape) else 1) != channels:
+                if moved:
+                    self.block(self.layouts[x], f"its channels reach {self.describe(node)} at "
+                               "another dim than the other operand's")
                 continue  # broadcast over the channels, e.g. a spatial gate
-            if x in self.layouts and len(x_shape) == len(shape):
+            if x in self.layouts and len(x_shape) == len(shape) and not moved:
                 operands.append(self.layouts[x])
             elif self.parameter(x, channels):
                 scales.append(self.parameter(x, channels))
@@ -431,8 +439,9 @@ class FunctionRules:
           (a C-major flatten before a Linear).
 
         Where the channels move or are split or merged with copies, the size the forward gives
-        the channels' dim must be computed (from a shape) or -1: a fixed size would not follow
-        the pruning. None where not understood.
+        the channels' dim must be computed (from a shape) or -1: a fixed size (or any size,
+        recorded by ``tracer="record"``) would not follow the pruning, and blocks them. None
+        where not understood.
         """
         if shape is None or src_shape is None or len(shape) < 2:
             return None
@@ -451,9 +460,13 @@ class FunctionRules:
                     ends[dim + 1] not in src_ends[d + 1:]:
                 return None  # the batch dim, or parts of other dims, would join the channels
             copies, f = lead // ends[dim], ends[dim + 1] // end
-        if dim == 0 or (dim != d or copies > 1) and not _computed(node, shape, dim):
+        if dim == 0:
             return None
         self.dim = dim
+        if (dim != d or copies > 1) and not _computed(node, shape, dim):
+            return self.stop(source, shape, f"its channels are reshaped by {self.describe(node)} "
+                             "to a size fixed in the forward (or recorded by tracer='record'): "
+                             "it would not follow the pruning")
         if runs and copies > 1:
             return self.parts(source, copies, f"its channels are split into {copies} equal "
                               f"parts by {self.describe(node)}")
