@@ -288,9 +288,10 @@ class FunctionRules:
         channels of a new group, whose kept count is the new part size (``chunk`` computes it
         from the channels; ``split`` takes it from the one int attribute of the module running
         it that holds it, or else from the one that holds the k parts' total, as CSPNet's
-        ``x.split(self.expand_chs // 2, dim=1)`` or Selective Kernel's ``torch.split(x,
-        self.in_channels // self.num_paths, 1)``, among those its forward reads; surgery
-        rewrites it). Returns False where this does not apply."""
+        ``x.split(self.expand_chs // 2, dim=1)``; of several, the one its forward names, as
+        Selective Kernel's ``torch.split(x, self.in_channels // self.num_paths, 1)`` beside an
+        equal ``self.out_channels``; surgery rewrites it). Returns False where this does not
+        apply."""
         if len(source) != 1 or source[0][2] != 1 or not self.whole(source[0]) or \
                 len(sizes) < 2 or len(set(sizes)) > 1:
             return False
@@ -298,9 +299,10 @@ class FunctionRules:
         if node.target in ("split", torch.split):
             scope = self.modules.get(scope_of(node))
             size = argument(node, 1, "split_size_or_sections", node.kwargs.get("split_size"))
-            ints = {n: v for n, v in _attributes(scope).items() if type(v) is int}
-            names = [n for n, v in ints.items() if v == size] or \
-                [n for n, v in ints.items() if v == size * len(sizes)]
+            ints = {n: v for n, v in vars(scope or object()).items()
+                    if type(v) is int and not n.startswith("_")}
+            names = _named_in_forward(scope, [n for n, v in ints.items() if v == size]) or \
+                _named_in_forward(scope, [n for n, v in ints.items() if v == size * len(sizes)])
             if size != sizes[0] or len(names) != 1:
                 return False
             attribute = names[0]
@@ -326,8 +328,9 @@ class FunctionRules:
                 not all(self.whole(s) and s[2] == 1 for s in source):
             return False
         scope = scope_of(node)
-        names = [n for n, v in _attributes(self.modules.get(scope)).items()
-                 if isinstance(v, list | tuple) and list(v) == sizes]
+        names = _named_in_forward(self.modules.get(scope), [
+            n for n, v in vars(self.modules.get(scope) or object()).items()
+            if isinstance(v, list | tuple) and list(v) == sizes and not n.startswith("_")])
         parts, start, runs = [], 0, {}
         for size in sizes:
             part, end = [], start + size
@@ -525,9 +528,8 @@ def owner_of(value: object, attribute: str | None = None) -> str | None:
 def _computed(node: fx.Node, shape: tuple, dim: int) -> bool:
     """Whether a reshape gives its output's dim ``dim`` a size computed in the forward (from a
     shape, or -1), so that it follows a pruning; flatten, squeeze and unsqueeze take none."""
-    if node.op == "call_module":
-        return isinstance(node.graph.owning_module.get_submodule(node.target), nn.Flatten) \
-            if node.graph.owning_module is not None else False
+    if node.op == "call_module":  # nn.Unflatten: fixed sizes (nn.Flatten keeps the dim)
+        return False
     if node.target not in ("view", "reshape", torch.reshape):
         return True
     sizes = node.args[1:] if node.op == "call_method" else (argument(node, 1, "shape"),)
@@ -535,18 +537,16 @@ def _computed(node: fx.Node, shape: tuple, dim: int) -> bool:
     return len(sizes) == len(shape) and (isinstance(sizes[dim], fx.Node) or sizes[dim] == -1)
 
 
-def _attributes(module: nn.Module | None) -> dict[str, object]:
-    """The public attributes of ``module`` that its forward's source names (``self.NAME``; all
-    of them where the source cannot be read): those a size in the forward may come from."""
-    if module is None:
-        return {}
-    public = {n: v for n, v in vars(module).items() if not n.startswith("_")}
+def _named_in_forward(module: nn.Module | None, names: list[str]) -> list[str]:
+    """``names``, attributes of ``module`` that a size in its forward may come from; where
+    there are several, only those its forward's source names (``self.NAME``)."""
+    if len(names) < 2:
+        return names
     try:
         source = inspect.getsource(type(module).forward)
     except (OSError, TypeError):
-        return public
-    read = set(re.findall(r"self\.(\w+)", source))
-    return {n: v for n, v in public.items() if n in read}
+        return names
+    return [n for n in names if re.search(rf"\bself\.{n}\b", source)]
 
 
 def _offsets(layout: tuple) -> list[int]:
