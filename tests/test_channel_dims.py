@@ -203,6 +203,20 @@ def test_a_view_into_parts_of_a_fixed_size_blocks():
         graph.not_prunable["conv"] and not graph.layers
 
 
+def test_a_conv_reading_channels_at_another_dim_blocks_them_and_keeps_its_own_filters():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(6, 4, 1), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.c(torch.relu(self.b(self.a(x).transpose(1, 2))))
+
+    result = check_pruned_in_both_modes(Net(), torch.randn(2, 3, 6, 6))
+    assert list(result.plan.kept) == ["b"]
+    assert "reach 'b' (Conv2d) at dim 2 of its input" in result.graph.not_prunable["a"]
+
+
 @pytest.mark.parametrize("op, reason", [
     (lambda y: torch.softmax(y, dim=1), "normalises over channels"),
     (lambda y: y - y.mean(1, keepdim=True), "reduced together by Tensor.mean"),

@@ -189,7 +189,8 @@ class _Builder(FunctionRules, ChannelSpaces):
         inputs = [self.layouts[n] for n in node.all_input_nodes if n in self.layouts]
         first = node.args[0] if node.args else node.kwargs.get("input")
         dims = [self.dims.get(n, 1) for n in node.all_input_nodes if n in self.layouts]
-        self.dim = self.dims.get(first, 1) if first in self.layouts else max(dims, default=1)
+        self.dim = start = self.dims.get(first, 1) if first in self.layouts else \
+            max(dims, default=1)
         if node.op == "placeholder":
             layout = self.fresh(shape, "its channels are those of the model input")
         elif node.op == "output":
@@ -217,7 +218,7 @@ class _Builder(FunctionRules, ChannelSpaces):
                      "prune through"
             for x in inputs:
                 self.block(x, reason)
-            self.dim = 1  # the new channels of a map the engine does not follow: dim 1
+            self.dim = start  # a rule may have moved it before giving up
             layout = self.fresh(shape, reason)
         if layout is not None:
             self.layouts[node] = layout

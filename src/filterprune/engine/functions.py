@@ -26,7 +26,8 @@ class FunctionRules:
 
     def visit_channels_last(self, node: fx.Node, shape: tuple | None) -> tuple | None:
         """A node reading channels at another dim than 1 (ConvNeXt's channels-last MLP, a stack
-        of feature maps): a Linear on the last dim reads and writes them like a pointwise conv,
+        of feature maps): a Conv2d blocks them (its own filters stay prunable), a Linear on the
+        last dim reads and writes them like a pointwise conv,
         element-wise operations and layer scales keep them, LayerNorm over them blocks them, a
         Conv1d along them (ECA attention) blocks them (with ``exact=False`` it follows them,
         approximately); anything else is not understood (None)."""
@@ -37,9 +38,14 @@ class FunctionRules:
             return None
         if node.op == "call_module":
             name, module = node.target, self.modules[node.target]
+            if isinstance(module, nn.Conv2d):  # its filters are still its own channels
+                reason = f"its channels reach {self.describe(node)} at dim {self.dim} of its " \
+                    "input, not as its input channels"
+                self.block(source, reason)
+                self.dim = 1
+                return self.visit_conv(name, module, self.fresh(src_shape, reason), shape)
             if isinstance(module, nn.modules.conv._ConvNd):
-                self.convs.setdefault(name, not_conv2d(name, module) if not isinstance(
-                    module, nn.Conv2d) else f"its input has its channels at dim {self.dim}")
+                self.convs.setdefault(name, not_conv2d(name, module))
             if isinstance(module, nn.Conv1d) and self.dim == 2 and shape[2:] == src_shape[2:]:
                 return self.approximated(source, shape, f"its channels reach {self.describe(node)} "
                                          "along its length, which mixes neighbouring channels: "
