@@ -1,7 +1,8 @@
 """Channels that move between dims in attention blocks: stacks and new dims (Selective Kernel),
 views into equal parts and back (ResNeSt's split attention), matmul (global context, non-local
-blocks), Conv1d across the channels (ECA). Each pattern on a tiny hand-built net and in timm's
-own module; every pruned model equals the masked original in eval and in train mode."""
+blocks), Conv1d across the channels (ECA), channel counts read from shapes (lambda layers).
+Each pattern on a tiny hand-built net and in timm's own module; every pruned model equals the
+masked original in eval and in train mode."""
 
 import copy
 
@@ -215,6 +216,32 @@ def test_a_conv_reading_channels_at_another_dim_blocks_them_and_keeps_its_own_fi
     result = check_pruned_in_both_modes(Net(), torch.randn(2, 3, 6, 6))
     assert list(result.plan.kept) == ["b"]
     assert "reach 'b' (Conv2d) at dim 2 of its input" in result.graph.not_prunable["a"]
+
+
+class CountFrom(nn.Module):
+    """``b``'s output reshaped to ``a``'s channel count, read from ``a``'s shape: as the same
+    shape (``b`` then follows ``a``), or from channels-last (timm's lambda layer)."""
+
+    def __init__(self, channels_last):
+        super().__init__()
+        self.channels_last = channels_last
+        self.a, self.b, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(16, 3, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        B, C, H, W = y.shape
+        z = self.b(x)
+        z = z.flatten(2).transpose(1, 2) if self.channels_last else z
+        return self.head(torch.cat([y, z.reshape(B, C, H, W)], 1))
+
+
+def test_a_channel_count_read_from_a_shape_couples_or_blocks_that_map():
+    result = check_pruned_in_both_modes(CountFrom(False), torch.randn(2, 3, 4, 4))
+    assert result.graph.group_of("a").members == ["a", "b"]
+    assert "its channel count sizes Tensor.reshape" in result.graph.group_of("a").coupling
+    graph = trace(CountFrom(True), torch.zeros(1, 3, 4, 4))
+    assert "its channel count sizes Tensor.reshape in the model's forward, where pruning " \
+        "cannot follow it" in graph.not_prunable["a"]
 
 
 @pytest.mark.parametrize("op, reason", [

@@ -40,7 +40,9 @@ come from, in order (one group for a conv output; several after a concatenation)
   equal parts (as ``chunk``) and the reverse view lays k copies side by side; reductions and
   softmax over other dims keep the channels, over them block them; a matmul keeps channels
   that are a batch or kept dim (GCNet's global context) and blocks channels it contracts; a
-  Conv1d along the channels (ECA) blocks them (approximate with ``exact=False``).
+  Conv1d along the channels (ECA) blocks them (approximate with ``exact=False``); a channel
+  count read from a map's shape that sizes a view joins that map's channels with the view's
+  (or blocks them).
 
 A grouped conv (1 < groups < in_channels) reads its input and writes its output in ``groups``
 equal runs of channels: a group it reads or writes gets ``chunks`` equal runs that must keep equal

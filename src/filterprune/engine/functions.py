@@ -99,13 +99,13 @@ class FunctionRules:
             self.dim = [d % len(shape) for d in order].index(self.dim)
             return source if self.dim else None
         if target in ops.EXPANDS:
-            return source if len(shape) == len(src_shape) and \
-                shape[self.dim] == src_shape[self.dim] else None
+            return self.sized(node, source if len(shape) == len(src_shape) and
+                              shape[self.dim] == src_shape[self.dim] else None)
         dims = argument(node, 1, "dim")
         dims = dims if isinstance(dims, list | tuple) else (dims,)
         if target not in ops.SOFTMAXES and not (target in ops.REDUCTIONS or
                                                 target in ops.REDUCTION_METHODS):
-            return self.reshaped(node, source, src_shape, shape)
+            return self.sized(node, self.reshaped(node, source, src_shape, shape))
         if None in dims or not dims:
             return None
         reduced = {d % len(src_shape) for d in dims}
@@ -119,6 +119,28 @@ class FunctionRules:
         if target not in ops.SOFTMAXES and not argument(node, 2, "keepdim", False):
             self.dim -= sum(d < self.dim for d in reduced)
         return source if len(shape) > self.dim else None
+
+    def sized(self, node: fx.Node, layout: tuple | None) -> tuple | None:
+        """A view, reshape or expand whose sizes include the channel count C of a map (read
+        from its shape: ``B, C, H, W = x.shape``; or ``expand_as(x)``): where C (or C // k)
+        sizes the output's channels, that map's channels are joined with them (k copies of
+        them), else they are blocked (timm's lambda layer reshapes its output to its input's
+        count). Returns ``layout``, the output's."""
+        if node.target == "expand_as":
+            other = node.args[1]
+            counts = [(self.dims.get(other, 1), other, 1)] if other in self.layouts else []
+        else:
+            counts = [(i, t, k) for i, size in enumerate(_sizes(node) or ())
+                      for t, dim, k in _shape_reads(size)
+                      if t in self.layouts and dim % len(node_shape(t)) == self.dims.get(t, 1)]
+        reason = f"its channel count sizes {self.describe(node)}"
+        for position, t, k in counts:
+            if layout is not None and position == self.dim and k and \
+                    sum(s[1] for s in self.layouts[t]) == k * sum(s[1] for s in layout):
+                self.join(self.layouts[t], layout * k, reason)
+            else:
+                self.block(self.layouts[t], f"{reason}, where pruning cannot follow it")
+        return layout
 
     def stacked(self, node: fx.Node, shape: tuple | None) -> tuple | None:
         """``torch.stack(maps, dim)`` of maps with their channels at one dim: their groups are
@@ -531,15 +553,46 @@ def owner_of(value: object, attribute: str | None = None) -> str | None:
     return owner if attribute in (None, name) else None
 
 
+def _sizes(node: fx.Node) -> tuple | None:
+    """The sizes a view, reshape or expand gives its output, one per dim; None for the
+    operations that take none (flatten, squeeze, unsqueeze, expand_as)."""
+    if node.op == "call_method" and node.target in ("view", "reshape", "expand"):
+        sizes = node.args[1:]
+    elif node.target in (torch.reshape, torch.broadcast_to, "broadcast_to"):
+        sizes = (argument(node, 1, "shape", argument(node, 1, "size")),)
+    else:
+        return None
+    return tuple(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], list | tuple) else sizes
+
+
+def _shape_reads(size: object) -> list[tuple[fx.Node, int, int | None]]:
+    """(map, dim, k) for each size of a map that ``size`` is computed from (``x.shape[1]``,
+    ``x.size(1)``, ``B, C, H, W = x.shape``): ``size`` is that size // k, or some other
+    arithmetic on it (k None)."""
+    if not isinstance(size, fx.Node):
+        return []
+    if size.op == "call_method" and size.target == "size" and len(size.args) > 1:
+        return [(size.args[0], size.args[1], 1)]
+    if size.target is operator.getitem and isinstance(size.args[0], fx.Node) and \
+            isinstance(size.args[1], int) and (
+                size.args[0].target is getattr and size.args[0].args[1] == "shape" or
+                size.args[0].target == "size" and len(size.args[0].args) == 1):
+        return [(size.args[0].args[0], size.args[1], 1)]
+    if size.op != "call_function" or size.target not in ops.ARITHMETIC:
+        return []
+    if size.target is operator.floordiv and type(size.args[1]) is int:
+        return [(t, dim, k and k * size.args[1]) for t, dim, k in _shape_reads(size.args[0])]
+    return [(t, dim, None) for x in size.args for t, dim, _ in _shape_reads(x)]
+
+
 def _computed(node: fx.Node, shape: tuple, dim: int) -> bool:
     """Whether a reshape gives its output's dim ``dim`` a size computed in the forward (from a
     shape, or -1), so that it follows a pruning; flatten, squeeze and unsqueeze take none."""
     if node.op == "call_module":  # nn.Unflatten: fixed sizes (nn.Flatten keeps the dim)
         return False
-    if node.target not in ("view", "reshape", torch.reshape):
+    sizes = _sizes(node)
+    if sizes is None:
         return True
-    sizes = node.args[1:] if node.op == "call_method" else (argument(node, 1, "shape"),)
-    sizes = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], list | tuple) else sizes
     return len(sizes) == len(shape) and (isinstance(sizes[dim], fx.Node) or sizes[dim] == -1)
 
 

@@ -78,6 +78,8 @@ SOFTMAXES = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, "softma
              "log_softmax"}
 MATMULS = {operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm"}
 EXPANDS = {torch.broadcast_to, "broadcast_to", "expand", "expand_as"}
+# Arithmetic on sizes read from shapes.
+ARITHMETIC = {operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv}
 # Operations that read the channels at whatever dim they are, and may move them to another.
 DIM_OPS = RESHAPES | RESHAPE_METHODS | REDUCTIONS | REDUCTION_METHODS | PERMUTES | TRANSPOSES \
     | STACKS | SOFTMAXES | MATMULS | EXPANDS
