@@ -559,7 +559,7 @@ def _sizes(node: fx.Node) -> tuple | None:
     if node.op == "call_method" and node.target in ("view", "reshape", "expand"):
         sizes = node.args[1:]
     elif node.target in (torch.reshape, torch.broadcast_to, "broadcast_to"):
-        sizes = (argument(node, 1, "shape", argument(node, 1, "size")),)
+        sizes = node.args[1:2] or (node.kwargs.get("shape", node.kwargs.get("size")),)
     else:
         return None
     return tuple(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], list | tuple) else sizes
