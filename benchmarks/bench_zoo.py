@@ -55,7 +55,8 @@ TIMM = (
     "hardcorenas_a mobilenetv4_conv_small vgg11 nf_resnet26 gcresnet33ts darknet17 "
     "cs3darknet_s haloregnetz_b"
 ).split()
-MIN_SIZE = {"tv:inception_v3": 75, "timm:inception_v3": 75, "timm:legacy_xception": 71}
+MIN_SIZE = {"tv:inception_v3": 75, "timm:inception_v3": 75, "timm:legacy_xception": 71,
+            "timm:haloregnetz_b": 224}  # halo attention: feature maps in whole 7x7 blocks
 
 
 def default_models() -> list[str]:

@@ -74,7 +74,7 @@ def test_res2net_split_into_equal_parts_prunes_each_part_alike(tracer):
 
 class SplitBy(nn.Module):
     """A conv whose 8 channels are split into two parts of ``size`` (an attribute, also held
-    by ``other`` when ``twice``) read by two convs."""
+    by ``other``, which the forward reads too, when ``twice``) read by two convs."""
 
     def __init__(self, twice=False):
         super().__init__()
@@ -83,7 +83,8 @@ class SplitBy(nn.Module):
 
     def forward(self, x):
         left, right = torch.split(self.a(x), self.size, 1)
-        return torch.cat([self.b(left), self.c(right)], 1)
+        y = torch.cat([self.b(left), self.c(right)], 1)
+        return y * self.other if self.other else y
 
 
 def test_a_split_size_held_by_no_single_attribute_blocks_with_the_module_named():

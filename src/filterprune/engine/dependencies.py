@@ -41,7 +41,17 @@ come from, in order (one group for a conv output; several after a concatenation)
 - ``permute`` moves the channels to another dim (ConvNeXt's channels-last blocks): there a Linear
   on the last dim reads and writes channels like a pointwise conv (a prunable layer),
   element-wise operations keep them, a parameter with one value per channel (a layer scale
-  ``gamma * x``) is a follower, and LayerNorm over them blocks them.
+  ``gamma * x``) is a follower, and LayerNorm over them blocks them;
+- attention blocks move the channels between dims (``FunctionRules.visit_dims``): a dim other
+  than the channels' holds copies of one layout; ``torch.stack`` joins its inputs' groups
+  (Selective Kernel's paths) and inserts such a dim, as do ``unsqueeze`` and views adding
+  dims of size 1; a view of the channels as (k, C / k) (ResNeSt's split attention) makes k
+  equal parts (as ``chunk``) and the reverse view lays k copies side by side; reductions and
+  softmax over other dims keep the channels, over them block them; a matmul keeps channels
+  that are a batch or kept dim (GCNet's global context) and blocks channels it contracts; a
+  Conv1d along the channels (ECA) blocks them (approximate with ``exact=False``); a channel
+  count read from a map's shape that sizes a view joins that map's channels with the view's
+  (or blocks them).
 
 A grouped conv (1 < groups < in_channels) reads its input and writes its output in ``groups``
 equal runs of channels: a group it reads or writes gets ``chunks`` equal runs that must keep equal
@@ -71,7 +81,7 @@ from filterprune.engine.functions import (
     cross_norm,
     has_tensors,
     node_shape,
-    reshaped,
+    not_conv2d,
     scope_of,
 )
 from filterprune.engine.graph import (
@@ -191,7 +201,8 @@ class _Builder(FunctionRules, ChannelSpaces):
         inputs = [self.layouts[n] for n in node.all_input_nodes if n in self.layouts]
         first = node.args[0] if node.args else node.kwargs.get("input")
         dims = [self.dims.get(n, 1) for n in node.all_input_nodes if n in self.layouts]
-        self.dim = self.dims.get(first, 1) if first in self.layouts else max(dims, default=1)
+        self.dim = start = self.dims.get(first, 1) if first in self.layouts else \
+            max(dims, default=1)
         if node.op == "placeholder":
             layout = self.fresh(shape, "its channels are those of the model input")
         elif node.op == "output":
@@ -206,7 +217,9 @@ class _Builder(FunctionRules, ChannelSpaces):
             not any(n in self.layouts or n in self.pieces for n in node.all_input_nodes)
         ):
             return  # parameters (reshaped), shape, dtype or device queries: no channels flow
-        elif node.target in ops.PERMUTES or set(dims) - {1}:
+        elif node.op != "call_module" and node.target in ops.DIM_OPS:
+            layout = self.visit_dims(node, shape)
+        elif set(dims) - {1}:
             layout = self.visit_channels_last(node, shape)
         elif node.op == "call_module":
             layout = self.visit_module(node, shape)
@@ -220,6 +233,7 @@ class _Builder(FunctionRules, ChannelSpaces):
                      "prune through"
             for x in inputs:
                 self.block(x, reason)
+            self.dim = start  # a rule may have moved it before giving up
             layout = self.fresh(shape, reason)
         if layout is not None:
             self.layouts[node] = layout
@@ -272,8 +286,7 @@ class _Builder(FunctionRules, ChannelSpaces):
         if isinstance(module, nn.Conv2d):
             return self.visit_conv(name, module, source, shape)
         if isinstance(module, nn.modules.conv._ConvNd):  # Conv1d, Conv3d, transposed convs
-            self.convs.setdefault(name, f"'{name}' is a {type(module).__name__}: the engine "
-                                  "prunes the filters of Conv2d layers only")
+            self.convs.setdefault(name, not_conv2d(name, module))
             return None
         if isinstance(module, nn.Linear) and source is not None and len(src_shape) == 2:
             if self.prune_linear:
@@ -292,7 +305,7 @@ class _Builder(FunctionRules, ChannelSpaces):
             return None if source is None else self.stop(source, shape, cross_norm(
                 f"'{name}' ({type(module).__name__})"))
         if isinstance(module, nn.Flatten | nn.Unflatten):
-            return reshaped(source, src_shape, shape)
+            return None if source is None else self.reshaped(node, source, src_shape, shape)
         if isinstance(module, ops.PASS_MODULES):
             return source
         return None
@@ -401,7 +414,7 @@ class _Builder(FunctionRules, ChannelSpaces):
             (inputs if role == "input" else followers)[name] = resolve(layout)
         for name, layout in followers.items():
             for segment in layout:
-                if segment.group is not None:
+                if segment.group is not None and name not in segment.group.followers:
                     segment.group.followers.append(name)
         for name, layout in inputs.items():
             kind = "linear" if isinstance(self.modules[name], nn.Linear) else "conv"

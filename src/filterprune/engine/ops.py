@@ -71,6 +71,18 @@ CROSS_CHANNEL_NORMS = {F.layer_norm, F.group_norm, torch.layer_norm, torch.group
 CONVS = {F.conv2d, torch.conv2d}
 # Moving the channels to another dim (channels-last and back, as in ConvNeXt).
 PERMUTES = {torch.permute, "permute"}
+TRANSPOSES = {torch.transpose, torch.swapaxes, torch.swapdims, "transpose", "swapaxes",
+              "swapdims"}
+STACKS = {torch.stack}
+SOFTMAXES = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, "softmax",
+             "log_softmax"}
+MATMULS = {operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm"}
+EXPANDS = {torch.broadcast_to, "broadcast_to", "expand", "expand_as"}
+# Arithmetic on sizes read from shapes.
+ARITHMETIC = {operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv}
+# Operations that read the channels at whatever dim they are, and may move them to another.
+DIM_OPS = RESHAPES | RESHAPE_METHODS | REDUCTIONS | REDUCTION_METHODS | PERMUTES | TRANSPOSES \
+    | STACKS | SOFTMAXES | MATMULS | EXPANDS
 CONCATS = {torch.cat, torch.concat, torch.concatenate}
 # Tensors made from another's shape, dtype or device, not from its values.
 CREATIONS = {torch.zeros_like, torch.ones_like, torch.empty_like, torch.rand_like,
@@ -96,7 +108,7 @@ def op_name(target: object) -> str:
     if isinstance(target, str):
         return f"Tensor.{target}"
     name = getattr(target, "__name__", str(target))
-    module = getattr(target, "__module__", None) or ""
+    module = (getattr(target, "__module__", None) or "").lstrip("_")  # _operator: operator
     if module.startswith("torch"):
         module = "F" if module.startswith("torch.nn.functional") else "torch"
     return f"{module}.{name}" if module else name
