@@ -42,7 +42,7 @@ come from, in order (one group for a conv output; several after a concatenation)
   on the last dim reads and writes channels like a pointwise conv (a prunable layer),
   element-wise operations keep them, a parameter with one value per channel (a layer scale
   ``gamma * x``) is a follower, and LayerNorm over them blocks them;
-- attention blocks move the channels between dims (``FunctionRules.visit_dims``): a dim other
+- attention blocks move the channels between dims (``DimRules.visit_dims``): a dim other
   than the channels' holds copies of one layout; ``torch.stack`` joins its inputs' groups
   (Selective Kernel's paths) and inserts such a dim, as do ``unsqueeze`` and views adding
   dims of size 1; a view of the channels as (k, C / k) (ResNeSt's split attention) makes k
@@ -75,15 +75,8 @@ import torch
 from torch import fx, nn
 
 from filterprune.engine import ops
-from filterprune.engine.custom import LayerRule, rule_of
-from filterprune.engine.functions import (
-    FunctionRules,
-    cross_norm,
-    has_tensors,
-    node_shape,
-    not_conv2d,
-    scope_of,
-)
+from filterprune.engine.dims import DimRules
+from filterprune.engine.functions import FunctionRules
 from filterprune.engine.graph import (
     RESIDUAL_POLICIES,
     TRACERS,
@@ -93,13 +86,13 @@ from filterprune.engine.graph import (
     Layout,
     Segment,
 )
+from filterprune.engine.layers import LayerRules
+from filterprune.engine.nodes import has_tensors, node_shape, scope_of
+from filterprune.engine.profile import Profile
 from filterprune.engine.spaces import ChannelSpaces, ranges_of
 from filterprune.engine.tracers import trace_graph
 from filterprune.errors import FilterpruneError
 
-_PER_CHANNEL_NORMS = (
-    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
-)
 
 def trace(
     model: nn.Module,
@@ -142,6 +135,25 @@ def trace(
             no module, a model torch.fx cannot trace (with ``tracer="fx"``), or a model that
             fails on ``example_inputs``.
     """
+    return trace_profiled(model, example_inputs, residual=residual, ignore=ignore, tracer=tracer,
+                          prune_linear=prune_linear, exact=exact)[0]
+
+
+def trace_profiled(
+    model: nn.Module,
+    example_inputs: torch.Tensor | tuple,
+    *,
+    residual: str = "inner",
+    ignore: Sequence[str] = (),
+    tracer: str = "auto",
+    prune_linear: bool = False,
+    exact: bool = True,
+) -> tuple[DependencyGraph, Profile]:
+    """``trace``, and ``filterprune.engine.profile(model, example_inputs)`` counted in the same
+    forward pass where it can (one pass fewer for ``prune``).
+
+    Arguments and errors are those of ``trace``.
+    """
     if residual not in RESIDUAL_POLICIES:
         raise FilterpruneError(
             f"unknown residual policy '{residual}' (known: {', '.join(RESIDUAL_POLICIES)})"
@@ -152,7 +164,7 @@ def trace(
     for key in ignore:
         if not any(fnmatch.fnmatchcase(name, key) for name in names):
             raise FilterpruneError(f"unknown layer or pattern '{key}' in ignore: no such module")
-    graphs, train_failure = trace_graph(model, example_inputs, tuple(ignore), tracer)
+    graphs, train_failure, costs = trace_graph(model, example_inputs, tuple(ignore), tracer)
     builder = _Builder(dict(model.named_modules()), tuple(ignore), prune_linear, exact)
     for graph in graphs:  # eval mode, then train mode: the same layers share their channels
         for node in graph.nodes:
@@ -165,10 +177,10 @@ def trace(
     )
     graph = builder.finish(residual, convs, not_called)
     graph.prune_linear, graph.exact = prune_linear, exact
-    return graph
+    return graph, costs
 
 
-class _Builder(FunctionRules, ChannelSpaces):
+class _Builder(LayerRules, FunctionRules, DimRules, ChannelSpaces):
     """Walks an fx graph in order, giving each node's output a channel layout.
 
     Channel spaces are kept in a union-find (:class:`ChannelSpaces`); a space is a set of
@@ -272,108 +284,12 @@ class _Builder(FunctionRules, ChannelSpaces):
         if previous is not layout:
             self.join(previous, layout, f"module '{name}' is applied to other feature maps too")
 
-    def visit_module(self, node: fx.Node, shape: tuple | None) -> tuple | None:
-        name, module = node.target, self.modules[node.target]
-        source, src_shape = self.source(node)
-        if any(fnmatch.fnmatchcase(name, key) for key in self.ignore):
-            self.convs.setdefault(name, "it is ignored")
-            for x in node.all_input_nodes:
-                self.block(self.layouts.get(x, ()), f"its channels reach ignored module '{name}'")
-            return self.fresh(shape, f"its channels come from ignored module '{name}'")
-        rule = rule_of(module)
-        if rule is not None:
-            return self.visit_custom(node, rule, source, shape)
-        if isinstance(module, nn.Conv2d):
-            return self.visit_conv(name, module, source, shape)
-        if isinstance(module, nn.modules.conv._ConvNd):  # Conv1d, Conv3d, transposed convs
-            self.convs.setdefault(name, not_conv2d(name, module))
-            return None
-        if isinstance(module, nn.Linear) and source is not None and len(src_shape) == 2:
-            if self.prune_linear:
-                self.convs.setdefault(name, None)
-            self.use(name, "input", source)
-            return self.member(name, module.out_features)
-        if isinstance(module, _PER_CHANNEL_NORMS) or (
-            isinstance(module, nn.PReLU) and module.num_parameters > 1
-        ):
-            if source is not None:
-                self.use(name, "follower", source)
-            return source
-        if isinstance(module, nn.GroupNorm | nn.LayerNorm):
-            return None if source is None else self.cross_channel(node, source, shape, name)
-        if isinstance(module, nn.LocalResponseNorm):
-            return None if source is None else self.stop(source, shape, cross_norm(
-                f"'{name}' ({type(module).__name__})"))
-        if isinstance(module, nn.Flatten | nn.Unflatten):
-            return None if source is None else self.reshaped(node, source, src_shape, shape)
-        if isinstance(module, ops.PASS_MODULES):
-            return source
-        return None
-
-    def visit_custom(
-        self, node: fx.Node, rule: LayerRule, source: tuple | None, shape: tuple | None
-    ) -> tuple | None:
-        """A layer registered with ``filterprune.engine.register_layer``: its rule's flow."""
-        name, what = node.target, self.describe(node)
-        if rule.flow == "blocks":
-            for x in node.all_input_nodes:
-                self.block(self.layouts.get(x, ()), f"its channels reach {what}, registered "
-                           "as blocking")
-            return self.fresh(shape, f"its channels come from {what}, registered as blocking")
-        if source is None or shape is None or len(shape) < 2:
-            return None
-        if rule.flow == "follows":
-            if rule.outputs:
-                self.use(name, "follower", source)
-            return source
-        if rule.inputs:
-            self.use(name, "input", source)
-        else:
-            self.block(source, f"its channels reach {what}, registered with no input tensors "
-                       "to cut")
-        if rule.flow == "consumes":
-            return self.fresh(shape, f"its channels come from {what}, registered as consuming")
-        self.convs.setdefault(name, None)
-        return self.member(name, shape[1])
-
     def source(self, node: fx.Node) -> tuple[tuple | None, tuple | None]:
         """Layout and shape of the node's first argument (None, None if it has none)."""
         first = node.args[0] if node.args else node.kwargs.get("input")
         if not isinstance(first, fx.Node) or first not in self.layouts:
             return None, None
         return self.layouts[first], node_shape(first)
-
-    def visit_conv(
-        self, name: str, conv: nn.Conv2d, source: tuple | None, shape: tuple | None
-    ) -> tuple | None:
-        if source is None or any(s[2] != 1 for s in source):
-            return None
-        if conv.groups == 1:
-            self.convs.setdefault(name, None)
-            self.use(name, "input", source)
-            return self.member(name, conv.out_channels)
-        if conv.groups == conv.in_channels == conv.out_channels:
-            self.convs.setdefault(name, "a depthwise conv: its channels follow its input's group")
-            self.use(name, "follower", source)
-            return source
-        per_group = conv.in_channels // conv.groups
-        if any(s[1] % per_group or not self.whole(s) for s in source):
-            reason = f"its channels reach grouped conv '{name}' (groups={conv.groups}) across " \
-                     "its groups' boundaries"
-            self.convs.setdefault(name, reason)
-            return self.stop(source, shape, reason)
-        for space, channels, *_ in source:
-            self.split(space, channels // per_group, f"grouped conv '{name}'")
-        self.convs.setdefault(name, None)
-        self.use(name, "input", source)
-        output = self.member(name, conv.out_channels)
-        self.split(output[0][0], conv.groups, f"grouped conv '{name}'")
-        return output
-
-    def member(self, name: str, channels: int) -> tuple:
-        if name not in self.outputs:
-            self.outputs[name] = self.new_space(channels, member=name)
-        return ((self.outputs[name], channels, 1, 0),)
 
     # --- result ---
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+import gc
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import torch
 from torch import nn
@@ -12,10 +15,9 @@ from filterprune.engine.budget import Budget, SensitivityCurves, allocate
 from filterprune.engine.costs import LatencyCosts
 from filterprune.engine.coverage import Coverage, coverage
 from filterprune.engine.criteria import Criterion
-from filterprune.engine.dependencies import trace
+from filterprune.engine.dependencies import trace_profiled
 from filterprune.engine.graph import DependencyGraph
 from filterprune.engine.plan import PruningPlan, RatioSpec, resolve_ratios, select_filters
-from filterprune.engine.profile import profile
 from filterprune.engine.surgery import apply_plan
 from filterprune.errors import FilterpruneError, warn
 
@@ -47,6 +49,30 @@ class PruneResult(PlanResult):
     model: nn.Module
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _without_gc(function: Callable[P, R]) -> Callable[P, R]:
+    """Runs ``function`` with Python's cyclic garbage collector paused (restored afterwards):
+    tracing makes thousands of short-lived objects, and each collection they trigger scans
+    every object of the process (torch and timm make it hundreds of thousands): 5-13% of
+    the time of ``prune`` on small timm models. The garbage is collected afterwards."""
+
+    @functools.wraps(function)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if paused:
+                gc.enable()
+
+    return run
+
+
+@_without_gc
 def plan_pruning(
     model: nn.Module,
     example_inputs: torch.Tensor | tuple,
@@ -77,9 +103,8 @@ def plan_pruning(
     if target is None and (sensitivity is not None or latency is not None):
         raise FilterpruneError("sensitivity= and latency= choose ratios for a target=; "
                                "they cannot be combined with ratio=")
-    graph = trace(model, example_inputs, residual=residual, ignore=ignore, tracer=tracer,
-                  prune_linear=prune_linear, exact=exact)
-    costs = profile(model, example_inputs)
+    graph, costs = trace_profiled(model, example_inputs, residual=residual, ignore=ignore,
+                                  tracer=tracer, prune_linear=prune_linear, exact=exact)
     budget = None
     if target is not None:
         budget = allocate(model, graph, costs, target, sensitivity=sensitivity, latency=latency,
@@ -97,6 +122,7 @@ def plan_pruning(
     return PlanResult(plan, graph, reach, budget)
 
 
+@_without_gc
 def prune(
     model: nn.Module,
     example_inputs: torch.Tensor | tuple,

