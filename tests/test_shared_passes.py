@@ -12,7 +12,7 @@ from torch.nn.utils import parametrizations
 
 import filterprune
 from filterprune.engine import profile
-from filterprune.engine.dependencies import trace_profiled
+from filterprune.engine.dependencies import trace
 from filterprune.engine.surgery import copy_model
 from filterprune.errors import FilterpruneError
 
@@ -53,7 +53,7 @@ class Net(nn.Module):
 )
 def test_profile_from_the_shape_pass_equals_profile(net, options):
     x = torch.randn(2, 3, 8, 8)
-    _, costs = trace_profiled(net, x, **options)
+    costs = trace(net, x, **options).profile
     expected = profile(net, x)
     assert costs == expected
     assert [layer.name for layer in costs.layers] == ["stem", "block.0", "head"]
@@ -70,7 +70,7 @@ class Up(nn.ConvTranspose2d):
 @pytest.mark.parametrize("tracer", ["fx", "record"])
 def test_profile_of_a_traced_through_transposed_conv_equals_profile(tracer):
     net, x = nn.Sequential(nn.Conv2d(3, 4, 1), Up(4, 2, 2, stride=2)), torch.randn(2, 3, 4, 4)
-    _, costs = trace_profiled(net, x, tracer=tracer)
+    costs = trace(net, x, tracer=tracer).profile
     assert costs == profile(net, x)
     assert costs.layers[1].macs == 4 * 2 * 2 * 2 * 4 * 4  # weight entries x input positions
 

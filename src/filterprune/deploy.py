@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from filterprune.engine.graph import eval_mode
+from filterprune.engine.modes import eval_mode
 from filterprune.errors import FilterpruneError
 from filterprune.stats import Interval, median_interval
 

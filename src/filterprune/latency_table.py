@@ -42,7 +42,7 @@ from filterprune._io import atomic_write_text
 from filterprune.deploy import Comparison, interleaved_timings
 from filterprune.engine import apply_plan, kept_count, select_filters, trace
 from filterprune.engine.costs import prunable_groups
-from filterprune.engine.graph import as_tuple, eval_mode
+from filterprune.engine.modes import as_tuple, eval_mode
 from filterprune.engine.plan import resolve_ratios
 from filterprune.errors import FilterpruneError
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from filterprune.engine.graph import eval_mode
+from filterprune.engine.modes import eval_mode
 from filterprune.errors import FilterpruneError
 
 ACTIVATION_CRITERIA = ("mean-mean", "mean-std", "mean-l1", "mean-l2", "var-l2")

@@ -88,7 +88,6 @@ from filterprune.engine.graph import (
 )
 from filterprune.engine.layers import LayerRules
 from filterprune.engine.nodes import has_tensors, node_shape, scope_of
-from filterprune.engine.profile import Profile
 from filterprune.engine.spaces import ChannelSpaces, ranges_of
 from filterprune.engine.tracers import trace_graph
 from filterprune.errors import FilterpruneError
@@ -128,31 +127,14 @@ def trace(
             model then differs from the masked original.
 
     Returns:
-        The dependency graph, layers in forward (topological) order.
+        The dependency graph, layers in forward (topological) order, with the model's
+        profile on ``example_inputs`` (``DependencyGraph.profile``: counted in the tracing
+        pass where it can, one forward fewer for ``prune``).
 
     Raises:
         FilterpruneError: an unknown residual policy or tracer, an ``ignore`` entry that names
             no module, a model torch.fx cannot trace (with ``tracer="fx"``), or a model that
             fails on ``example_inputs``.
-    """
-    return trace_profiled(model, example_inputs, residual=residual, ignore=ignore, tracer=tracer,
-                          prune_linear=prune_linear, exact=exact)[0]
-
-
-def trace_profiled(
-    model: nn.Module,
-    example_inputs: torch.Tensor | tuple,
-    *,
-    residual: str = "inner",
-    ignore: Sequence[str] = (),
-    tracer: str = "auto",
-    prune_linear: bool = False,
-    exact: bool = True,
-) -> tuple[DependencyGraph, Profile]:
-    """``trace``, and ``filterprune.engine.profile(model, example_inputs)`` counted in the same
-    forward pass where it can (one pass fewer for ``prune``).
-
-    Arguments and errors are those of ``trace``.
     """
     if residual not in RESIDUAL_POLICIES:
         raise FilterpruneError(
@@ -176,8 +158,8 @@ def trace_profiled(
         if train_failure else ""
     )
     graph = builder.finish(residual, convs, not_called)
-    graph.prune_linear, graph.exact = prune_linear, exact
-    return graph, costs
+    graph.prune_linear, graph.exact, graph.profile = prune_linear, exact, costs
+    return graph
 
 
 class _Builder(LayerRules, FunctionRules, DimRules, ChannelSpaces):

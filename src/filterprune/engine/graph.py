@@ -11,13 +11,13 @@ Li et al. 2017, §3.1 (what is removed with a filter).
 from __future__ import annotations
 
 import bisect
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from filterprune.engine.profile import Profile
 from filterprune.errors import FilterpruneError
 
 RESIDUAL_POLICIES = ("inner", "coupled")
@@ -197,6 +197,8 @@ class DependencyGraph:
             parts' kept channel counts.
         prune_linear: whether hidden Linear layers of heads are prunable layers (``trace``).
         exact: False when approximate groups may be pruned (``trace``).
+        profile: MACs and output shapes of the model's conv and Linear layers on the example
+            inputs ``trace`` ran (None for a graph built otherwise).
     """
 
     layers: dict[str, ChannelGroup]
@@ -208,6 +210,7 @@ class DependencyGraph:
     split_sizes: list[tuple[str, str, list[Layout]]] = field(default_factory=list)
     prune_linear: bool = False
     exact: bool = True
+    profile: Profile | None = None
 
     def check_prunable(self, name: str) -> ChannelGroup:
         """Returns the group of ``name``, or raises FilterpruneError saying why it cannot be
@@ -277,22 +280,3 @@ def input_weight(layer: nn.Conv2d | nn.Linear, index: torch.Tensor) -> torch.Ten
     local = index.view(groups, -1) - torch.arange(groups)[:, None] * (layer.in_channels // groups)
     rows = local.repeat_interleave(weight.shape[0] // groups, dim=0).to(weight.device)
     return weight.gather(1, rows[:, :, None, None].expand(-1, -1, *weight.shape[2:]))
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Puts ``model`` in eval mode with gradients off; restores every module's flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        for m, training in flags:
-            m.training = training
-
-
-def as_tuple(example_inputs: torch.Tensor | tuple) -> tuple:
-    """Example inputs as a tuple of positional arguments."""
-    return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from filterprune.engine.graph import as_tuple, eval_mode
+from filterprune.engine.modes import as_tuple, eval_mode
 from filterprune.errors import FilterpruneError
 
 #: The layers whose MACs are counted.

@@ -15,7 +15,7 @@ from filterprune.engine.budget import Budget, SensitivityCurves, allocate
 from filterprune.engine.costs import LatencyCosts
 from filterprune.engine.coverage import Coverage, coverage
 from filterprune.engine.criteria import Criterion
-from filterprune.engine.dependencies import trace_profiled
+from filterprune.engine.dependencies import trace
 from filterprune.engine.graph import DependencyGraph
 from filterprune.engine.plan import PruningPlan, RatioSpec, resolve_ratios, select_filters
 from filterprune.engine.surgery import apply_plan
@@ -103,8 +103,9 @@ def plan_pruning(
     if target is None and (sensitivity is not None or latency is not None):
         raise FilterpruneError("sensitivity= and latency= choose ratios for a target=; "
                                "they cannot be combined with ratio=")
-    graph, costs = trace_profiled(model, example_inputs, residual=residual, ignore=ignore,
-                                  tracer=tracer, prune_linear=prune_linear, exact=exact)
+    graph = trace(model, example_inputs, residual=residual, ignore=ignore, tracer=tracer,
+                  prune_linear=prune_linear, exact=exact)
+    costs = graph.profile
     budget = None
     if target is not None:
         budget = allocate(model, graph, costs, target, sensitivity=sensitivity, latency=latency,

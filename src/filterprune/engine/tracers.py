@@ -15,7 +15,7 @@ from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 from torch.overrides import TorchFunctionMode
 
 from filterprune.engine.custom import rule_of
-from filterprune.engine.graph import as_tuple, eval_mode
+from filterprune.engine.modes import as_tuple, eval_mode
 from filterprune.engine.profile import COUNTED, MacCounter, Profile, profile
 from filterprune.errors import FilterpruneError
 

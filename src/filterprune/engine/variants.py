@@ -25,13 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from filterprune.engine.graph import (
-    DependencyGraph,
-    as_tuple,
-    eval_mode,
-    input_weight,
-    layout_index,
-)
+from filterprune.engine.graph import DependencyGraph, input_weight, layout_index
+from filterprune.engine.modes import as_tuple, eval_mode
 from filterprune.engine.plan import PruningPlan
 from filterprune.engine.surgery import check_plan
 from filterprune.errors import FilterpruneError

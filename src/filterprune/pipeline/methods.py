@@ -37,7 +37,7 @@ from filterprune.engine import (
     select_filters,
     zero_pruned,
 )
-from filterprune.engine.graph import eval_mode
+from filterprune.engine.modes import eval_mode
 from filterprune.pipeline.config import MethodConfig
 from filterprune.pipeline.pruned import distill_hooks, pruned_row
 from filterprune.pipeline.session import Log, Session, Stages, percent
