@@ -163,9 +163,10 @@ class FunctionRules:
         self.pieces[node] = [self.fresh(s, reason) for s in shapes]
 
     def equal_parts(self, node: fx.Node, source: tuple, sizes: list[int]) -> bool:
-        """A split into k equal parts (``DimRules.parts``: one group's channels give a new
-        group of which the parts are copies, other layouts keep the same entries in every
-        part), whose kept count is the new part size (``chunk`` computes it
+        """A split into k equal parts: the whole channels of one group give a new group of
+        which the parts are copies (``DimRules.parts``); the parts of other layouts (a
+        shuffled map's halves in a ShuffleNet block) keep as many entries each
+        (``ChannelSpaces.balance``); the kept count is the new part size (``chunk`` computes it
         from the channels; ``split`` takes it from the one int attribute of the module running
         it that holds it, or else from the one that holds the k parts' total, as CSPNet's
         ``x.split(self.expand_chs // 2, dim=1)``; of several, the one its forward names, as
@@ -187,11 +188,16 @@ class FunctionRules:
             attribute = names[0]
         elif node.target not in ("chunk", torch.chunk):
             return False
-        piece = self.parts(source, len(sizes), f"its channels are split into {len(sizes)} "
-                           f"equal parts {self.where(node)}")
-        if piece is None:
+        k, reason = len(sizes), f"its channels are split into {len(sizes)} equal parts " \
+            f"{self.where(node)}"
+        if entries(source) % k:
             return False
-        self.pieces[node] = [piece] * len(sizes)
+        if len(source) == 1 and self.whole(source[0]) and source[0][1] % k == 0:
+            self.pieces[node] = [self.parts(source, k, reason)] * k
+        else:
+            self.pieces[node] = [layout_part(source, i * sizes[0], (i + 1) * sizes[0])
+                                 for i in range(k)]
+            self.balance(self.pieces[node], reason)
         if attribute is not None:
             self.split_sizes.append((scope_of(node), attribute, self.pieces[node]))
         return True

@@ -70,6 +70,40 @@ class ChannelSpaces:
                 self.coupling[y] = self.coupling[y] or reason
                 self.parent[max(x, y)] = min(x, y)
 
+    def balance(self, parts: list[tuple], reason: str) -> None:
+        """Ties channels so that every one of ``parts`` (layouts of equal entry counts: the
+        pieces of a ``chunk``) keeps as many entries as the first, whatever is pruned: each
+        channel has as many entries more in the first than in another part as a channel tied
+        with it has fewer (paired in order), and the channels left unpaired are tied
+        together (their differences sum to zero)."""
+        for part in parts[1:]:
+            surplus: dict[tuple[int, int], int] = {}
+            for sign, layout in ((1, parts[0]), (-1, part)):
+                for space, channels, f, start in layout:
+                    for c in range(start, start + channels):
+                        surplus[space, c] = surplus.get((space, c), 0) + sign * f
+            more: dict[int, list] = {}
+            for channel, d in surplus.items():
+                if d > 0:
+                    more.setdefault(d, []).append(channel)
+            pairs, left = [], []
+            for channel, d in surplus.items():
+                if d < 0 and more.get(-d):
+                    pairs.append((more[-d].pop(0), channel))
+                elif d < 0:
+                    left.append(channel)
+            left += [c for rest in more.values() for c in rest]
+            ties: list[list[int]] = []  # [x, start in x, y, start in y, channels]
+            for (x, xs), (y, ys) in pairs + [(left[0], c) for c in left[1:]]:
+                last = ties[-1] if ties else [None] * 5
+                if (last[0], last[2]) == (x, y) and last[1] + last[4] == xs and \
+                        last[3] + last[4] == ys:
+                    last[4] += 1
+                else:
+                    ties.append([x, xs, y, ys, 1])
+            for x, xs, y, ys, n in ties:
+                self.join(((x, n, 1, xs),), ((y, n, 1, ys),), reason)
+
     def whole(self, segment: tuple) -> bool:
         """Whether a layout segment covers all the channels of its space."""
         space, channels, _, start = segment
