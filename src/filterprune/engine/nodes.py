@@ -46,7 +46,12 @@ def owner_of(value: object, attribute: str | None = None) -> str | None:
 def layout_part(layout: tuple, lo: int, hi: int) -> tuple:
     """The segments of entries ``lo`` to ``hi`` of a layout (a channel with f features per
     channel spans f entries); a channel cut by a bound gives a segment of one channel with the
-    features of it that lie inside (e.g. ``chunk`` of a shuffled map)."""
+    features of it that lie inside (e.g. ``chunk`` of a shuffled map).
+
+    Example:
+        >>> layout_part(((7, 3, 4, 0),), 6, 12)  # space 7: 3 channels of 4 entries
+        ((7, 1, 2, 1), (7, 1, 4, 2))
+    """
     part, offset = [], 0
     for space, channels, f, start in layout:
         a, b = max(lo, offset) - offset, min(hi, offset + channels * f) - offset
