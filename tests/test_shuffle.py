@@ -4,6 +4,8 @@ by a conv, cut by ``chunk`` or by a slice, and concatenated with a conv's output
 shuffle. Pruned at 0.3, outputs equal the original's with the removed channels zeroed (eval),
 and it runs forward and backward in train mode (``check_pruned``)."""
 
+import itertools
+
 import pytest
 import torch
 import torchvision
@@ -12,6 +14,8 @@ from torch import nn
 
 import filterprune
 from filterprune.engine import trace
+from filterprune.engine.nodes import layout_part
+from filterprune.engine.spaces import ChannelSpaces
 
 
 def shuffle(x: torch.Tensor, groups: int, permute: bool) -> torch.Tensor:
@@ -131,3 +135,19 @@ def test_torchvision_shufflenet_prunes_exactly_with_its_stages():
         if isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1}  # depthwise only
     before = filterprune.profile(model, x[:1]).macs
     assert filterprune.profile(result.model, x[:1]).macs < 0.6 * before
+
+
+def test_halves_of_an_odd_shuffled_layout_keep_equal_entries_whatever_is_pruned():
+    """5 channels of 2 entries halve into a0 a0 a1 a1 a2 | a2 a3 a3 a4 a4: a0 and a3, a1 and
+    a4 are tied, a2 (one entry in each half) is free."""
+    spaces = ChannelSpaces()
+    a = spaces.new_space(5)
+    halves = [layout_part(((a, 5, 2, 0),), 0, 5), layout_part(((a, 5, 2, 0),), 5, 10)]
+    spaces.balance(halves, "chunk")
+    width, _, pieces = spaces.coordinates()
+    channel = [first + i for first, count in pieces[a] for i in range(count)]
+    assert width[a] == 3 and channel == [0, 1, 2, 0, 1]
+    for kept in itertools.product((False, True), repeat=3):  # every choice of kept channels
+        counts = [sum(f for space, n, f, start in half for c in range(start, start + n)
+                      if kept[channel[c]]) for half in halves]
+        assert counts[0] == counts[1]
