@@ -51,7 +51,17 @@ come from, in order (one group for a conv output; several after a concatenation)
   that are a batch or kept dim (GCNet's global context) and blocks channels it contracts; a
   Conv1d along the channels (ECA) blocks them (approximate with ``exact=False``); a channel
   count read from a map's shape that sizes a view joins that map's channels with the view's
-  (or blocks them).
+  (or blocks them);
+- a channel shuffle (ShuffleNet's ``x.view(b, g, c // g, h, w).transpose(1, 2).reshape(b, c, h,
+  w)``, or ``permute``) views any layout as g equal parts, joined entry by entry (the pruned
+  parts are interleaved entry by entry), then merges the channels with the copies after them:
+  each channel spans g entries (features per channel). Layouts are cut and joined entry by
+  entry, so a channel of f entries is tied with every channel of another layout sharing them
+  (the next block's branch output, concatenated with a shuffled half, has f filters per
+  channel); a conv reads such a layout (each kept channel keeps its f input channels); a
+  ``chunk`` of a layout other than one group's whole channels keeps as many entries in each
+  part (``ChannelSpaces.balance``), and a channel slice whose bound falls inside a channel's
+  entries blocks it.
 
 A grouped conv (1 < groups < in_channels) reads its input and writes its output in ``groups``
 equal runs of channels: a group it reads or writes gets ``chunks`` equal runs that must keep equal

@@ -13,7 +13,15 @@ import torch
 from torch import fx, nn
 
 from filterprune.engine import ops
-from filterprune.engine.nodes import argument, cross_norm, node_shape, not_conv2d, owner_of
+from filterprune.engine.nodes import (
+    argument,
+    cross_norm,
+    entries,
+    layout_part,
+    node_shape,
+    not_conv2d,
+    owner_of,
+)
 
 
 class DimRules:
@@ -121,7 +129,9 @@ class DimRules:
         from its shape: ``B, C, H, W = x.shape``; or ``expand_as(x)``): where C (or C // k)
         sizes the output's channels, that map's channels are joined with them (k copies of
         them), else they are blocked (timm's lambda layer reshapes its output to its input's
-        count). Returns ``layout``, the output's."""
+        count); the map the output is rearranged from (a channel shuffle's view of its input
+        to ``x.size(1)``) has the output's entries, so its count follows the pruning as it is.
+        Returns ``layout``, the output's."""
         if node.target == "expand_as":
             other = node.args[1]
             counts = [(self.dims.get(other, 1), other, 1)] if other in self.layouts else []
@@ -132,8 +142,9 @@ class DimRules:
         reason = f"its channel count sizes {self.describe(node)}"
         for position, t, k in counts:
             if layout is not None and position == self.dim and k and \
-                    sum(s[1] for s in self.layouts[t]) == k * sum(s[1] for s in layout):
-                self.join(self.layouts[t], layout * k, reason)
+                    entries(self.layouts[t]) == k * entries(layout):
+                if not _rearranged(node, t):
+                    self.join(self.layouts[t], layout * k, reason)
             else:
                 self.block(self.layouts[t], f"{reason}, where pruning cannot follow it")
         return layout
@@ -234,17 +245,26 @@ class DimRules:
             (copies if not runs else 1)
 
     def parts(self, source: tuple, k: int, reason: str) -> tuple | None:
-        """The layout of each of k equal parts of ``source``'s channels: k copies of one layout
-        give it, and the channels of one group give a new group of which the parts are copies
-        (joined with ``reason``); None otherwise."""
-        n = len(source) // k
+        """The layout of each of k equal parts of ``source``'s entries: k copies of one layout
+        give it; the whole channels of one group give a new group of which the parts are
+        copies; other layouts (the two halves a ShuffleNet block concatenates, a shuffled
+        map's halves) are cut into k parts, each joined with the first entry by entry (the
+        same kept entries in every part, as a channel shuffle or ``chunk`` of the pruned map
+        needs), and give the first. Joined with ``reason``; None if k does not divide them."""
+        n, total = len(source) // k, entries(source)
         if len(source) % k == 0 and source == source[:n] * k:
             return source[:n]
-        if len(source) != 1 or source[0][2] != 1 or not self.whole(source[0]):
+        if total % k:
             return None
-        piece = ((self.new_space(source[0][1] // k), source[0][1] // k, 1, 0),)
-        self.join(source, piece * k, reason)
-        return piece
+        if len(source) == 1 and self.whole(source[0]) and source[0][1] % k == 0:
+            piece = ((self.new_space(source[0][1] // k), source[0][1] // k, source[0][2], 0),)
+            self.join(source, piece * k, reason)
+            return piece
+        size = total // k
+        first = layout_part(source, 0, size)
+        for i in range(1, k):
+            self.join(first, layout_part(source, i * size, (i + 1) * size), reason)
+        return first
 
 
 def _sizes(node: fx.Node) -> tuple | None:
@@ -277,6 +297,14 @@ def _shape_reads(size: object) -> list[tuple[fx.Node, int, int | None]]:
     if size.target is operator.floordiv and type(size.args[1]) is int:
         return [(t, dim, k and k * size.args[1]) for t, dim, k in _shape_reads(size.args[0])]
     return [(t, dim, None) for x in size.args for t, dim, _ in _shape_reads(x)]
+
+
+def _rearranged(node: fx.Node, source: fx.Node) -> bool:
+    """Whether ``node``'s data is ``source``'s, only reshaped, transposed or permuted."""
+    moves = ops.RESHAPES | ops.RESHAPE_METHODS | ops.PERMUTES | ops.TRANSPOSES | {"contiguous"}
+    while isinstance(node, fx.Node) and node is not source and node.target in moves:
+        node = node.args[0] if node.args else node.kwargs.get("input")
+    return node is source
 
 
 def _computed(node: fx.Node, shape: tuple, dim: int) -> bool:

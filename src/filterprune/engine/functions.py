@@ -19,6 +19,7 @@ from filterprune.engine import ops
 from filterprune.engine.nodes import (
     argument,
     cross_norm,
+    entries,
     layout_part,
     merged_layout,
     node_shape,
@@ -102,12 +103,13 @@ class FunctionRules:
         parameters): blocks them; with ``exact=False`` it follows them (a GroupNorm keeps the
         same count per norm group) and their groups are marked approximate."""
         module, what = self.modules.get(name) if name is not None else None, self.describe(node)
-        channels = sum(s[1] for s in source)
+        channels = entries(source)
         if isinstance(module, nn.LayerNorm):
             fits = tuple(module.normalized_shape) == (channels,) and self.dim == len(shape) - 1
         elif isinstance(module, nn.GroupNorm):
             per = channels // module.num_groups
-            fits = self.dim == 1 and all(s[1] % per == 0 and self.whole(s) for s in source)
+            fits = self.dim == 1 and all(s[1] % per == 0 and s[2] == 1 and self.whole(s)
+                                         for s in source)
         else:
             fits = False
         if self.exact or not fits:
@@ -161,16 +163,17 @@ class FunctionRules:
         self.pieces[node] = [self.fresh(s, reason) for s in shapes]
 
     def equal_parts(self, node: fx.Node, source: tuple, sizes: list[int]) -> bool:
-        """A split of one group's channels into k equal parts: each part is a copy of the
-        channels of a new group, whose kept count is the new part size (``chunk`` computes it
+        """A split into k equal parts: the whole channels of one group give a new group of
+        which the parts are copies (``DimRules.parts``); the parts of other layouts (a
+        shuffled map's halves in a ShuffleNet block) keep as many entries each
+        (``ChannelSpaces.balance``); the kept count is the new part size (``chunk`` computes it
         from the channels; ``split`` takes it from the one int attribute of the module running
         it that holds it, or else from the one that holds the k parts' total, as CSPNet's
         ``x.split(self.expand_chs // 2, dim=1)``; of several, the one its forward names, as
         Selective Kernel's ``torch.split(x, self.in_channels // self.num_paths, 1)`` beside an
         equal ``self.out_channels``; surgery rewrites it). Returns False where this does not
         apply."""
-        if len(source) != 1 or source[0][2] != 1 or not self.whole(source[0]) or \
-                len(sizes) < 2 or len(set(sizes)) > 1:
+        if len(sizes) < 2 or len(set(sizes)) > 1:
             return False
         attribute = None
         if node.target in ("split", torch.split):
@@ -185,9 +188,16 @@ class FunctionRules:
             attribute = names[0]
         elif node.target not in ("chunk", torch.chunk):
             return False
-        piece = self.parts(source, len(sizes), f"its channels are split into {len(sizes)} "
-                           f"equal parts {self.where(node)}")
-        self.pieces[node] = [piece] * len(sizes)
+        k, reason = len(sizes), f"its channels are split into {len(sizes)} equal parts " \
+            f"{self.where(node)}"
+        if entries(source) % k:
+            return False
+        if len(source) == 1 and self.whole(source[0]) and source[0][1] % k == 0:
+            self.pieces[node] = [self.parts(source, k, reason)] * k
+        else:
+            self.pieces[node] = [layout_part(source, i * sizes[0], (i + 1) * sizes[0])
+                                 for i in range(k)]
+            self.balance(self.pieces[node], reason)
         if attribute is not None:
             self.split_sizes.append((scope_of(node), attribute, self.pieces[node]))
         return True
@@ -275,7 +285,10 @@ class FunctionRules:
             return f"channels {start}:{channels.stop} of {width} are taken at fixed " \
                    f"positions by {self.describe(node)}: pruning would move them"
         for bound, (name,) in zip(bounds, names, strict=True):
-            self.cut(source, bound)
+            if not self.cut(source, bound):
+                return f"channels {start}:{channels.stop} of {width} are taken by " \
+                       f"{self.describe(node)}, whose bound {bound} falls inside the features " \
+                       "of one channel (after a channel shuffle): pruning cannot follow it"
             self.split_sizes.append((scope_of(node), name, [layout_part(source, 0, bound)]))
         return layout_part(source, start, min(stop, width))
 

@@ -90,7 +90,7 @@ class LayerRules:
     def visit_conv(
         self, name: str, conv: nn.Conv2d, source: tuple | None, shape: tuple | None
     ) -> tuple | None:
-        if source is None or any(s[2] != 1 for s in source):
+        if source is None:
             return None
         if conv.groups == 1:
             self.convs.setdefault(name, None)
@@ -101,7 +101,7 @@ class LayerRules:
             self.use(name, "follower", source)
             return source
         per_group = conv.in_channels // conv.groups
-        if any(s[1] % per_group or not self.whole(s) for s in source):
+        if any(s[1] % per_group or s[2] != 1 or not self.whole(s) for s in source):
             reason = f"its channels reach grouped conv '{name}' (groups={conv.groups}) across " \
                      "its groups' boundaries"
             self.convs.setdefault(name, reason)

@@ -44,14 +44,33 @@ def owner_of(value: object, attribute: str | None = None) -> str | None:
 
 
 def layout_part(layout: tuple, lo: int, hi: int) -> tuple:
-    """The segments of channels ``lo`` to ``hi`` of a layout."""
+    """The segments of entries ``lo`` to ``hi`` of a layout (a channel with f features per
+    channel spans f entries); a channel cut by a bound gives a segment of one channel with the
+    features of it that lie inside (e.g. ``chunk`` of a shuffled map).
+
+    Example:
+        >>> layout_part(((7, 3, 4, 0),), 6, 12)  # space 7: 3 channels of 4 entries
+        ((7, 1, 2, 1), (7, 1, 4, 2))
+    """
     part, offset = [], 0
     for space, channels, f, start in layout:
-        a, b = max(lo, offset), min(hi, offset + channels)
-        if a < b:
-            part.append((space, b - a, f, start + a - offset))
-        offset += channels
+        a, b = max(lo, offset) - offset, min(hi, offset + channels * f) - offset
+        offset += channels * f
+        if a >= b:
+            continue
+        head, tail = -(-a // f), b // f  # the whole channels inside: head to tail
+        if a % f:  # the part of a cut channel after a bound
+            part.append((space, 1, min(b, head * f) - a, start + a // f))
+        if head < tail:
+            part.append((space, tail - head, f, start + head))
+        if b % f and tail >= head:  # the part of a cut channel before a bound
+            part.append((space, 1, b - tail * f, start + tail))
     return tuple(part)
+
+
+def entries(layout: tuple) -> int:
+    """The number of entries of a layout along its dim (channels times features per channel)."""
+    return sum(channels * f for _, channels, f, _ in layout)
 
 
 def merged_layout(layout: tuple) -> tuple:

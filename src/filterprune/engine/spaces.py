@@ -52,9 +52,10 @@ class ChannelSpaces:
         return space
 
     def join(self, a: tuple, b: tuple, reason: str) -> None:
-        """Ties two layouts of the same channels one to one (channel i of ``a`` is pruned with
-        channel i of ``b``), whatever parts of spaces their segments are; blocks both if their
-        channel counts or features per channel do not line up."""
+        """Ties two layouts of the same entries one to one (the channel of entry i of ``a`` is
+        pruned with the channel of entry i of ``b``), whatever parts of spaces their segments
+        are and whatever their features per channel; blocks both if their entry counts
+        differ."""
         pieces = _aligned(a, b)
         if pieces is None:
             self.block(a + b, f"{reason}, with channels of another layout")
@@ -68,6 +69,40 @@ class ChannelSpaces:
                 self.coupling[x] = self.coupling[x] or reason
                 self.coupling[y] = self.coupling[y] or reason
                 self.parent[max(x, y)] = min(x, y)
+
+    def balance(self, parts: list[tuple], reason: str) -> None:
+        """Ties channels so that every one of ``parts`` (layouts of equal entry counts: the
+        pieces of a ``chunk``) keeps as many entries as the first, whatever is pruned: each
+        channel has as many entries more in the first than in another part as a channel tied
+        with it has fewer (paired in order), and the channels left unpaired are tied
+        together (their differences sum to zero)."""
+        for part in parts[1:]:
+            surplus: dict[tuple[int, int], int] = {}
+            for sign, layout in ((1, parts[0]), (-1, part)):
+                for space, channels, f, start in layout:
+                    for c in range(start, start + channels):
+                        surplus[space, c] = surplus.get((space, c), 0) + sign * f
+            more: dict[int, list] = {}
+            for channel, d in surplus.items():
+                if d > 0:
+                    more.setdefault(d, []).append(channel)
+            pairs, left = [], []
+            for channel, d in surplus.items():
+                if d < 0 and more.get(-d):
+                    pairs.append((more[-d].pop(0), channel))
+                elif d < 0:
+                    left.append(channel)
+            left += [c for rest in more.values() for c in rest]
+            ties: list[list[int]] = []  # [x, start in x, y, start in y, channels]
+            for (x, xs), (y, ys) in pairs + [(left[0], c) for c in left[1:]]:
+                last = ties[-1] if ties else [None] * 5
+                if (last[0], last[2]) == (x, y) and last[1] + last[4] == xs and \
+                        last[3] + last[4] == ys:
+                    last[4] += 1
+                else:
+                    ties.append([x, xs, y, ys, 1])
+            for x, xs, y, ys, n in ties:
+                self.join(((x, n, 1, xs),), ((y, n, 1, ys),), reason)
 
     def whole(self, segment: tuple) -> bool:
         """Whether a layout segment covers all the channels of its space."""
@@ -90,23 +125,28 @@ class ChannelSpaces:
         known, _ = self.chunks[space]
         self.chunks[space] = (math.lcm(known, chunks), what)
 
-    def cut(self, layout: tuple, position: int) -> None:
-        """Cuts the channels of ``layout`` at ``position`` into runs that keep channels each on
-        their own (a split or slice whose sizes surgery rewrites: each side keeps some)."""
+    def cut(self, layout: tuple, position: int) -> bool:
+        """Cuts the channels of ``layout`` at entry ``position`` into runs that keep channels
+        each on their own (a split or slice whose sizes surgery rewrites: each side keeps
+        some); False, cutting nothing, where ``position`` falls inside a channel's features."""
         offset = 0
-        for space, channels, _, start in layout:
-            if offset <= position <= offset + channels:
-                self.cuts[space].add(start + position - offset)
-            offset += channels
+        for space, channels, f, start in layout:
+            if offset <= position <= offset + channels * f:
+                if (position - offset) % f:
+                    return False
+                self.cuts[space].add(start + (position - offset) // f)
+            offset += channels * f
+        return True
 
     def coordinates(self) -> tuple[dict[int, int], dict[int, tuple], list[tuple[int, int]]]:
         """The channels of each group and where each space's channels are among them.
 
         Returns:
             (width, runs, pieces): root -> number of the group's channels; root -> the sizes
-            of its runs (one per class of tied channels, in the group's order; empty when
-            there is one class); and per space, its channels as a tuple of (first group
-            channel, count) ranges, in the space's channel order.
+            of its runs (neighbouring classes of tied channels made by the same spaces, in the
+            same runs of their cuts, form one: a member covering part of the group or a split
+            part keeps its own run; empty when there is one run); and per space, its channels
+            as a tuple of (first group channel, count) ranges, in the space's channel order.
         """
         bounds = [sorted({0, width, *cuts}) for width, cuts in zip(self.widths, self.cuts,
                                                                       strict=True)]
@@ -130,9 +170,16 @@ class ChannelSpaces:
             for p in bounds[x][bounds[x].index(xs):bounds[x].index(xs + n)]:
                 a, b = _find(classes, atom[x, p]), _find(classes, atom[y, ys + p - xs])
                 classes[max(a, b)] = min(a, b)
+        where: dict[int, set] = {}  # class -> (space, which of its cut runs) of its atoms
+        for space, b in enumerate(bounds):
+            cuts = sorted(self.cuts[space])
+            for p in b[:-1]:
+                where.setdefault(_find(classes, atom[space, p]), set()).add(
+                    (space, bisect.bisect_right(cuts, p)))
         width: dict[int, int] = {}
         runs: dict[int, list[int]] = {}
         first: dict[int, int] = {}  # class -> its first channel in its group
+        last: dict[int, set] = {}  # root -> where its last class is
         pieces = []
         for space, b in enumerate(bounds):
             root, ranges = self.find(space), []
@@ -141,7 +188,11 @@ class ChannelSpaces:
                 if c not in first:
                     first[c] = width.get(root, 0)
                     width[root] = first[c] + hi - lo
-                    runs.setdefault(root, []).append(hi - lo)
+                    if last.get(root) == where[c]:  # the same spaces and cut runs: one run
+                        runs[root][-1] += hi - lo
+                    else:
+                        runs.setdefault(root, []).append(hi - lo)
+                    last[root] = where[c]
                 if ranges and ranges[-1][0] + ranges[-1][1] == first[c]:
                     ranges[-1] = (ranges[-1][0], ranges[-1][1] + hi - lo)
                 else:
@@ -151,21 +202,27 @@ class ChannelSpaces:
 
 
 def _aligned(a: tuple, b: tuple) -> list[tuple[int, int, int, int, int]] | None:
-    """The one-to-one pieces of two layouts: (x, start in x, y, start in y, channels), or
-    None if their channel counts or features per channel differ."""
-    if sum(s[1] for s in a) != sum(s[1] for s in b):
+    """The one-to-one pieces of two layouts, entry by entry: (x, start in x, y, start in y,
+    channels); where their features per channel differ, channel i of one is tied with every
+    channel of the other whose entries it shares (a channel of f = k with k channels of f = 1
+    after a channel shuffle). None if their entry counts differ."""
+    if sum(s[1] * s[2] for s in a) != sum(s[1] * s[2] for s in b):
         return None
-    pieces, i, j, di, dj = [], 0, 0, 0, 0
+    pieces, i, j, di, dj = [], 0, 0, 0, 0  # di, dj: entries of a[i], b[j] already tied
     while i < len(a) and j < len(b):
         (x, nx, fx, sx), (y, ny, fy, sy) = a[i], b[j]
-        if fx != fy:
-            return None
-        n = min(nx - di, ny - dj)
-        pieces.append((x, sx + di, y, sy + dj, n))
-        di, dj = di + n, dj + n
-        if di == nx:
+        if fx == fy and di % fx == 0 == dj % fy:
+            n = min(nx * fx - di, ny * fy - dj)
+            step, channels = n, n // fx
+        else:  # up to the next channel boundary of either
+            step, channels = min(fx - di % fx, fy - dj % fy), 1
+        tie = (x, sx + di // fx, y, sy + dj // fy, channels)
+        if not pieces or pieces[-1] != tie:
+            pieces.append(tie)
+        di, dj = di + step, dj + step
+        if di == nx * fx:
             i, di = i + 1, 0
-        if dj == ny:
+        if dj == ny * fy:
             j, dj = j + 1, 0
     return pieces
 

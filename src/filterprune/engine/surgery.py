@@ -123,10 +123,10 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
         elif index is not None:
             _prune_in(modules[name], index)
     for name, attribute, parts in graph.split_sizes:
-        counts = [sum(s.channels for s in part) if index is None else len(index)
-                  for part in parts for index in (layout_index(part, plan.kept),)]
+        counts = [sum(s.channels * s.features_per_channel for s in part) if index is None
+                  else len(index) for part in parts for index in (layout_index(part, plan.kept),)]
         sizes = getattr(modules[name], attribute)
-        total = sum(s.channels for part in parts for s in part)
+        total = sum(s.channels * s.features_per_channel for part in parts for s in part)
         if isinstance(sizes, int):  # the part size, or the parts' total (FunctionRules.equal_parts)
             setattr(modules[name], attribute, sum(counts) if sizes == total else counts[0])
         else:
