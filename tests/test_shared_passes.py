@@ -1,6 +1,7 @@
 """The passes ``prune`` shares or shortens for speed give what the long way gives: the profile
 counted in the tracer's shape pass equals ``profile``, ``copy_model`` equals ``copy.deepcopy``,
-and pausing the garbage collector leaves it as it was."""
+the pruned model shares no data with the original (its parameters are cloned only where they
+are not cut), and pausing the garbage collector leaves it as it was."""
 
 import copy
 import gc
@@ -11,7 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 import filterprune
-from filterprune.engine import profile
+from filterprune.engine import profile, register_layer
 from filterprune.engine.dependencies import trace_profiled
 from filterprune.engine.surgery import copy_model
 from filterprune.errors import FilterpruneError
@@ -105,6 +106,37 @@ def test_copy_model_equals_deepcopy_and_shares_nothing_with_the_original():
     copied.eval(), reference.eval()
     with torch.no_grad():
         assert torch.equal(copied(x), reference(x))
+
+
+class Gain(nn.Module):
+    """A registered layer whose resize changes its tensors in place."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(c, 1, 1))
+        self.fixed = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return x * self.gain * self.fixed
+
+
+register_layer(Gain, "follows", outputs={"gain": 0},
+               resize=lambda module: (module.gain.data.mul_(2), module.fixed.data.mul_(2)))
+
+
+def test_the_pruned_model_shares_no_data_with_the_original_which_is_left_unchanged():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), Gain(8), nn.Conv2d(8, 4, 3),
+                        nn.Flatten(), nn.Linear(4 * 4 * 4, 5))
+    net[1].running_mean += 1
+    before = copy.deepcopy(net.state_dict())
+    pruned = filterprune.prune(net, torch.randn(1, 3, 8, 8), ratio=0.5).model
+    assert pruned[0].out_channels == 4 and pruned[5].out_features == 5  # its bias is not cut
+    pointers = {t.data_ptr() for t in (*net.parameters(), *net.buffers()) if t.numel()}
+    assert not pointers & {t.data_ptr() for t in (*pruned.parameters(), *pruned.buffers())}
+    after = net.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[key], before[key]) for key in before)
+    assert torch.equal(pruned[2].fixed, 2 * net[2].fixed)
 
 
 def test_prune_restores_the_garbage_collector_state():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import copyreg
 from collections import OrderedDict
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -101,17 +102,17 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
         FilterpruneError: the plan does not fit ``model`` (see ``check_plan``).
     """
     check_plan(plan, graph)
-    pruned = copy_model(model)
+    pruned, shared = _copy_sharing(model)
     modules = dict(pruned.named_modules())
     for name, kept in plan.kept.items():
         if name not in graph.followers and rule_of(modules[name]) is not None:
-            rule_of(modules[name]).cut(modules[name], torch.tensor(kept), "outputs")
+            _cut(modules[name], torch.tensor(kept), "outputs", shared)
         elif name not in graph.followers:
             _prune_out(modules[name], torch.tensor(kept, dtype=torch.long))
     for name, layout in graph.followers.items():
         index = layout_index(layout, plan.kept)
         if index is not None and rule_of(modules.get(name)) is not None:
-            rule_of(modules[name]).cut(modules[name], index, "outputs")
+            _cut(modules[name], index, "outputs", shared)
         elif index is not None and name in modules:
             _prune_follower(modules[name], index)
         elif index is not None:
@@ -119,7 +120,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
     for name, layout in graph.inputs.items():
         index = layout_index(layout, plan.kept)
         if index is not None and rule_of(modules[name]) is not None:
-            rule_of(modules[name]).cut(modules[name], index, "inputs")
+            _cut(modules[name], index, "inputs", shared)
         elif index is not None:
             _prune_in(modules[name], index)
     for name, attribute, parts in graph.split_sizes:
@@ -131,6 +132,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
             setattr(modules[name], attribute, sum(counts) if sizes == total else counts[0])
         else:
             setattr(modules[name], attribute, type(sizes)(counts))
+    _own(shared, shared.values())
     return pruned
 
 
@@ -140,31 +142,59 @@ def copy_model(model: nn.Module) -> nn.Module:
     generic pickling protocol for each of the dozen hook dicts every module holds (a deep copy
     took 25-30% of ``prune`` on small timm models). Modules with their own copying or
     pickling methods (parametrized layers) are copied by ``copy.deepcopy``."""
-    return _copy(model, {})
+    copied, shared = _copy_sharing(model)
+    _own(shared, shared.values())
+    return copied
+
+
+#: A copy's parameters that still hold their original's data: id -> (copy, original).
+Shared = dict[int, tuple[nn.Parameter, nn.Parameter]]
+
+
+def _copy_sharing(model: nn.Module) -> tuple[nn.Module, Shared]:
+    """``copy_model`` whose ``nn.Parameter`` s are new parameters holding the original data (not
+    cloned yet): ``apply_plan`` replaces most of them (``param.data = ...``, never in place)
+    before ``_own`` clones the others, so their data is copied once instead of twice."""
+    shared: Shared = {}
+    return _copy(model, {}, shared), shared
+
+
+def _own(shared: Shared, params: Iterable[tuple[nn.Parameter, nn.Parameter]]) -> None:
+    """Clones the data of the copied parameters ``params`` (pairs of ``shared``) that still hold
+    their original's tensor, as ``nn.Parameter.__deepcopy__`` clones it."""
+    for copied, original in list(params):
+        if copied.is_set_to(original):
+            copied.data = original.data.clone(memory_format=torch.preserve_format)
+        shared.pop(id(copied), None)
 
 
 _ATOMS = (type(None), bool, int, float, str)
 
 
-def _copy(value: object, memo: dict) -> object:
+def _copy(value: object, memo: dict, shared: Shared) -> object:
     if type(value) in _ATOMS or (type(value) is tuple and all(type(v) in _ATOMS for v in value)):
         return value  # what copy.deepcopy returns for them
     if id(value) in memo:
         return memo[id(value)]
     cls = type(value)
+    if cls is nn.Parameter:  # nn.Parameter.__deepcopy__, the clone left to _own
+        memo[id(value)] = copied = nn.Parameter(value.data, value.requires_grad)
+        shared[id(copied)] = (copied, value)
+        return copied
     if isinstance(value, nn.Module) and _copied_by_state(cls):
         copied = cls.__new__(cls)
         memo[id(value)] = copied
-        copied.__setstate__({key: _copy(item, memo) for key, item in value.__getstate__().items()})
+        copied.__setstate__({key: _copy(item, memo, shared)
+                             for key, item in value.__getstate__().items()})
         return copied
     if cls is set:
-        memo[id(value)] = copied = {_copy(item, memo) for item in value}
+        memo[id(value)] = copied = {_copy(item, memo, shared) for item in value}
         return copied
     if cls is dict or (cls is OrderedDict and not vars(value)):
         copied = cls()
         memo[id(value)] = copied
         for key, item in value.items():
-            copied[_copy(key, memo)] = _copy(item, memo)
+            copied[_copy(key, memo, shared)] = _copy(item, memo, shared)
         return copied
     return copy.deepcopy(value, memo)
 
@@ -216,9 +246,16 @@ def zero_pruned(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> 
     return model
 
 
+def _cut(module: nn.Module, index: torch.Tensor, side: str, shared: Shared) -> None:
+    """A registered layer's cut (``filterprune.engine.custom``), its parameters cloned first:
+    its ``resize`` may change them in place."""
+    _own(shared, [shared[id(p)] for p in module.parameters(recurse=False) if id(p) in shared])
+    rule_of(module).cut(module, index, side)
+
+
 def _select(param: torch.Tensor | None, index: torch.Tensor, dim: int) -> None:
-    if param is not None:
-        param.data = param.data.index_select(dim, index.to(param.device)).clone()
+    if param is not None:  # index_select copies: the original data is never written
+        param.data = param.data.index_select(dim, index.to(param.device))
         if param.grad is not None:
             param.grad = None
 
@@ -259,7 +296,7 @@ def _prune_scale(param: nn.Parameter, index: torch.Tensor) -> None:
 
 
 def _prune_in(module: nn.Conv2d | nn.Linear, index: torch.Tensor) -> None:
-    module.weight.data = input_weight(module, index).detach().clone()
+    module.weight.data = input_weight(module, index).detach()  # a copy
     module.weight.grad = None
     if isinstance(module, nn.Conv2d):
         module.in_channels = len(index)
