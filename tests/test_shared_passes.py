@@ -1,5 +1,6 @@
 """The passes ``prune`` shares or shortens for speed give what the long way gives: the profile
-counted in the tracer's shape pass equals ``profile``, ``copy_model`` equals ``copy.deepcopy``,
+counted in the tracer's shape pass equals ``profile``, the tracer's graph equals torch.fx's,
+``copy_model`` equals ``copy.deepcopy``,
 the pruned model shares no data with the original (its parameters are cloned only where they
 are not cut), and pausing the garbage collector leaves it as it was."""
 
@@ -8,13 +9,14 @@ import gc
 
 import pytest
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.nn.utils import parametrizations
 
 import filterprune
 from filterprune.engine import profile, register_layer
 from filterprune.engine.dependencies import trace_profiled
 from filterprune.engine.surgery import copy_model
+from filterprune.engine.tracers import LeafTracer
 from filterprune.errors import FilterpruneError
 
 
@@ -74,6 +76,29 @@ def test_profile_of_a_traced_through_transposed_conv_equals_profile(tracer):
     _, costs = trace_profiled(net, x, tracer=tracer)
     assert costs == profile(net, x)
     assert costs.layers[1].macs == 4 * 2 * 2 * 2 * 4 * 4  # weight entries x input positions
+
+
+class Args(nn.Module):
+    """Arguments of every kind torch.fx writes: tuples, lists, slices, ints, floats, dtypes,
+    None, parameters, buffers and tensor constants."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.scale = nn.Parameter(torch.ones(1, 8, 1, 1))
+        self.register_buffer("shift", torch.zeros(8, 1, 1))
+        self.constant = torch.ones(1)
+
+    def forward(self, x):
+        y = torch.cat([self.conv(x), self.conv(x)], 1) * self.scale + self.shift
+        a, b = torch.split(y, (2, 6), dim=1)
+        z = nn.functional.interpolate(a[:, 0:2, ...], scale_factor=2.0, mode="nearest")
+        return z.to(torch.float32).mean((2, 3), keepdim=False) + b.sum(None) + self.constant
+
+
+@pytest.mark.parametrize("net", [Args(), Net(aux=True)])
+def test_the_leaf_tracer_writes_the_graph_torch_fx_writes(net):
+    assert str(LeafTracer(()).trace(net)) == str(fx.Tracer().trace(net))
 
 
 def test_copy_model_equals_deepcopy_and_shares_nothing_with_the_original():
