@@ -127,7 +127,10 @@ class ShapeProp(fx.Interpreter):
         return found if found is not None else super().fetch_attr(target)
 
     def run_node(self, n: fx.Node) -> object:
-        result = super().run_node(n)
+        """As torch.fx runs a node, without the traceback metadata it sets for torch.compile
+        (a context manager per node: a fifth of the pass)."""
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        result = getattr(self, n.op)(n.target, args, kwargs)
         tensors = []
         meta = fx.node.map_aggregate(
             result, lambda x: tensors.append(x) or _metadata(x)
