@@ -108,6 +108,7 @@ def test_copy_model_equals_deepcopy_and_shares_nothing_with_the_original():
     net.tied.weight = net.head.weight  # one parameter in two modules
     net.again = net.block  # one module under two names
     net.block[1].running_mean += 1
+    net.register_buffer("part", net.block[1].running_mean[2:])  # shares its storage
     net.block[0].register_forward_hook(lambda module, args, output: None)
     parametrizations.weight_norm(net.stem)  # a module with its own __deepcopy__
     net.stem.parametrizations.weight.original0.requires_grad_(False)
@@ -124,6 +125,9 @@ def test_copy_model_equals_deepcopy_and_shares_nothing_with_the_original():
         assert tensor.requires_grad == theirs[name].requires_grad
         assert tensor.data_ptr() != originals[name].data_ptr()
     assert copied.tied.weight is copied.head.weight and copied.again is copied.block
+    for model in (copied, reference):
+        assert model.part.untyped_storage().data_ptr() == \
+            model.block[1].running_mean.untyped_storage().data_ptr()
     assert copied.block[0]._forward_hooks.keys() == net.block[0]._forward_hooks.keys()
     assert copied.block[0]._forward_hooks is not net.block[0]._forward_hooks
     assert [type(m) for m in copied.modules()] == [type(m) for m in reference.modules()]

@@ -102,17 +102,18 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
         FilterpruneError: the plan does not fit ``model`` (see ``check_plan``).
     """
     check_plan(plan, graph)
-    pruned, shared = _copy_sharing(model)
+    copied = _SharedCopy(model)
+    pruned = copied.model
     modules = dict(pruned.named_modules())
     for name, kept in plan.kept.items():
         if name not in graph.followers and rule_of(modules[name]) is not None:
-            _cut(modules[name], torch.tensor(kept), "outputs", shared)
+            _cut(modules[name], torch.tensor(kept), "outputs", copied)
         elif name not in graph.followers:
             _prune_out(modules[name], torch.tensor(kept, dtype=torch.long))
     for name, layout in graph.followers.items():
         index = layout_index(layout, plan.kept)
         if index is not None and rule_of(modules.get(name)) is not None:
-            _cut(modules[name], index, "outputs", shared)
+            _cut(modules[name], index, "outputs", copied)
         elif index is not None and name in modules:
             _prune_follower(modules[name], index)
         elif index is not None:
@@ -120,7 +121,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
     for name, layout in graph.inputs.items():
         index = layout_index(layout, plan.kept)
         if index is not None and rule_of(modules[name]) is not None:
-            _cut(modules[name], index, "inputs", shared)
+            _cut(modules[name], index, "inputs", copied)
         elif index is not None:
             _prune_in(modules[name], index)
     for name, attribute, parts in graph.split_sizes:
@@ -132,7 +133,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
             setattr(modules[name], attribute, sum(counts) if sizes == total else counts[0])
         else:
             setattr(modules[name], attribute, type(sizes)(counts))
-    _own(shared, shared.values())
+    copied.own()
     return pruned
 
 
@@ -142,61 +143,76 @@ def copy_model(model: nn.Module) -> nn.Module:
     generic pickling protocol for each of the dozen hook dicts every module holds (a deep copy
     took 25-30% of ``prune`` on small timm models). Modules with their own copying or
     pickling methods (parametrized layers) are copied by ``copy.deepcopy``."""
-    copied, shared = _copy_sharing(model)
-    _own(shared, shared.values())
-    return copied
-
-
-#: A copy's parameters that still hold their original's data: id -> (copy, original).
-Shared = dict[int, tuple[nn.Parameter, nn.Parameter]]
-
-
-def _copy_sharing(model: nn.Module) -> tuple[nn.Module, Shared]:
-    """``copy_model`` whose ``nn.Parameter`` s are new parameters holding the original data (not
-    cloned yet): ``apply_plan`` replaces most of them (``param.data = ...``, never in place)
-    before ``_own`` clones the others, so their data is copied once instead of twice."""
-    shared: Shared = {}
-    return _copy(model, {}, shared), shared
-
-
-def _own(shared: Shared, params: Iterable[tuple[nn.Parameter, nn.Parameter]]) -> None:
-    """Clones the data of the copied parameters ``params`` (pairs of ``shared``) that still hold
-    their original's tensor, as ``nn.Parameter.__deepcopy__`` clones it."""
-    for copied, original in list(params):
-        if copied.is_set_to(original):
-            copied.data = original.data.clone(memory_format=torch.preserve_format)
-        shared.pop(id(copied), None)
+    copied = _SharedCopy(model)
+    copied.own()
+    return copied.model
 
 
 _ATOMS = (type(None), bool, int, float, str)
 
 
-def _copy(value: object, memo: dict, shared: Shared) -> object:
-    if type(value) in _ATOMS or (type(value) is tuple and all(type(v) in _ATOMS for v in value)):
-        return value  # what copy.deepcopy returns for them
-    if id(value) in memo:
-        return memo[id(value)]
-    cls = type(value)
-    if cls is nn.Parameter:  # nn.Parameter.__deepcopy__, the clone left to _own
-        memo[id(value)] = copied = nn.Parameter(value.data, value.requires_grad)
-        shared[id(copied)] = (copied, value)
-        return copied
-    if isinstance(value, nn.Module) and _copied_by_state(cls):
-        copied = cls.__new__(cls)
-        memo[id(value)] = copied
-        copied.__setstate__({key: _copy(item, memo, shared)
-                             for key, item in value.__getstate__().items()})
-        return copied
-    if cls is set:
-        memo[id(value)] = copied = {_copy(item, memo, shared) for item in value}
-        return copied
-    if cls is dict or (cls is OrderedDict and not vars(value)):
-        copied = cls()
-        memo[id(value)] = copied
-        for key, item in value.items():
-            copied[_copy(key, memo, shared)] = _copy(item, memo, shared)
-        return copied
-    return copy.deepcopy(value, memo)
+class _SharedCopy:
+    """``copy_model`` in two steps: ``model`` (the copy) first has new parameters and buffers
+    holding the original data; ``apply_plan`` replaces most of them (``tensor.data = ...``,
+    never in place), then ``own`` copies the others as ``copy.deepcopy`` copies them, so
+    the data of each tensor is copied once instead of twice (parameters: clones; plain
+    buffers: copies of their storage, shared where the originals share it)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.memo: dict = {}
+        self.shared: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (copy, original)
+        self.model = self.copy(model)
+
+    def own(self, tensors: Iterable[torch.Tensor] | None = None) -> None:
+        """Gives ``tensors`` of the copy (all by default) their own data where they still hold
+        their original's."""
+        keys = list(self.shared) if tensors is None else [id(t) for t in tensors]
+        for key in keys:
+            copied, original = self.shared.pop(key, (None, None))
+            if copied is None or not copied.is_set_to(original):
+                continue
+            if type(original) is nn.Parameter:  # as nn.Parameter.__deepcopy__
+                copied.data = original.data.clone(memory_format=torch.preserve_format)
+            else:  # torch.Tensor.__deepcopy__, with the copies of storages made so far
+                del self.memo[id(original)]
+                copied.data = copy.deepcopy(original, self.memo)
+                self.memo[id(original)] = copied
+
+    def copy(self, value: object) -> object:
+        cls, memo = type(value), self.memo
+        if cls in _ATOMS or (cls is tuple and all(type(v) in _ATOMS for v in value)):
+            return value  # what copy.deepcopy returns for them
+        if id(value) in memo:
+            return memo[id(value)]
+        if cls is nn.Parameter or (cls is torch.Tensor and _plain(value)):
+            memo[id(value)] = copied = nn.Parameter(value.data, value.requires_grad) \
+                if cls is nn.Parameter else value.detach()
+            self.shared[id(copied)] = (copied, value)
+            return copied
+        if isinstance(value, nn.Module) and _copied_by_state(cls):
+            copied = cls.__new__(cls)
+            memo[id(value)] = copied
+            copied.__setstate__({key: self.copy(item)
+                                 for key, item in value.__getstate__().items()})
+            return copied
+        if cls is set:
+            memo[id(value)] = copied = {self.copy(item) for item in value}
+            return copied
+        if cls is dict or (cls is OrderedDict and not vars(value)):
+            copied = cls()
+            memo[id(value)] = copied
+            for key, item in value.items():
+                copied[self.copy(key)] = self.copy(item)
+            return copied
+        return copy.deepcopy(value, memo)
+
+
+def _plain(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor.detach()`` then ``copy.deepcopy(tensor)`` set as its data gives what
+    ``copy.deepcopy`` gives: a dense tensor without gradient, attributes or view bits."""
+    return not tensor.requires_grad and tensor.grad is None and tensor.layout == torch.strided \
+        and not tensor.is_quantized and not tensor.is_conj() and not tensor.is_neg() \
+        and not vars(tensor)
 
 
 def _copied_by_state(cls: type) -> bool:
@@ -246,10 +262,10 @@ def zero_pruned(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> 
     return model
 
 
-def _cut(module: nn.Module, index: torch.Tensor, side: str, shared: Shared) -> None:
-    """A registered layer's cut (``filterprune.engine.custom``), its parameters cloned first:
-    its ``resize`` may change them in place."""
-    _own(shared, [shared[id(p)] for p in module.parameters(recurse=False) if id(p) in shared])
+def _cut(module: nn.Module, index: torch.Tensor, side: str, copied: _SharedCopy) -> None:
+    """A registered layer's cut (``filterprune.engine.custom``), its tensors given their own
+    data first: its ``resize`` may change them in place."""
+    copied.own([*module.parameters(recurse=False), *module.buffers(recurse=False)])
     rule_of(module).cut(module, index, side)
 
 
