@@ -184,7 +184,7 @@ class _SharedCopy:
             return value  # what copy.deepcopy returns for them
         if id(value) in memo:
             return memo[id(value)]
-        if cls is nn.Parameter or (cls is torch.Tensor and _plain(value)):
+        if cls in (nn.Parameter, torch.Tensor) and _shareable(value):
             memo[id(value)] = copied = nn.Parameter(value.data, value.requires_grad) \
                 if cls is nn.Parameter else value.detach()
             self.shared[id(copied)] = (copied, value)
@@ -207,12 +207,16 @@ class _SharedCopy:
         return copy.deepcopy(value, memo)
 
 
-def _plain(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor.detach()`` then ``copy.deepcopy(tensor)`` set as its data gives what
-    ``copy.deepcopy`` gives: a dense tensor without gradient, attributes or view bits."""
-    return not tensor.requires_grad and tensor.grad is None and tensor.layout == torch.strided \
-        and not tensor.is_quantized and not tensor.is_conj() and not tensor.is_neg() \
-        and not vars(tensor)
+def _shareable(tensor: torch.Tensor) -> bool:
+    """Whether the copy of ``tensor`` (an ``nn.Parameter`` or a ``torch.Tensor``) may hold its
+    data until ``_SharedCopy.own``: a dense tensor in memory (not on the meta device, which
+    holds no data) and, for a buffer, without gradient, attributes or view bits (its copy is
+    ``tensor.detach()``, then given ``copy.deepcopy(tensor)`` as its data)."""
+    buffer_ok = type(tensor) is nn.Parameter or (
+        not tensor.requires_grad and tensor.grad is None and not vars(tensor)
+        and not tensor.is_conj() and not tensor.is_neg())
+    return buffer_ok and tensor.layout == torch.strided and not tensor.is_quantized \
+        and tensor.device.type in ("cpu", "cuda")
 
 
 def _copied_by_state(cls: type) -> bool:
