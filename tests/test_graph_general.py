@@ -10,7 +10,7 @@ from torch import nn
 
 import filterprune
 from filterprune.engine import PruningPlan, apply_plan, trace
-from filterprune.engine.graph import layout_index
+from filterprune.engine.graph import ChannelGroup, Segment, layout_index
 from filterprune.errors import FilterpruneError, FilterpruneWarning
 from filterprune.models import Bottleneck
 
@@ -189,6 +189,38 @@ def test_concatenation_offsets_into_the_consumer():
     assert (fc.kind, fc.features_per_channel) == ("linear", 16)
     plan = PruningPlan(kept={"a": [1, 3], "b": [0, 5]}, widths={"a": 4, "b": 6})
     assert layout_index(graph.inputs["c"], plan.kept).tolist() == [1, 3, 4, 9]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_layout_index_keeps_the_entries_of_the_kept_channels_of_each_segment(seed):
+    """Random layouts (parts of groups from a start, features per channel, unpruned runs)
+    against a mask built entry by entry."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(n):
+        return int(torch.randint(1, n + 1, (1,), generator=gen))
+
+    groups = [ChannelGroup([f"g{i}"], draw(6)) for i in range(3)]
+    kept = {g.members[0]: sorted(torch.randperm(g.out_channels, generator=gen)[
+        :draw(g.out_channels)].tolist()) for g in groups[:2]}  # the third keeps all
+    layout, mask = [], []
+    for _ in range(draw(4)):
+        group, f = groups[draw(3) - 1] if draw(4) > 1 else None, draw(3)
+        if group is None:
+            layout.append(Segment(None, draw(3), f))
+            mask += [True] * layout[-1].channels * f
+            continue
+        start = draw(group.out_channels) - 1
+        channels = draw(group.out_channels - start)
+        layout.append(Segment(group, channels, f, start))
+        keeps = kept.get(group.members[0], range(group.out_channels))
+        mask += [start + c in keeps for c in range(channels) for _ in range(f)]
+    index = layout_index(tuple(layout), kept)
+    if not any(s.group is not None and s.group.members[0] in kept for s in layout):
+        assert index is None
+    else:
+        assert index.dtype == torch.long
+        assert index.tolist() == [i for i, keep in enumerate(mask) if keep]
 
 
 def test_se_gate_couples_the_gated_conv_with_the_gate_layer():

@@ -60,7 +60,7 @@ class LayerRule:
                         *module.named_buffers(recurse=False)))
         for name, dim in getattr(self, side).items():
             tensor = tensors[name]
-            tensor.data = tensor.data.index_select(dim, index.to(tensor.device)).clone()
+            tensor.data = tensor.data.index_select(dim, index.to(tensor.device))  # a copy
             tensor.grad = None
         if self.resize is not None:
             self.resize(module)

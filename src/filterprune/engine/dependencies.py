@@ -152,17 +152,16 @@ def trace(
         )
     if tracer not in TRACERS:
         raise FilterpruneError(f"unknown tracer '{tracer}' (known: {', '.join(TRACERS)})")
-    names = [name for name, _ in model.named_modules()]
+    modules = dict(model.named_modules())
     for key in ignore:
-        if not any(fnmatch.fnmatchcase(name, key) for name in names):
+        if not any(fnmatch.fnmatchcase(name, key) for name in modules):
             raise FilterpruneError(f"unknown layer or pattern '{key}' in ignore: no such module")
     graphs, train_failure, costs = trace_graph(model, example_inputs, tuple(ignore), tracer)
-    builder = _Builder(dict(model.named_modules()), tuple(ignore), prune_linear, exact)
+    builder = _Builder(modules, tuple(ignore), prune_linear, exact)
     for graph in graphs:  # eval mode, then train mode: the same layers share their channels
         for node in graph.nodes:
             builder.visit(node)
-    convs = [name for name in names
-             if isinstance(model.get_submodule(name), nn.modules.conv._ConvNd)]
+    convs = [name for name, m in modules.items() if isinstance(m, nn.modules.conv._ConvNd)]
     not_called = "it is not called in the model's forward" + (
         f" in eval mode, and running it in train mode failed: {train_failure}"
         if train_failure else ""

@@ -249,21 +249,28 @@ def layout_index(layout: Layout, kept: Mapping[str, Sequence[int]]) -> torch.Ten
         >>> layout_index((Segment(None, 2), Segment(g, 3, 2)), {"a": [0, 2]}).tolist()
         [0, 1, 2, 3, 6, 7]
     """
-    parts, offset, changed = [], 0, False
+    parts, offset, changed = [], 0, False  # (first entry, kept channels, features each)
     for segment in layout:
-        group = segment.group
+        group, start, f = segment.group, segment.start, segment.features_per_channel
         indices = None if group is None else group.kept_channels(kept)
         changed |= indices is not None
         if indices is None:
-            channels = torch.arange(segment.channels)
+            channels = range(segment.channels)
+        elif start == 0 and segment.channels == group.out_channels:
+            channels = indices
         else:
-            end = segment.start + segment.channels
-            channels = torch.tensor([i - segment.start for i in indices
-                                     if segment.start <= i < end], dtype=torch.long)
-        f = segment.features_per_channel
-        parts.append(offset + (channels[:, None] * f + torch.arange(f)).flatten())
+            channels = [i - start for i in indices if start <= i < start + segment.channels]
+        parts.append((offset, channels, f))
         offset += segment.channels * f
-    return torch.cat(parts) if changed else None
+    if not changed:
+        return None
+    if all(f == 1 for _, _, f in parts):  # most layouts: one tensor made from a list
+        entries = []
+        for first, channels, _ in parts:
+            entries += [first + c for c in channels] if first else channels
+        return torch.tensor(entries, dtype=torch.long)
+    return torch.cat([(first + torch.tensor(channels, dtype=torch.long)[:, None] * f
+                       + torch.arange(f)).flatten() for first, channels, f in parts])
 
 
 def input_weight(layer: nn.Conv2d | nn.Linear, index: torch.Tensor) -> torch.Tensor:

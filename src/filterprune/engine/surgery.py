@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import copyreg
 from collections import OrderedDict
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -101,17 +102,18 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
         FilterpruneError: the plan does not fit ``model`` (see ``check_plan``).
     """
     check_plan(plan, graph)
-    pruned = copy_model(model)
+    copied = _SharedCopy(model)
+    pruned = copied.model
     modules = dict(pruned.named_modules())
     for name, kept in plan.kept.items():
         if name not in graph.followers and rule_of(modules[name]) is not None:
-            rule_of(modules[name]).cut(modules[name], torch.tensor(kept), "outputs")
+            _cut(modules[name], torch.tensor(kept), "outputs", copied)
         elif name not in graph.followers:
             _prune_out(modules[name], torch.tensor(kept, dtype=torch.long))
     for name, layout in graph.followers.items():
         index = layout_index(layout, plan.kept)
         if index is not None and rule_of(modules.get(name)) is not None:
-            rule_of(modules[name]).cut(modules[name], index, "outputs")
+            _cut(modules[name], index, "outputs", copied)
         elif index is not None and name in modules:
             _prune_follower(modules[name], index)
         elif index is not None:
@@ -119,7 +121,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
     for name, layout in graph.inputs.items():
         index = layout_index(layout, plan.kept)
         if index is not None and rule_of(modules[name]) is not None:
-            rule_of(modules[name]).cut(modules[name], index, "inputs")
+            _cut(modules[name], index, "inputs", copied)
         elif index is not None:
             _prune_in(modules[name], index)
     for name, attribute, parts in graph.split_sizes:
@@ -131,6 +133,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
             setattr(modules[name], attribute, sum(counts) if sizes == total else counts[0])
         else:
             setattr(modules[name], attribute, type(sizes)(counts))
+    copied.own()
     return pruned
 
 
@@ -140,33 +143,80 @@ def copy_model(model: nn.Module) -> nn.Module:
     generic pickling protocol for each of the dozen hook dicts every module holds (a deep copy
     took 25-30% of ``prune`` on small timm models). Modules with their own copying or
     pickling methods (parametrized layers) are copied by ``copy.deepcopy``."""
-    return _copy(model, {})
+    copied = _SharedCopy(model)
+    copied.own()
+    return copied.model
 
 
 _ATOMS = (type(None), bool, int, float, str)
 
 
-def _copy(value: object, memo: dict) -> object:
-    if type(value) in _ATOMS or (type(value) is tuple and all(type(v) in _ATOMS for v in value)):
-        return value  # what copy.deepcopy returns for them
-    if id(value) in memo:
-        return memo[id(value)]
-    cls = type(value)
-    if isinstance(value, nn.Module) and _copied_by_state(cls):
-        copied = cls.__new__(cls)
-        memo[id(value)] = copied
-        copied.__setstate__({key: _copy(item, memo) for key, item in value.__getstate__().items()})
-        return copied
-    if cls is set:
-        memo[id(value)] = copied = {_copy(item, memo) for item in value}
-        return copied
-    if cls is dict or (cls is OrderedDict and not vars(value)):
-        copied = cls()
-        memo[id(value)] = copied
-        for key, item in value.items():
-            copied[_copy(key, memo)] = _copy(item, memo)
-        return copied
-    return copy.deepcopy(value, memo)
+class _SharedCopy:
+    """``copy_model`` in two steps: ``model`` (the copy) first has new parameters and buffers
+    holding the original data; ``apply_plan`` replaces most of them (``tensor.data = ...``,
+    never in place), then ``own`` copies the others as ``copy.deepcopy`` copies them, so
+    the data of each tensor is copied once instead of twice (parameters: clones; plain
+    buffers: copies of their storage, shared where the originals share it)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.memo: dict = {}
+        self.shared: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (copy, original)
+        self.model = self.copy(model)
+
+    def own(self, tensors: Iterable[torch.Tensor] | None = None) -> None:
+        """Gives ``tensors`` of the copy (all by default) their own data where they still hold
+        their original's."""
+        keys = list(self.shared) if tensors is None else [id(t) for t in tensors]
+        for key in keys:
+            copied, original = self.shared.pop(key, (None, None))
+            if copied is None or not copied.is_set_to(original):
+                continue
+            if type(original) is nn.Parameter:  # as nn.Parameter.__deepcopy__
+                copied.data = original.data.clone(memory_format=torch.preserve_format)
+            else:  # torch.Tensor.__deepcopy__, with the copies of storages made so far
+                del self.memo[id(original)]
+                copied.data = copy.deepcopy(original, self.memo)
+                self.memo[id(original)] = copied
+
+    def copy(self, value: object) -> object:
+        cls, memo = type(value), self.memo
+        if cls in _ATOMS or (cls is tuple and all(type(v) in _ATOMS for v in value)):
+            return value  # what copy.deepcopy returns for them
+        if id(value) in memo:
+            return memo[id(value)]
+        if cls in (nn.Parameter, torch.Tensor) and _shareable(value):
+            memo[id(value)] = copied = nn.Parameter(value.data, value.requires_grad) \
+                if cls is nn.Parameter else value.detach()
+            self.shared[id(copied)] = (copied, value)
+            return copied
+        if isinstance(value, nn.Module) and _copied_by_state(cls):
+            copied = cls.__new__(cls)
+            memo[id(value)] = copied
+            copied.__setstate__({key: self.copy(item)
+                                 for key, item in value.__getstate__().items()})
+            return copied
+        if cls is set:
+            memo[id(value)] = copied = {self.copy(item) for item in value}
+            return copied
+        if cls is dict or (cls is OrderedDict and not vars(value)):
+            copied = cls()
+            memo[id(value)] = copied
+            for key, item in value.items():
+                copied[self.copy(key)] = self.copy(item)
+            return copied
+        return copy.deepcopy(value, memo)
+
+
+def _shareable(tensor: torch.Tensor) -> bool:
+    """Whether the copy of ``tensor`` (an ``nn.Parameter`` or a ``torch.Tensor``) may hold its
+    data until ``_SharedCopy.own``: a dense tensor in memory (not on the meta device, which
+    holds no data) and, for a buffer, without gradient, attributes or view bits (its copy is
+    ``tensor.detach()``, then given ``copy.deepcopy(tensor)`` as its data)."""
+    buffer_ok = type(tensor) is nn.Parameter or (
+        not tensor.requires_grad and tensor.grad is None and not vars(tensor)
+        and not tensor.is_conj() and not tensor.is_neg())
+    return buffer_ok and tensor.layout == torch.strided and not tensor.is_quantized \
+        and tensor.device.type in ("cpu", "cuda")
 
 
 def _copied_by_state(cls: type) -> bool:
@@ -216,9 +266,16 @@ def zero_pruned(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> 
     return model
 
 
+def _cut(module: nn.Module, index: torch.Tensor, side: str, copied: _SharedCopy) -> None:
+    """A registered layer's cut (``filterprune.engine.custom``), its tensors given their own
+    data first: its ``resize`` may change them in place."""
+    copied.own([*module.parameters(recurse=False), *module.buffers(recurse=False)])
+    rule_of(module).cut(module, index, side)
+
+
 def _select(param: torch.Tensor | None, index: torch.Tensor, dim: int) -> None:
-    if param is not None:
-        param.data = param.data.index_select(dim, index.to(param.device)).clone()
+    if param is not None:  # index_select copies: the original data is never written
+        param.data = param.data.index_select(dim, index.to(param.device))
         if param.grad is not None:
             param.grad = None
 
@@ -259,7 +316,7 @@ def _prune_scale(param: nn.Parameter, index: torch.Tensor) -> None:
 
 
 def _prune_in(module: nn.Conv2d | nn.Linear, index: torch.Tensor) -> None:
-    module.weight.data = input_weight(module, index).detach().clone()
+    module.weight.data = input_weight(module, index).detach()  # a copy
     module.weight.grad = None
     if isinstance(module, nn.Conv2d):
         module.in_channels = len(index)
