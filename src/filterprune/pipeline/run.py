@@ -200,10 +200,10 @@ def prunable_share(session: Session, model: nn.Module, graph: DependencyGraph) -
         FilterpruneError: an unknown ``skip`` or ``score_by`` entry; with ``prune.strict``, a
             sweep reaching under half of the conv MACs.
     """
-    cfg, example = session.config.prune, session.spec.example_input()
+    cfg = session.config.prune
     probe = select_filters(model, graph, resolve_ratios(graph, 0.5, cfg.skip),
                            score_by=cfg.score_by)
-    reach = coverage(model, graph, probe, profile(model, example), 0.5, cfg.skip)
+    reach = coverage(model, graph, probe, graph.profile, 0.5, cfg.skip)
     if reach.short:
         if cfg.strict:
             raise FilterpruneError(f"{reach.describe()} (prune.strict is set)")
