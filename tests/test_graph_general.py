@@ -280,6 +280,38 @@ def test_depthwise_conv_follows_its_input():
     assert pruned[5].num_parameters == 4 and pruned[6].in_channels == 4
 
 
+class DepthMultiplier(nn.Module):
+    """A depthwise conv with 2 filters per input channel (FastViT's patch embedding: groups =
+    in channels, out = 2 x in), its output added to a 1x1 conv's and read by a conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.expand = nn.Conv2d(8, 16, 3, padding=1, groups=8)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.proj = nn.Conv2d(16, 16, 1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.bn2(self.expand(torch.relu(self.bn(self.stem(x)))))
+        return self.head(y + self.proj(y)).mean((2, 3))
+
+
+def test_depthwise_conv_with_a_channel_multiplier_follows_its_input():
+    result = check_pruned(DepthMultiplier(), torch.randn(2, 3, 6, 6), residual="coupled")
+    group = result.graph.layers["stem"]
+    assert group.members == ["stem", "proj"]  # proj's filters 2c, 2c + 1 follow channel c
+    assert "2 filters per input channel" in result.graph.not_prunable["expand"]
+    stem = result.plan.kept["stem"]
+    assert len(stem) < 8
+    pairs = [2 * c + j for c in stem for j in (0, 1)]
+    assert result.plan.kept["expand"] == result.plan.kept["proj"] == pairs
+    expand = result.model.expand
+    assert (expand.in_channels, expand.out_channels, expand.groups) == (len(stem), 2 * len(stem),
+                                                                        len(stem))
+
+
 def test_bottleneck_projection_is_coupled_with_the_last_conv():
     x = torch.zeros(1, 3, 8, 8)
     inner = trace(BottleneckNet(), x)

@@ -8,8 +8,10 @@ come from, in order (one group for a conv output; several after a concatenation)
 - a conv (groups=1) or Linear starts a group: its output channels (the group's *members*);
 - BatchNorm, activations, pooling, dropout, interpolation, spatial padding and slicing, view /
   flatten and reductions over H, W keep the layout (flatten multiplies the features per channel);
-- a depthwise conv (groups = in = out channels) and a BatchNorm are *followers*: their
-  per-channel weights are pruned with the indices of their input's group;
+- a depthwise conv (groups = in channels) and a BatchNorm are *followers*: their
+  per-channel weights are pruned with the indices of their input's group (a depthwise conv
+  with k filters per input channel, out = k x in, gives each channel k features: its filters
+  k c ... k c + k - 1 follow channel c);
 - element-wise addition (a residual shortcut: the block output and the shortcut share channels)
   and multiplication (a squeeze-and-excitation gate computed from the same channels) join the
   groups of their operands, so a group can have several members (e.g. every second conv of a

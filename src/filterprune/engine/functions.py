@@ -127,7 +127,7 @@ class FunctionRules:
         owners = {owner_of(x) for x in tensors}
         if not owners:
             return source
-        channels = sum(s[1] for s in source)
+        channels = entries(source)
         name = owners.pop()
         module = self.modules.get(name)
         if owners or module is None or any(

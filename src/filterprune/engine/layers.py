@@ -96,10 +96,15 @@ class LayerRules:
             self.convs.setdefault(name, None)
             self.use(name, "input", source)
             return self.member(name, conv.out_channels)
-        if conv.groups == conv.in_channels == conv.out_channels:
-            self.convs.setdefault(name, "a depthwise conv: its channels follow its input's group")
-            self.use(name, "follower", source)
-            return source
+        if conv.groups == conv.in_channels and conv.out_channels % conv.in_channels == 0:
+            k = conv.out_channels // conv.in_channels  # filters per input channel
+            self.convs.setdefault(name, "a depthwise conv: its channels follow its input's group"
+                                  if k == 1 else f"a depthwise conv with {k} filters per input "
+                                  "channel: they follow its input's group")
+            output = source if k == 1 else \
+                tuple((space, c, f * k, start) for space, c, f, start in source)
+            self.use(name, "follower", output)
+            return output
         per_group = conv.in_channels // conv.groups
         if any(s[1] % per_group or s[2] != 1 or not self.whole(s) for s in source):
             reason = f"its channels reach grouped conv '{name}' (groups={conv.groups}) across " \

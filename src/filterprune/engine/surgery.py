@@ -293,13 +293,15 @@ def _prune_out(module: nn.Conv2d | nn.Linear, index: torch.Tensor) -> None:
 
 
 def _prune_follower(module: nn.Module, index: torch.Tensor) -> None:
-    """BatchNorm, depthwise conv or PReLU: every per-channel tensor along dim 0."""
+    """BatchNorm, depthwise conv (with k filters per input channel: ``index`` holds the k of
+    each kept channel) or PReLU: every per-channel tensor along dim 0."""
     for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
         if tensor.ndim:  # not BatchNorm's num_batches_tracked
             _select(tensor, index, 0)
     n = len(index)
-    if isinstance(module, nn.Conv2d):
-        module.in_channels = module.out_channels = module.groups = n
+    if isinstance(module, nn.Conv2d):  # depthwise: k filters per input channel (k >= 1)
+        k = module.out_channels // module.in_channels
+        module.out_channels, module.in_channels, module.groups = n, n // k, n // k
     elif isinstance(module, nn.PReLU):
         module.num_parameters = n
     elif isinstance(module, nn.LayerNorm):
