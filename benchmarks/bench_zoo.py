@@ -15,7 +15,7 @@ faster).
     python benchmarks/bench_zoo.py [--ratio 0.3] [--size 64] [--models NAME ...] [--limit N]
         [--tp-limit SECONDS] [--repeats N]
 
-Times are the best of ``--repeats`` runs of each pruner, one after the other (on a shared
+Times are the best of ``--repeats`` runs of each pruner, the two alternating (on a shared
 machine the load moves single timings by 2-4x).
 
 Model names: ``tv:NAME`` (torchvision) or ``timm:NAME``. Needs torchvision, timm and
@@ -107,14 +107,11 @@ def one_line(error: Exception) -> str:
     return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:70]
 
 
-def best_time(run, repeats: int) -> tuple[float, object]:
-    """The shortest of ``repeats`` timed calls of ``run()`` and the last result."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - start)
-    return min(times), result
+def timed(run) -> tuple[float, object]:
+    """The time of one call of ``run()`` and its result."""
+    start = time.perf_counter()
+    result = run()
+    return time.perf_counter() - start, result
 
 
 def measure(name: str, ratio: float, size: int, tp_limit_s: int, repeats: int) -> dict:
@@ -123,10 +120,21 @@ def measure(name: str, ratio: float, size: int, tp_limit_s: int, repeats: int) -
     x = torch.randn(2, 3, max(size, MIN_SIZE.get(name, 0)), max(size, MIN_SIZE.get(name, 0)))
     macs = filterprune.profile(model, x[:1]).macs
     row = {"name": name, "status": "ok"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        row["fp_s"], result = best_time(
-            lambda: filterprune.prune(model, x[:1], ratio=ratio, residual="coupled"), repeats)
+    fp_times, tp_times = [], []
+    for _ in range(repeats):  # the two pruners alternate, so a change of load hits both
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            seconds, result = timed(
+                lambda: filterprune.prune(model, x[:1], ratio=ratio, residual="coupled"))
+        fp_times.append(seconds)
+        if tp_limit_s and "tp_status" not in row:
+            try:
+                seconds, pruned = timed(lambda: torch_pruning(model, x[:1], ratio, tp_limit_s))
+                row["tp_removed"] = 1 - filterprune.profile(pruned, x[:1]).macs / macs
+                tp_times.append(seconds)
+            except Exception as e:  # Torch-Pruning fails (or its model does) on some models
+                row["tp_status"] = one_line(e)
+    row["fp_s"] = min(fp_times)
     row["removed"] = 1 - filterprune.profile(result.model, x[:1]).macs / macs
     row["reached"] = result.coverage.reached_share
     with torch.no_grad():
@@ -134,14 +142,8 @@ def measure(name: str, ratio: float, size: int, tp_limit_s: int, repeats: int) -
         expected = reference(x)
         row["diff"] = ((result.model.eval()(x) - expected).abs().max()
                        / expected.abs().max().clamp(min=1)).item()
-    if tp_limit_s:
-        try:
-            seconds, pruned = best_time(lambda: torch_pruning(model, x[:1], ratio, tp_limit_s),
-                                        repeats)
-            row["tp_removed"] = 1 - filterprune.profile(pruned, x[:1]).macs / macs
-            row["tp_s"] = seconds
-        except Exception as e:  # Torch-Pruning fails on some models: say so, go on
-            row["tp_status"] = one_line(e)
+    if "tp_status" not in row and tp_times:
+        row["tp_s"] = min(tp_times)
     return row
 
 
@@ -154,7 +156,7 @@ def main() -> None:
     parser.add_argument("--tp-limit", type=int, default=60,
                         help="seconds Torch-Pruning may take per model (0: skip it)")
     parser.add_argument("--repeats", type=int, default=1,
-                        help="time each pruner this many times, keep the shortest")
+                        help="time each pruner this many times (alternating), keep the shortest")
     args = parser.parse_args()
     torch.set_num_threads(1)
     names = (args.models or default_models())[:args.limit]
