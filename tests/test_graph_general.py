@@ -38,7 +38,7 @@ def masked_reference(model: nn.Module, plan: PruningPlan, graph) -> nn.Module:
         if index is None:
             continue
         layer = modules[name]
-        mask = torch.zeros(sum(s.channels * s.features_per_channel for s in layout))
+        mask = torch.zeros(sum(s.entries for s in layout))
         mask[index] = 1
         if not isinstance(layer, nn.Linear):
             mask = mask.view(-1, 1, 1)  # a Linear reads the last dim (features or channels)

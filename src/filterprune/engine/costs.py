@@ -103,10 +103,10 @@ class CostModel:
         coefficients = torch.zeros(n, dtype=torch.float64)
         if layout is None:
             return 1.0, coefficients
-        total = sum(s.channels * s.features_per_channel for s in layout)
+        total = sum(s.entries for s in layout)
         constant = 0.0
         for s in layout:
-            share = s.channels * s.features_per_channel / total
+            share = s.entries / total
             i = None if s.group is None else self._index.get(id(s.group))
             if i is None:
                 constant += share

@@ -256,7 +256,7 @@ class DimRules:
             return source[:n]
         if total % k:
             return None
-        if len(source) == 1 and self.whole(source[0]) and source[0][1] % k == 0:
+        if self.whole_group(source, k):
             piece = ((self.new_space(source[0][1] // k), source[0][1] // k, source[0][2], 0),)
             self.join(source, piece * k, reason)
             return piece

@@ -192,7 +192,7 @@ class FunctionRules:
             f"{self.where(node)}"
         if entries(source) % k:
             return False
-        if len(source) == 1 and self.whole(source[0]) and source[0][1] % k == 0:
+        if self.whole_group(source, k):
             self.pieces[node] = [self.parts(source, k, reason)] * k
         else:
             self.pieces[node] = [layout_part(source, i * sizes[0], (i + 1) * sizes[0])

@@ -173,6 +173,11 @@ class Segment:
     features_per_channel: int = 1
     start: int = 0
 
+    @property
+    def entries(self) -> int:
+        """Its entries along the layer's channel dim: channels x features per channel."""
+        return self.channels * self.features_per_channel
+
 
 Layout = tuple[Segment, ...]
 

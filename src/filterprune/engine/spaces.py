@@ -17,6 +17,8 @@ import bisect
 import math
 from collections.abc import Iterator
 
+from filterprune.engine.nodes import entries
+
 
 class ChannelSpaces:
     """Union-find over channel spaces, with what is known of each root (its members, why it is
@@ -108,6 +110,10 @@ class ChannelSpaces:
         """Whether a layout segment covers all the channels of its space."""
         space, channels, _, start = segment
         return start == 0 and channels == self.widths[space]
+
+    def whole_group(self, layout: tuple, k: int) -> bool:
+        """Whether ``layout`` is all the channels of one space, in a number ``k`` divides."""
+        return len(layout) == 1 and self.whole(layout[0]) and layout[0][1] % k == 0
 
     def approximate(self, layout: tuple, reason: str) -> None:
         for space, *_ in layout:
@@ -206,7 +212,7 @@ def _aligned(a: tuple, b: tuple) -> list[tuple[int, int, int, int, int]] | None:
     channels); where their features per channel differ, channel i of one is tied with every
     channel of the other whose entries it shares (a channel of f = k with k channels of f = 1
     after a channel shuffle). None if their entry counts differ."""
-    if sum(s[1] * s[2] for s in a) != sum(s[1] * s[2] for s in b):
+    if entries(a) != entries(b):
         return None
     pieces, i, j, di, dj = [], 0, 0, 0, 0  # di, dj: entries of a[i], b[j] already tied
     while i < len(a) and j < len(b):

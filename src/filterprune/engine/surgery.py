@@ -125,10 +125,10 @@ def apply_plan(model: nn.Module, plan: PruningPlan, graph: DependencyGraph) -> n
         elif index is not None:
             _prune_in(modules[name], index)
     for name, attribute, parts in graph.split_sizes:
-        counts = [sum(s.channels * s.features_per_channel for s in part) if index is None
-                  else len(index) for part in parts for index in (layout_index(part, plan.kept),)]
+        counts = [sum(s.entries for s in part) if index is None else len(index)
+                  for part in parts for index in (layout_index(part, plan.kept),)]
         sizes = getattr(modules[name], attribute)
-        total = sum(s.channels * s.features_per_channel for part in parts for s in part)
+        total = sum(s.entries for part in parts for s in part)
         if isinstance(sizes, int):  # the part size, or the parts' total (FunctionRules.equal_parts)
             setattr(modules[name], attribute, sum(counts) if sizes == total else counts[0])
         else:
@@ -220,8 +220,8 @@ def _shareable(tensor: torch.Tensor) -> bool:
 
 
 def _copied_by_state(cls: type) -> bool:
-    """Whether ``copy.deepcopy`` copies modules of ``cls`` as ``_copy`` does: a new object
-    given a copy of ``nn.Module.__getstate__`` through ``__setstate__``."""
+    """Whether ``copy.deepcopy`` copies modules of ``cls`` as ``_SharedCopy.copy`` does: a new
+    object given a copy of ``nn.Module.__getstate__`` through ``__setstate__``."""
     return cls not in copyreg.dispatch_table and cls.__getstate__ is nn.Module.__getstate__ \
         and cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__ \
         and not any(hasattr(cls, name) for name in ("__deepcopy__", "__getnewargs_ex__",

@@ -216,12 +216,13 @@ class LeafTracer(fx.Tracer):
         Conv2dSame) is marked on its output node, for the shape pass to count its MACs where
         its hooks do not fire."""
         output = super().call_module(m, forward, args, kwargs)
-        if isinstance(m, COUNTED) and not self.is_leaf_module(m, self.path_of_module(m)):
+        path = self.path_of_module(m) if isinstance(m, COUNTED) else None
+        if path is not None and not self.is_leaf_module(m, path):
             if isinstance(output, fx.Proxy):
                 source = args[0].node if args and isinstance(args[0], fx.Proxy) else None
-                output.node.meta.setdefault(_INLINED, []).append((self.path_of_module(m), source))
+                output.node.meta.setdefault(_INLINED, []).append((path, source))
             else:
-                self.uncounted.append(self.path_of_module(m))
+                self.uncounted.append(path)
         return output
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:

@@ -37,7 +37,6 @@ from filterprune.engine import (
     allocate,
     apply_plan,
     max_share,
-    profile,
     resolve_ratios,
     select_filters,
 )
@@ -73,7 +72,7 @@ def check_targets(
     kind = cfg.prune.target_cost
     if not cfg.prune.targets or (kind == "latency" and latency is None):
         return
-    costs = profile(model, session.spec.example_input())
+    costs = graph.profile  # counted while tracing: training changes no shape or count
     common = {"latency": latency, "skip": cfg.prune.skip, "round_to": cfg.prune.round_to}
     limits = [(max_share(model, graph, costs, kind, **common),
                "pruning every layer outside prune.skip down to one filter")]
@@ -149,7 +148,7 @@ def run_targets(
                 else sensitivity.baseline_top1)
         curves = SensitivityResult(sensitivity.ratios, sensitivity.layers, base,
                                    members=sensitivity.members, split=sensitivity.split)
-    costs = profile(model, session.spec.example_input())
+    costs = graph.profile  # counted while tracing: training changes no shape or count
     rows = [TargetRow(**stages.run(target_stage(share, way), lambda s=share, w=way: (
         prune_to_target(session, model, graph, costs, s, w, curves, latency, baseline, stages,
                         out_dir, log))))
